@@ -1,0 +1,278 @@
+"""Prometheus Remote-Write 1.0 bodies: decode, police for one tenant, encode.
+
+The ingress's hot path. A body is parsed once (upb, in C) with every label kept as its
+encoded bytes; a label set is validated and given its tenant label the first time it is
+seen, and later recognised by those bytes alone, so steady traffic — the same series
+every scrape — costs a dict lookup per series plus a check per sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import struct
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+import snappy
+from google.protobuf.message import DecodeError
+
+from k8scost.proto.remote_write_pb2 import Label, RawTimeSeries, RawWriteRequest, WriteRequest
+
+TENANT_LABEL = "tenant_id"
+METRIC_NAME_LABEL = "__name__"
+# Prometheus' staleness marker: a NaN with this exact bit pattern ends a series. It must
+# pass untouched, or a vanished pod's last rate would be extended and billed.
+STALE_NAN_BITS = 0x7FF0000000000002
+_STALE_NAN_BYTES = struct.pack("<Q", STALE_NAN_BITS)
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+# Label sets remembered per tenant before the memory is reset; a cluster sends a few
+# thousand distinct series, so this only bounds what a hostile sender can make us hold.
+_MAX_REMEMBERED_LABEL_SETS = 200_000
+
+
+class WriteRejected(Exception):
+    """The body breaks a rule: answer ``status`` with ``message``; ``reason`` labels metrics."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one series may look like; see ``IngressSettings`` for the meaning of each."""
+
+    allowed_metrics: str = "cloudtuner_.+|kubecost_.+"
+    max_labels_per_series: int = 40
+    max_label_name_length: int = 1024
+    max_label_value_length: int = 2048
+    max_future_seconds: float = 600.0
+    max_decoded_bytes: int = 64 << 20
+
+
+@dataclasses.dataclass
+class Policed:
+    """A body made fit to forward, with what was dropped from it and why."""
+
+    body: bytes  # snappy-compressed WriteRequest, ready for the TSDB
+    series: int
+    samples: int
+    dropped: Counter[str]  # samples dropped, by reason
+
+
+@dataclasses.dataclass(frozen=True)
+class _Verdict:
+    """What to do with every series that carries one exact label set."""
+
+    labels: tuple[bytes, ...] | None  # labels to forward; None: drop the series
+    relabel: bool  # the client's labels differ from ``labels``
+    is_cost: bool
+
+
+def decompress(body: bytes, max_decoded_bytes: int) -> bytes:
+    """Snappy block format, refusing a body that claims to inflate past the limit."""
+    declared = _declared_length(body)
+    if declared > max_decoded_bytes:
+        raise WriteRejected(
+            413, "too_large", f"body decompresses to {declared} bytes, over the limit of {max_decoded_bytes}"
+        )
+    try:
+        return snappy.uncompress(body)
+    except Exception as exc:  # cramjam raises its own DecompressionError
+        raise WriteRejected(400, "bad_snappy", f"body is not snappy block format: {exc or type(exc).__name__}") from None
+
+
+def _declared_length(body: bytes) -> int:
+    # The block format starts with the uncompressed length as a varint.
+    result = shift = 0
+    for i, byte in enumerate(body[:5]):
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result
+        shift += 7
+    raise WriteRejected(400, "bad_snappy", "body is not snappy block format: no valid length header")
+
+
+class TenantPolice:
+    """Polices the writes of one tenant: validates, stamps ``tenant_id``, drops the unfit.
+
+    One instance per tenant and replica; it remembers the label sets it has judged.
+    """
+
+    def __init__(self, tenant_id: str, limits: Limits) -> None:
+        self.tenant_id = tenant_id
+        self.limits = limits
+        self._allowed = re.compile(limits.allowed_metrics)
+        self._tenant_label = Label(name=TENANT_LABEL, value=tenant_id).SerializeToString()
+        self._verdicts: dict[tuple[bytes, ...], _Verdict] = {}
+
+    def police(self, body: bytes, now_ms: int) -> Policed:
+        """Turn a client's compressed body into the one to forward, or raise WriteRejected."""
+        raw = decompress(body, self.limits.max_decoded_bytes)
+        request = RawWriteRequest()
+        try:
+            request.ParseFromString(raw)
+        except DecodeError as exc:
+            raise WriteRejected(400, "bad_protobuf", f"body is not a protobuf WriteRequest: {exc}") from None
+        # Exemplars, native histograms and metadata are not ours to store.
+        request.DiscardUnknownFields()
+
+        newest_ms = now_ms + int(self.limits.max_future_seconds * 1000)
+        dropped: Counter[str] = Counter()
+        verdicts = self._verdicts
+        keep: list[tuple[RawTimeSeries, _Verdict]] = []
+        rebuild = False  # some series or sample must go: rebuild the request without it
+        samples = 0
+        for index, series in enumerate(request.timeseries):
+            key = tuple(series.labels)
+            verdict = verdicts.get(key)
+            if verdict is None:
+                verdict = self._judge(key, index)
+            if verdict.labels is None:
+                dropped["metric_not_allowed"] += len(series.samples)
+                rebuild = True
+                continue
+            if verdict.relabel:
+                series.labels[:] = verdict.labels
+            for sample in series.samples:
+                if sample.timestamp > newest_ms:
+                    raise WriteRejected(
+                        400,
+                        "future_timestamp",
+                        f"series {index}: sample at {sample.timestamp} ms is more than "
+                        f"{self.limits.max_future_seconds:g} s in the future",
+                    )
+                value = sample.value
+                # Fast test first; only the odd sample pays for the exact one.
+                if not (-math.inf < value < math.inf) or (verdict.is_cost and value < 0):
+                    rebuild = rebuild or _bad_value(value, verdict.is_cost)
+            keep.append((series, verdict))
+            samples += len(series.samples)
+        if rebuild:
+            request, samples = _rebuilt(keep, dropped)
+        return Policed(
+            body=snappy.compress(request.SerializeToString()),
+            series=len(request.timeseries),
+            samples=samples,
+            dropped=dropped,
+        )
+
+    def _judge(self, key: tuple[bytes, ...], index: int) -> _Verdict:
+        """Validate a label set never seen before and decide its fate."""
+        limits = self.limits
+        if not key:
+            raise WriteRejected(400, "empty_labels", f"series {index} has no labels")
+        if len(key) > limits.max_labels_per_series:
+            raise WriteRejected(
+                400, "too_many_labels", f"series {index} has {len(key)} labels, over the limit of {limits.max_labels_per_series}"
+            )
+        names: list[str] = []
+        values: list[str] = []
+        for encoded in key:
+            try:
+                label = Label.FromString(encoded)
+            except DecodeError:
+                raise WriteRejected(400, "bad_label", f"series {index}: a label is not valid protobuf or UTF-8") from None
+            names.append(label.name)
+            values.append(label.value)
+        for name, value in zip(names, values):
+            _check_label(index, name, value, limits)
+        for previous, name in zip(names, names[1:]):
+            if name == previous:
+                raise WriteRejected(400, "duplicate_label", f"series {index}: label {name!r} appears twice")
+            if name < previous:
+                raise WriteRejected(400, "unsorted_labels", f"series {index}: labels are not sorted by name ({previous!r} before {name!r})")
+        if METRIC_NAME_LABEL not in names:
+            raise WriteRejected(400, "missing_metric_name", f"series {index} has no __name__ label")
+        metric = values[names.index(METRIC_NAME_LABEL)]
+        if not _METRIC_NAME.fullmatch(metric):
+            raise WriteRejected(400, "invalid_metric_name", f"series {index}: {metric!r} is not a valid metric name")
+
+        if not self._allowed.fullmatch(metric):
+            verdict = _Verdict(labels=None, relabel=False, is_cost=False)
+        else:
+            stamped = self._stamped(key, names)
+            verdict = _Verdict(labels=stamped, relabel=stamped != key, is_cost=metric.endswith("_cost"))
+        if len(self._verdicts) >= _MAX_REMEMBERED_LABEL_SETS:
+            self._verdicts.clear()
+        self._verdicts[key] = verdict
+        return verdict
+
+    def _stamped(self, key: tuple[bytes, ...], names: list[str]) -> tuple[bytes, ...]:
+        """The label set with ``tenant_id`` = this tenant, whatever the client sent; ``key`` itself if already so."""
+        position = next((i for i, name in enumerate(names) if name >= TENANT_LABEL), len(names))
+        if position < len(names) and names[position] == TENANT_LABEL:
+            if key[position] == self._tenant_label:
+                return key
+            return key[:position] + (self._tenant_label,) + key[position + 1 :]
+        return key[:position] + (self._tenant_label,) + key[position:]
+
+
+def _check_label(index: int, name: str, value: str, limits: Limits) -> None:
+    if not name:
+        raise WriteRejected(400, "empty_label_name", f"series {index} has a label with an empty name")
+    if len(name) > limits.max_label_name_length:
+        raise WriteRejected(400, "label_name_too_long", f"series {index}: label name of {len(name)} characters, over {limits.max_label_name_length}")
+    if not _LABEL_NAME.fullmatch(name):
+        raise WriteRejected(400, "invalid_label_name", f"series {index}: {name!r} is not a valid label name")
+    if not value:
+        raise WriteRejected(400, "empty_label_value", f"series {index}: label {name!r} has an empty value")
+    if len(value) > limits.max_label_value_length:
+        raise WriteRejected(400, "label_value_too_long", f"series {index}: value of {name!r} has {len(value)} characters, over {limits.max_label_value_length}")
+
+
+def _bad_value(value: float, is_cost: bool) -> bool:
+    """Whether a sample's value must not be stored: the staleness marker always may."""
+    if value != value:
+        return struct.pack("<d", value) != _STALE_NAN_BYTES
+    return math.isinf(value) or (is_cost and value < 0)
+
+
+def _rebuilt(
+    keep: Iterable[tuple[RawTimeSeries, _Verdict]], dropped: Counter[str]
+) -> tuple[RawWriteRequest, int]:
+    """A request of the kept series, without their unfit samples (counted in ``dropped``)."""
+    request = RawWriteRequest()
+    samples = 0
+    for series, verdict in keep:
+        out = request.timeseries.add()
+        out.labels.extend(series.labels)
+        for sample in series.samples:
+            if _bad_value(sample.value, is_cost=False):
+                dropped["non_finite_value"] += 1
+            elif _bad_value(sample.value, verdict.is_cost):
+                dropped["negative_cost"] += 1
+            else:
+                out.samples.append(sample)
+        samples += len(out.samples)
+    return request, samples
+
+
+def encode(series: Iterable[tuple[Mapping[str, str], Iterable[tuple[int, float]]]]) -> bytes:
+    """A snappy-compressed WriteRequest, labels sorted as Prometheus sends them.
+
+    ``series`` yields (labels, [(timestamp_ms, value), ...]); for clients, tests and benchmarks.
+    """
+    request = WriteRequest()
+    for labels, samples in series:
+        out = request.timeseries.add()
+        for name in sorted(labels):
+            out.labels.add(name=name, value=labels[name])
+        for timestamp_ms, value in samples:
+            out.samples.add(timestamp=timestamp_ms, value=value)
+    return snappy.compress(request.SerializeToString())
+
+
+def decode(body: bytes) -> list[tuple[dict[str, str], list[tuple[int, float]]]]:
+    """The inverse of ``encode``: (labels, samples) for each series of a compressed body."""
+    request = WriteRequest.FromString(snappy.uncompress(body))
+    return [
+        ({label.name: label.value for label in ts.labels}, [(s.timestamp, s.value) for s in ts.samples])
+        for ts in request.timeseries
+    ]

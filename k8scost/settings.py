@@ -1,0 +1,165 @@
+"""Every setting of every component, read from environment variables.
+
+Each component has one frozen dataclass; each field names its environment variable,
+its default and what it means. ``python -m k8scost.settings`` prints them all as the
+Markdown table that the README carries, so the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def setting(env: str, default: Any, doc: str) -> Any:
+    """A dataclass field read from the environment variable ``env``."""
+    return dataclasses.field(default=default, metadata={"env": env, "doc": doc})
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value of the wrong type."""
+
+
+def _cast(raw: str, kind: type, env: str) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{env}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def from_env(cls: type[T], environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
+    """Build ``cls`` from ``environ`` (default: the process environment); ``overrides`` win."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in overrides:
+            values[f.name] = overrides[f.name]
+        elif f.metadata["env"] in environ:
+            values[f.name] = _cast(environ[f.metadata["env"]], type(f.default), f.metadata["env"])
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExporterSettings:
+    """The allocation-exporter, running in the customer's cluster."""
+
+    kubecost_url: str = setting(
+        "KUBECOST_URL", "http://127.0.0.1:9003", "Base URL of Kubecost/OpenCost's cost-model API."
+    )
+    allocation_path: str = setting(
+        "KUBECOST_ALLOCATION_PATH", "/model/allocation", "Path of the allocation API, appended to `KUBECOST_URL`."
+    )
+    assets_path: str = setting(
+        "KUBECOST_ASSETS_PATH",
+        "/model/assets",
+        "Path of the assets API (cluster management cost), appended to `KUBECOST_URL`.",
+    )
+    tenant_id: str = setting(
+        "TENANT_ID", "", "Cloud account id of this cluster (label `tenant_id`; the ingress overwrites it anyway)."
+    )
+    cluster_name: str = setting("CLUSTER_NAME", "default-cluster", "Label `cluster` on every series.")
+    scrape_interval: float = setting(
+        "SCRAPE_INTERVAL", 60.0, "Seconds between two polls of the allocation API."
+    )
+    allocation_window: str = setting(
+        "ALLOCATION_WINDOW", "1h", "Allocation window asked of Kubecost; rates are cost ÷ the minutes it answers."
+    )
+    stale_after_failures: int = setting(
+        "EXPORTER_STALE_AFTER_FAILURES",
+        2,
+        "Failed polls in a row after which cost series are withdrawn, so no stale rate is billed.",
+    )
+    request_timeout: float = setting("KUBECOST_TIMEOUT", 20.0, "Seconds to wait for one Kubecost answer.")
+    listen_host: str = setting("EXPORTER_HOST", "0.0.0.0", "Address the /metrics endpoint binds to.")
+    listen_port: int = setting("EXPORTER_PORT", 19090, "Port of the /metrics endpoint.")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSettings:
+    """Where the SaaS side keeps its state."""
+
+    mongodb_url: str = setting(
+        "MONGODB_URL", "mongodb://127.0.0.1:27017", "MongoDB (or FerretDB) holding accounts and resources."
+    )
+    mongodb_database: str = setting("MONGODB_DATABASE", "cloudtuner", "Database name in MongoDB.")
+    clickhouse_url: str = setting(
+        "CLICKHOUSE_URL", "clickhouse://default:@127.0.0.1:9000/default", "ClickHouse native-protocol DSN (expenses)."
+    )
+    tsdb_url: str = setting(
+        "TSDB_URL", "http://127.0.0.1:9090", "PromQL API of the TSDB (Thanos Query in production)."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class IngressSettings:
+    """The remote_write ingress (Ray Serve)."""
+
+    tsdb_remote_write_url: str = setting(
+        "TSDB_REMOTE_WRITE_URL",
+        "http://127.0.0.1:9090/api/v1/write",
+        "Where accepted writes go: Prometheus /api/v1/write, or Thanos Receive /api/v1/receive.",
+    )
+    tenant_header: str = setting(
+        "TSDB_TENANT_HEADER", "THANOS-TENANT", "Header naming the tenant on forwarded writes."
+    )
+    allowed_metrics: str = setting(
+        "INGRESS_ALLOWED_METRICS",
+        "cloudtuner_.+|kubecost_.+",
+        "Regex (full match) of metric names kept; other series are dropped and counted.",
+    )
+    max_body_bytes: int = setting("INGRESS_MAX_BODY_BYTES", 10 << 20, "Largest compressed body; above it 413.")
+    max_decoded_bytes: int = setting(
+        "INGRESS_MAX_DECODED_BYTES", 64 << 20, "Largest decompressed body (zip-bomb guard); above it 413."
+    )
+    max_labels_per_series: int = setting("INGRESS_MAX_LABELS", 40, "Most labels one series may carry.")
+    max_label_name_length: int = setting("INGRESS_MAX_LABEL_NAME_LENGTH", 1024, "Longest label name.")
+    max_label_value_length: int = setting("INGRESS_MAX_LABEL_VALUE_LENGTH", 2048, "Longest label value.")
+    max_future_seconds: float = setting(
+        "INGRESS_MAX_FUTURE_SECONDS",
+        600.0,
+        "Samples further ahead than this are refused: one blocks all later writes to a Prometheus TSDB.",
+    )
+    tenant_samples_per_second: float = setting(
+        "INGRESS_TENANT_SAMPLES_PER_SECOND", 200_000.0, "Sustained samples/s one tenant may send to one replica."
+    )
+    tenant_burst_samples: float = setting(
+        "INGRESS_TENANT_BURST_SAMPLES", 2_000_000.0, "Samples a tenant may send at once before 429."
+    )
+    auth_cache_seconds: float = setting(
+        "INGRESS_AUTH_CACHE_SECONDS",
+        30.0,
+        "How long a credential check is reused; a deleted account stops writing within this time.",
+    )
+    forward_timeout: float = setting("INGRESS_FORWARD_TIMEOUT", 30.0, "Seconds to wait for the TSDB.")
+    forward_connections: int = setting(
+        "INGRESS_FORWARD_CONNECTIONS", 64, "Pooled connections from one replica to the TSDB."
+    )
+
+
+ALL_SETTINGS: tuple[type, ...] = (ExporterSettings, StoreSettings, IngressSettings)
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting, for the README."""
+    rows = ["| component | variable | default | meaning |", "| --- | --- | --- | --- |"]
+    for cls in ALL_SETTINGS:
+        component = (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".")
+        for f in dataclasses.fields(cls):
+            rows.append(f"| {component} | `{f.metadata['env']}` | `{f.default}` | {f.metadata['doc']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table() + "\n")

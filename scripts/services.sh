@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Starts, stops and reports the real servers the pipeline runs on, all on 127.0.0.1,
+# with their data, logs and pids under .data/ (ignored by git). Installs what is missing.
+#
+#   scripts/services.sh start|stop|status|restart [SERVICE...]
+#
+# SERVICE: clickhouse, mongodb, tsdb (the default set) and ray (started on demand by the
+# tests and the demo). With MONGODB_URL set, that MongoDB is used and no FerretDB runs.
+# Ports (env overrides): CLICKHOUSE_TCP_PORT=9000 CLICKHOUSE_HTTP_PORT=8123
+# FERRETDB_PORT=27017 TSDB_PORT=9090 RAY_GCS_PORT=6379 RAY_DASHBOARD_PORT=8265
+# SERVE_HTTP_PORT=8000 RAY_METRICS_PORT=25080. Ray's workers take ports 20000-24999 and
+# its agents 25001-25099, so no listener of ours (all below 20000 or the named ones)
+# ever collides with a Ray worker.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA=${CLOUDTUNER_DATA:-$ROOT/.data}
+RUN=$DATA/run
+LOGS=$DATA/log
+TOOLS=${CLOUDTUNER_TOOLS:-$HOME/.cache/cloudtuner-k8s}
+CLICKHOUSE_TCP_PORT=${CLICKHOUSE_TCP_PORT:-9000}
+CLICKHOUSE_HTTP_PORT=${CLICKHOUSE_HTTP_PORT:-8123}
+FERRETDB_PORT=${FERRETDB_PORT:-27017}
+TSDB_PORT=${TSDB_PORT:-9090}
+RAY_GCS_PORT=${RAY_GCS_PORT:-6379}
+RAY_DASHBOARD_PORT=${RAY_DASHBOARD_PORT:-8265}
+RAY_METRICS_PORT=${RAY_METRICS_PORT:-25080}
+DEFAULT_SERVICES=(clickhouse mongodb tsdb)
+
+log() { echo "services: $*" >&2; }
+mkdir -p "$RUN" "$LOGS"
+
+pid_alive() { local f="$RUN/$1.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_until() {  # NAME SECONDS COMMAND...
+    local name=$1 seconds=$2; shift 2
+    local deadline=$((SECONDS + seconds))
+    until "$@" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $deadline ]; then
+            log "$name did not answer within ${seconds}s; last log lines:"
+            tail -n 20 "$LOGS/$name.log" >&2 2>/dev/null || true
+            return 1
+        fi
+        sleep 0.3
+    done
+}
+
+spawn() {  # NAME COMMAND... : runs in the background, pid to $RUN/NAME.pid
+    local name=$1; shift
+    setsid nohup "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+    echo $! >"$RUN/$name.pid"
+}
+
+stop_pid() {
+    local name=$1 f="$RUN/$1.pid"
+    [ -f "$f" ] || return 0
+    local pid; pid=$(cat "$f")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$f"
+    log "$name stopped"
+}
+
+ensure_installed() {
+    if ! command -v clickhouse-server >/dev/null || ! command -v prometheus >/dev/null \
+        || [ ! -x "$TOOLS/bin/ferretdb" ]; then
+        "$ROOT/scripts/setup.sh" system
+    fi
+}
+
+# --- ClickHouse ---------------------------------------------------------------------
+clickhouse_ready() { curl -sf "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/ping"; }
+clickhouse_start() {
+    if pid_alive clickhouse && clickhouse_ready >/dev/null; then return; fi
+    local dir=$DATA/clickhouse
+    mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas"
+    cat >"$dir/config.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+    <logger><level>warning</level><console>1</console></logger>
+    <listen_host>127.0.0.1</listen_host>
+    <http_port>$CLICKHOUSE_HTTP_PORT</http_port>
+    <tcp_port>$CLICKHOUSE_TCP_PORT</tcp_port>
+    <max_connections>1024</max_connections>
+    <keep_alive_timeout>3</keep_alive_timeout>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <uncompressed_cache_size>1073741824</uncompressed_cache_size>
+    <mark_cache_size>536870912</mark_cache_size>
+    <path>$dir/data/</path>
+    <tmp_path>$dir/tmp/</tmp_path>
+    <user_files_path>$dir/user_files/</user_files_path>
+    <format_schema_path>$dir/format_schemas/</format_schema_path>
+    <users_config>$dir/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mlock_executable>false</mlock_executable>
+</yandex>
+XML
+    cat >"$dir/users.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+    <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
+        <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time>
+    </interval></default></quotas>
+</yandex>
+XML
+    spawn clickhouse clickhouse-server --config-file="$dir/config.xml"
+    wait_until clickhouse 60 clickhouse_ready
+    log "clickhouse ready on 127.0.0.1:$CLICKHOUSE_TCP_PORT (native), :$CLICKHOUSE_HTTP_PORT (http)"
+}
+clickhouse_stop() { stop_pid clickhouse; }
+clickhouse_status() { clickhouse_ready >/dev/null && echo "clickhouse: up" || echo "clickhouse: down"; }
+
+# --- MongoDB wire (FerretDB, or the MongoDB of MONGODB_URL) ---------------------------
+mongodb_start() {
+    if [ -n "${MONGODB_URL:-}" ]; then
+        log "mongodb: using MONGODB_URL, no FerretDB started"
+        return
+    fi
+    if pid_alive mongodb && tcp_open "$FERRETDB_PORT"; then return; fi
+    local dir=$DATA/ferretdb
+    mkdir -p "$dir/sqlite" "$dir/state"
+    spawn mongodb "$TOOLS/bin/ferretdb" --handler=sqlite --sqlite-url="file:$dir/sqlite/" \
+        --state-dir="$dir/state" --listen-addr="127.0.0.1:$FERRETDB_PORT" --debug-addr=- \
+        --telemetry=disable --log-level=warn
+    wait_until mongodb 60 tcp_open "$FERRETDB_PORT"
+    log "mongodb (FerretDB) ready on 127.0.0.1:$FERRETDB_PORT"
+}
+mongodb_stop() { stop_pid mongodb; }
+mongodb_status() {
+    if [ -n "${MONGODB_URL:-}" ]; then echo "mongodb: external (MONGODB_URL)"; return; fi
+    tcp_open "$FERRETDB_PORT" && echo "mongodb: up" || echo "mongodb: down"
+}
+
+# --- TSDB (Prometheus with the remote-write receiver) ---------------------------------
+tsdb_ready() { curl -sf "http://127.0.0.1:$TSDB_PORT/-/ready"; }
+tsdb_start() {
+    if pid_alive tsdb && tsdb_ready >/dev/null; then return; fi
+    local dir=$DATA/tsdb
+    mkdir -p "$dir/data"
+    cat >"$dir/prometheus.yml" <<YML
+# The SaaS TSDB: it scrapes nothing, it only receives remote writes.
+global:
+  evaluation_interval: 1m
+YML
+    spawn tsdb prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+        --web.listen-address="127.0.0.1:$TSDB_PORT" --web.enable-remote-write-receiver \
+        --web.enable-admin-api --storage.tsdb.retention.time=400d --log.level=warn
+    wait_until tsdb 60 tsdb_ready
+    log "tsdb (prometheus) ready on 127.0.0.1:$TSDB_PORT"
+}
+tsdb_stop() { stop_pid tsdb; }
+tsdb_status() { tsdb_ready >/dev/null && echo "tsdb: up" || echo "tsdb: down"; }
+
+# --- Ray (local head node) -------------------------------------------------------------
+# Ray replaces 127.0.0.1 by the machine's first non-loopback address unless it believes
+# it runs a single-node cluster, which this variable declares: every Ray process then
+# binds and advertises the loopback address only. Drivers need it too (tests, demo).
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+ray_bin() { echo "$ROOT/.venv/bin/ray"; }
+# The port test first: `ray status` waits half a minute for a GCS that is not there.
+ray_ready() { tcp_open "$RAY_GCS_PORT" && "$(ray_bin)" status --address="127.0.0.1:$RAY_GCS_PORT"; }
+ray_start() {
+    [ -x "$(ray_bin)" ] || "$ROOT/scripts/setup.sh" python
+    if ray_ready >/dev/null 2>&1; then return; fi
+    RAY_metrics_report_interval_ms=${RAY_metrics_report_interval_ms:-2000} \
+    "$(ray_bin)" start --head --disable-usage-stats --node-ip-address=127.0.0.1 \
+        --port="$RAY_GCS_PORT" --dashboard-host=127.0.0.1 --dashboard-port="$RAY_DASHBOARD_PORT" \
+        --min-worker-port=20000 --max-worker-port=24999 --node-manager-port=25001 \
+        --object-manager-port=25002 --dashboard-agent-listen-port=25003 \
+        --dashboard-agent-grpc-port=25004 --runtime-env-agent-port=25005 \
+        --ray-client-server-port=25006 --metrics-export-port="$RAY_METRICS_PORT" \
+        >>"$LOGS/ray.log" 2>&1
+    wait_until ray 60 ray_ready
+    log "ray ready: 127.0.0.1:$RAY_GCS_PORT, dashboard http://127.0.0.1:$RAY_DASHBOARD_PORT"
+}
+ray_stop() { "$(ray_bin)" stop --force >>"$LOGS/ray.log" 2>&1 || true; log "ray stopped"; }
+ray_status() { ray_ready >/dev/null 2>&1 && echo "ray: up" || echo "ray: down"; }
+
+usage() { echo "usage: $0 start|stop|status|restart [clickhouse|mongodb|tsdb|ray ...]" >&2; exit 2; }
+
+command=${1:-}
+[ $# -gt 0 ] && shift
+services=("$@")
+[ ${#services[@]} = 0 ] && services=("${DEFAULT_SERVICES[@]}")
+for s in "${services[@]}"; do
+    case $s in clickhouse|mongodb|tsdb|ray) ;; *) log "unknown service: $s"; usage ;; esac
+done
+case $command in
+    start) ensure_installed; for s in "${services[@]}"; do "${s}_start"; done ;;
+    stop) for s in "${services[@]}"; do "${s}_stop"; done ;;
+    restart) for s in "${services[@]}"; do "${s}_stop"; done; ensure_installed
+             for s in "${services[@]}"; do "${s}_start"; done ;;
+    status) for s in "${services[@]}"; do "${s}_status"; done ;;
+    *) usage ;;
+esac

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs what the project needs, and only what is missing; safe to run again.
+#   scripts/setup.sh          system packages, FerretDB and the Python venv
+#   scripts/setup.sh system   system packages and FerretDB only
+#   scripts/setup.sh python   the Python venv only
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+FERRETDB_VERSION=v1.24.2
+TOOLS=${CLOUDTUNER_TOOLS:-$HOME/.cache/cloudtuner-k8s}
+PYTHON=${PYTHON:-python3}
+
+log() { echo "setup: $*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+install_debian_packages() {
+    local missing=()
+    command -v clickhouse-server >/dev/null || missing+=(clickhouse-server clickhouse-client)
+    command -v prometheus >/dev/null || missing+=(prometheus)
+    command -v promtool >/dev/null || missing+=(prometheus)
+    [ ${#missing[@]} = 0 ] && return
+    log "apt-get install ${missing[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# `go install github.com/FerretDB/FerretDB/cmd/ferretdb@v1.24.2` builds a binary that
+# panics at start ("Invalid build/version/version.txt"): the module zip lacks the
+# generated version file. So: fetch that same module with the Go tool, add the file,
+# build it. The result is FerretDB v1.24.2, unchanged.
+install_ferretdb() {
+    local bin="$TOOLS/bin/ferretdb"
+    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "version: $FERRETDB_VERSION"; then
+        return
+    fi
+    command -v go >/dev/null || { log "Go is needed to build FerretDB; install Go ≥ 1.21"; exit 1; }
+    log "building FerretDB $FERRETDB_VERSION"
+    local dir src
+    dir=$(go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+    [ -d "$dir" ] || { log "go mod download of FerretDB $FERRETDB_VERSION failed"; exit 1; }
+    src=$(mktemp -d)
+    cp -r "$dir/." "$src" && chmod -R u+w "$src"
+    echo "$FERRETDB_VERSION" > "$src/build/version/version.txt"
+    mkdir -p "$TOOLS/bin"
+    (cd "$src" && go build -trimpath -o "$bin.tmp" ./cmd/ferretdb) && mv "$bin.tmp" "$bin"
+    rm -rf "$src"
+}
+
+install_python() {
+    local venv="$ROOT/.venv" stamp="$ROOT/.venv/.installed"
+    if [ ! -x "$venv/bin/python" ]; then
+        log "creating $venv"
+        "$PYTHON" -m venv "$venv"
+    fi
+    # Reinstall only when the dependencies changed.
+    local want
+    want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        log "pip install -e .[test]"
+        "$venv/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]"
+        echo "$want" > "$stamp"
+    fi
+}
+
+case "${1:-all}" in
+    system) install_debian_packages; install_ferretdb ;;
+    python) install_python ;;
+    all) install_debian_packages; install_ferretdb; install_python ;;
+    *) echo "usage: $0 [all|system|python]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,156 @@
+"""``POST /storage/api/v2/write``: Prometheus Remote-Write 1.0 into the multi-tenant TSDB.
+
+The tenant is who authenticated, never what the body says: every series is stamped with
+``tenant_id=<account id>`` and forwarded with the tenant header. Answers follow what
+Prometheus senders do with them: 2xx done, 4xx dropped for good (so only for bodies that
+can never succeed), 429 and 5xx retried (so for everything that may pass later).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from k8scost.remote_write import Limits, TenantPolice, WriteRejected
+from k8scost.settings import IngressSettings, StoreSettings, from_env
+from k8scost.stores.accounts import AccountStore, Credentials
+from k8scost.stores.mongo import connect
+from serve_apps.ingress import metrics
+from serve_apps.ingress.auth import CredentialCache, basic_auth
+from serve_apps.ingress.ratelimit import TokenBuckets
+
+log = logging.getLogger("ray.serve")
+
+WRITE_PATH = "/api/v2/write"
+ACCOUNT_HEADER = "cloud-account-id"
+_TSDB_ERROR_TEXT_LIMIT = 1024
+
+
+class _Refused(Exception):
+    """Ends a request early with this answer."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.response = PlainTextResponse(message + "\n", status_code=status, headers=headers)
+
+
+@serve.deployment(
+    name="RemoteWriteIngress",
+    # Serve's default of 5 requests in flight per replica serialises senders behind the
+    # TSDB round trip; a replica's work is mostly waiting on it, so let many overlap.
+    max_ongoing_requests=256,
+    ray_actor_options={"num_cpus": 0.5},
+)
+class RemoteWriteIngress:
+    def __init__(self) -> None:
+        self.settings = from_env(IngressSettings)
+        s = self.settings
+        self.limits = Limits(
+            allowed_metrics=s.allowed_metrics,
+            max_labels_per_series=s.max_labels_per_series,
+            max_label_name_length=s.max_label_name_length,
+            max_label_value_length=s.max_label_value_length,
+            max_future_seconds=s.max_future_seconds,
+            max_decoded_bytes=s.max_decoded_bytes,
+        )
+        self.credentials = CredentialCache(AccountStore(connect(from_env(StoreSettings))), s.auth_cache_seconds)
+        self.buckets = TokenBuckets(s.tenant_samples_per_second, s.tenant_burst_samples)
+        self.police_by_tenant: dict[str, TenantPolice] = {}
+        self.tsdb = httpx.AsyncClient(
+            timeout=s.forward_timeout,
+            limits=httpx.Limits(max_connections=s.forward_connections, max_keepalive_connections=s.forward_connections),
+        )
+
+    async def __call__(self, request: Request) -> Response:
+        tenant = "unauthenticated"
+        try:
+            if request.method != "POST" or not request.url.path.endswith(WRITE_PATH):
+                raise _Refused(404, f"not found: {request.method} {request.url.path}; remote write is POST {WRITE_PATH}")
+            tenant = await self._authenticate(request)
+            response = await self._write(tenant, request)
+        except _Refused as refused:
+            response = refused.response
+        metrics.REQUESTS.inc(tags={"tenant": tenant, "code": str(response.status_code)})
+        return response
+
+    async def _authenticate(self, request: Request) -> str:
+        account_id = request.headers.get(ACCOUNT_HEADER, "").strip()
+        if not account_id:
+            raise _Refused(400, "missing Cloud-Account-Id header")
+        challenge = {"WWW-Authenticate": 'Basic realm="cloudtuner remote write"'}
+        auth = basic_auth(request.headers.get("authorization"))
+        if auth is None:
+            raise _Refused(401, "missing or malformed basic auth", challenge)
+        username, password = auth
+        if username != account_id:
+            raise _Refused(401, "basic auth username must be the Cloud-Account-Id", challenge)
+        try:
+            account = await self.credentials.account(Credentials(account_id, password))
+        except Exception as exc:  # the store is down: the sender must retry, not drop
+            log.warning("account store unavailable: %s", exc)
+            raise _Refused(503, "account store unavailable, retry later") from None
+        if account is None:
+            raise _Refused(401, "unknown or deleted account, or wrong password", challenge)
+        return account.id
+
+    async def _write(self, tenant: str, request: Request) -> Response:
+        s = self.settings
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > s.max_body_bytes:
+            raise _Refused(413, f"body of {declared} bytes is over the limit of {s.max_body_bytes}")
+        body = await request.body()
+        if len(body) > s.max_body_bytes:
+            raise _Refused(413, f"body of {len(body)} bytes is over the limit of {s.max_body_bytes}")
+        police = self.police_by_tenant.get(tenant)
+        if police is None:
+            police = self.police_by_tenant[tenant] = TenantPolice(tenant, self.limits)
+        try:
+            policed = police.police(body, int(time.time() * 1000))
+        except WriteRejected as rejected:
+            metrics.SAMPLES.inc(tags={"tenant": tenant, "outcome": "rejected", "reason": rejected.reason})
+            raise _Refused(rejected.status, rejected.message) from None
+        for reason, count in policed.dropped.items():
+            metrics.SAMPLES.inc(count, tags={"tenant": tenant, "outcome": "dropped", "reason": reason})
+
+        wait = self.buckets.take(tenant, policed.samples)
+        if wait:
+            metrics.SAMPLES.inc(policed.samples, tags={"tenant": tenant, "outcome": "rejected", "reason": "rate_limited"})
+            raise _Refused(429, f"tenant over {s.tenant_samples_per_second:g} samples/s", {"Retry-After": str(int(wait))})
+        if policed.series:
+            await self._forward(tenant, policed.body)
+        metrics.SAMPLES.inc(policed.samples, tags={"tenant": tenant, "outcome": "accepted", "reason": "ok"})
+        return Response(status_code=204)
+
+    async def _forward(self, tenant: str, body: bytes) -> None:
+        s = self.settings
+        started = time.perf_counter()
+        try:
+            answer = await self.tsdb.post(
+                s.tsdb_remote_write_url,
+                content=body,
+                headers={
+                    "Content-Encoding": "snappy",
+                    "Content-Type": "application/x-protobuf",
+                    "X-Prometheus-Remote-Write-Version": "0.1.0",
+                    s.tenant_header: tenant,
+                },
+            )
+        except httpx.HTTPError as exc:
+            metrics.FORWARD_SECONDS.observe(time.perf_counter() - started, tags={"outcome": "unreachable"})
+            log.warning("TSDB unreachable: %r", exc)
+            raise _Refused(503, "TSDB unreachable, retry later") from None
+        outcome = "ok" if answer.is_success else "error"
+        metrics.FORWARD_SECONDS.observe(time.perf_counter() - started, tags={"outcome": outcome})
+        if answer.status_code >= 500 or answer.status_code == 429:
+            log.warning("TSDB answered %s: %s", answer.status_code, answer.text[:_TSDB_ERROR_TEXT_LIMIT])
+            raise _Refused(503, f"TSDB answered {answer.status_code}, retry later")
+        if not answer.is_success:
+            raise _Refused(400, f"TSDB refused the write: {answer.text[:_TSDB_ERROR_TEXT_LIMIT].strip()}")
+
+
+app = RemoteWriteIngress.bind()

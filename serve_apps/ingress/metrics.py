@@ -1,0 +1,22 @@
+"""The ingress's own metrics, exported by Ray's metrics agent (prefix ``ray_``)."""
+
+from __future__ import annotations
+
+from ray.util import metrics
+
+REQUESTS = metrics.Counter(
+    "cloudtuner_ingress_requests",
+    description="Remote-write requests answered, by tenant and HTTP status.",
+    tag_keys=("tenant", "code"),
+)
+SAMPLES = metrics.Counter(
+    "cloudtuner_ingress_samples",
+    description="Samples received, by tenant, outcome (accepted, rejected, dropped) and reason.",
+    tag_keys=("tenant", "outcome", "reason"),
+)
+FORWARD_SECONDS = metrics.Histogram(
+    "cloudtuner_ingress_forward_seconds",
+    description="Time the TSDB took to take a forwarded write.",
+    boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    tag_keys=("outcome",),
+)
