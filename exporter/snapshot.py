@@ -1,0 +1,142 @@
+"""The cost metrics, and the pure function turning one poll's answers into their values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from exporter.allocation import Allocation
+
+# Aggregations asked of the allocation API each poll. "namespace,pod" because
+# aggregate=pod merges same-named pods of different namespaces.
+AGGREGATES = ("cluster", "node", "namespace", "namespace,pod", "namespace,pod,container")
+
+
+@dataclass(frozen=True)
+class CostMetric:
+    """One exported gauge."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...]
+
+
+# Label values of one series, in the order of its CostMetric.labels.
+Series = tuple[str, ...]
+# Values of every cost series of one poll.
+Snapshot = dict[CostMetric, dict[Series, float]]
+
+_CLUSTER = ("tenant_id", "cluster")
+_NAMESPACE = (*_CLUSTER, "namespace")
+_POD = (*_NAMESPACE, "pod", "node")
+_NODE = (*_CLUSTER, "node")
+_CONTAINER = (*_NAMESPACE, "pod", "container", "node", "controller_kind", "controller")
+
+_RATE = "in Kubecost's currency per hour (window cost / its running minutes)"
+
+# Gauges keyed by the Rates or Usage field they export.
+NAMESPACE_GAUGES = {
+    field: CostMetric(
+        f"cloudtuner_kubecost_namespace_{field}_cost", f"{what} cost of the namespace, {_RATE}.", _NAMESPACE
+    )
+    for field, what in (("total", "Total"), ("cpu", "CPU"), ("ram", "Memory"), ("pv", "Persistent-volume"))
+}
+POD_GAUGES = {
+    field: CostMetric(f"cloudtuner_kubecost_pod_{field}_cost", f"{what} cost of the pod, {_RATE}.", _POD)
+    for field, what in (("total", "Total"), ("cpu", "CPU"), ("ram", "Memory"))
+}
+NODE_GAUGES = {
+    field: CostMetric(f"cloudtuner_kubecost_node_{field}_cost", f"{what} cost allocated on the node, {_RATE}.", _NODE)
+    for field, what in (("total", "Total"), ("cpu", "CPU"), ("ram", "Memory"))
+}
+IDLE_GAUGE = CostMetric(
+    "cloudtuner_kubecost_idle_cost", f"Cost of the cluster's unallocated (idle) capacity, {_RATE}.", _CLUSTER
+)
+CLUSTER_GAUGES = {
+    field: CostMetric(
+        f"kubecost_cluster_{name}_cost", f"{what} cost of the whole cluster, idle included, {_RATE}.", _CLUSTER
+    )
+    for field, name, what in (
+        ("cpu", "cpu", "CPU"),
+        ("ram", "memory", "Memory"),
+        ("pv", "storage", "Storage"),
+        ("network", "network", "Network"),
+        ("load_balancer", "load_balancer", "Load-balancer"),
+    )
+}
+MANAGEMENT_GAUGE = CostMetric(
+    "kubecost_cluster_management_cost", f"Cluster-management fee (Kubecost assets API), {_RATE}.", _CLUSTER
+)
+CONTAINER_GAUGES = {
+    field: CostMetric(f"cloudtuner_kubecost_container_{name}", f"{what} of the container over the window.", _CONTAINER)
+    for field, name, what in (
+        ("cpu_request", "cpu_request_cores", "Average CPU request in cores"),
+        ("cpu_usage_average", "cpu_usage_average_cores", "Average CPU usage in cores"),
+        ("cpu_usage_max", "cpu_usage_max_cores", "Maximum CPU usage in cores (the average if Kubecost has no max)"),
+        ("memory_request", "memory_request_bytes", "Average memory request in bytes"),
+        ("memory_usage_average", "memory_usage_average_bytes", "Average memory usage in bytes"),
+        ("memory_usage_max", "memory_usage_max_bytes", "Maximum memory usage in bytes (the average if no max)"),
+    )
+}
+
+COST_METRICS: tuple[CostMetric, ...] = (
+    *CLUSTER_GAUGES.values(),
+    MANAGEMENT_GAUGE,
+    IDLE_GAUGE,
+    *NODE_GAUGES.values(),
+    *NAMESPACE_GAUGES.values(),
+    *POD_GAUGES.values(),
+    *CONTAINER_GAUGES.values(),
+)
+
+
+def build_snapshot(
+    allocations: Mapping[str, Sequence[Allocation]],
+    management_rate: float | None,
+    tenant_id: str,
+    cluster: str,
+) -> Snapshot:
+    """Every cost series of one poll; ``allocations`` maps each of AGGREGATES to its answer.
+
+    Entries whose labels coincide are summed, so a series is never written twice.
+    """
+    snapshot: Snapshot = {metric: {} for metric in COST_METRICS}
+
+    def add(metric: CostMetric, labels: Series, value: float | None) -> None:
+        if value is not None:
+            series = snapshot[metric]
+            series[labels] = series.get(labels, 0.0) + value
+
+    base = (tenant_id, cluster)
+    for a in allocations["cluster"]:  # idle included: the whole cluster's cost
+        for field, metric in CLUSTER_GAUGES.items():
+            add(metric, base, getattr(a.rates, field))
+    add(MANAGEMENT_GAUGE, base, management_rate)
+
+    for a in allocations["namespace"]:
+        if a.idle:
+            add(IDLE_GAUGE, base, a.rates.total)
+            continue
+        for field, metric in NAMESPACE_GAUGES.items():
+            add(metric, (*base, a.labels.get("namespace", "")), getattr(a.rates, field))
+
+    for a in _allocated(allocations["node"]):
+        for field, metric in NODE_GAUGES.items():
+            add(metric, (*base, a.labels.get("node", "")), getattr(a.rates, field))
+
+    for a in _allocated(allocations["namespace,pod"]):
+        labels = (*base, *(a.labels.get(key, "") for key in ("namespace", "pod", "node")))
+        for field, metric in POD_GAUGES.items():
+            add(metric, labels, getattr(a.rates, field))
+
+    for a in _allocated(allocations["namespace,pod,container"]):
+        keys = ("namespace", "pod", "container", "node", "controllerKind", "controller")
+        labels = (*base, *(a.labels.get(key, "") for key in keys))
+        for field, metric in CONTAINER_GAUGES.items():
+            add(metric, labels, getattr(a.usage, field))
+    return snapshot
+
+
+def _allocated(allocations: Sequence[Allocation]) -> list[Allocation]:
+    """The entries that are real workloads: idle is no node, pod or container."""
+    return [a for a in allocations if not a.idle]
