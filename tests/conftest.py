@@ -1,0 +1,59 @@
+"""Session fixtures: the real servers (scripts/services.sh), a local Ray with Serve, accounts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from k8scost.settings import StoreSettings, from_env
+from k8scost.stores.accounts import Account, AccountStore, Credentials
+from k8scost.stores.mongo import connect
+from tests import helpers
+
+# Every Ray process and driver of the tests stays on the loopback address (see services.sh).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+# What the Serve applications run with in tests: short caches so deletions are seen fast.
+TEST_SERVE_ENV = {
+    "INGRESS_AUTH_CACHE_SECONDS": "1",
+    "INGRESS_TENANT_SAMPLES_PER_SECOND": "20000",
+    "INGRESS_TENANT_BURST_SAMPLES": "100000",
+}
+
+
+@pytest.fixture(scope="session")
+def real_services() -> None:
+    """ClickHouse, MongoDB wire (FerretDB or MONGODB_URL) and the TSDB, up."""
+    helpers.services("start")
+
+
+@pytest.fixture(scope="session")
+def serve_apps(real_services: None) -> str:
+    """A local Ray with the Serve applications of cluster_config/serve_config.yaml; their base URL."""
+    helpers.services("start", "ray")
+    helpers.deploy_serve(TEST_SERVE_ENV)
+    return helpers.SERVE_URL
+
+
+class SyncAccounts:
+    """The account store for synchronous test code, on a loop of its own."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._store = AccountStore(connect(from_env(StoreSettings)))
+
+    def create(self, organization_id: str = "org-test") -> tuple[Account, Credentials]:
+        return self._loop.run_until_complete(self._store.create(organization_id, "test cluster"))
+
+    def delete(self, account_id: str) -> bool:
+        return self._loop.run_until_complete(self._store.delete(account_id))
+
+    def rotate(self, account_id: str) -> Credentials | None:
+        return self._loop.run_until_complete(self._store.rotate(account_id))
+
+
+@pytest.fixture(scope="session")
+def accounts(real_services: None) -> SyncAccounts:
+    return SyncAccounts()

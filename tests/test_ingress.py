@@ -1,0 +1,162 @@
+"""The remote_write ingress on real servers: Ray Serve, FerretDB/MongoDB, Prometheus as TSDB."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import pytest
+
+from k8scost.remote_write import encode
+from k8scost.stores.accounts import Credentials
+from tests import helpers
+from tests.test_remote_write import raw_body
+
+pytestmark = pytest.mark.services
+
+
+def post(body: bytes, credentials: Credentials | None, account_header: str | None = None, **headers: str) -> httpx.Response:
+    if account_header is None and credentials is not None:
+        account_header = credentials.account_id
+    if account_header:
+        headers["Cloud-Account-Id"] = account_header
+    auth = (credentials.account_id, credentials.password) if credentials else None
+    return httpx.post(helpers.WRITE_URL, content=body, auth=auth, headers={"Content-Encoding": "snappy", **headers}, timeout=30)
+
+
+def series(marker: str, value: float = 1.0, **labels: str) -> tuple[dict[str, str], list[tuple[int, float]]]:
+    return (
+        {"__name__": "cloudtuner_kubecost_namespace_total_cost", "cluster": "test", "namespace": marker, **labels},
+        [(int(time.time() * 1000), value)],
+    )
+
+
+def landed(marker: str) -> list[dict]:
+    return helpers.tsdb_query(f'cloudtuner_kubecost_namespace_total_cost{{namespace="{marker}"}}')
+
+
+@pytest.fixture()
+def tenant(serve_apps: str, accounts) -> Credentials:
+    return accounts.create()[1]
+
+
+def test_write_lands_with_the_authenticated_tenant(tenant: Credentials) -> None:
+    marker = f"ns-{uuid.uuid4().hex[:8]}"
+    answer = post(encode([series(marker, 0.125, tenant_id="someone-else")]), tenant)
+    assert answer.status_code == 204, answer.text
+    [result] = helpers.wait_for("the write in the TSDB", lambda: landed(marker), timeout=10)
+    assert result["metric"]["tenant_id"] == tenant.account_id
+    assert float(result["value"][1]) == 0.125
+
+
+def test_disallowed_series_are_dropped_and_the_rest_lands(tenant: Credentials) -> None:
+    marker = f"ns-{uuid.uuid4().hex[:8]}"
+    other = ({"__name__": "node_cpu_seconds_total", "marker": marker}, [(int(time.time() * 1000), 1.0)])
+    assert post(encode([other, series(marker)]), tenant).status_code == 204
+    helpers.wait_for("the allowed series", lambda: landed(marker), timeout=10)
+    assert helpers.tsdb_query(f'node_cpu_seconds_total{{marker="{marker}"}}') == []
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "needle"),
+    [
+        ("no_header", 400, "Cloud-Account-Id"),
+        ("no_auth", 401, "basic auth"),
+        ("wrong_password", 401, "wrong password"),
+        ("unknown_account", 401, "unknown"),
+        ("other_accounts_header", 401, "username"),
+    ],
+)
+def test_unauthenticated_writes_land_nowhere(tenant: Credentials, accounts, case: str, status: int, needle: str) -> None:
+    marker = f"ns-{uuid.uuid4().hex[:8]}"
+    body = encode([series(marker)])
+    other = accounts.create()[1]
+    if case == "no_header":
+        answer = post(body, tenant, account_header="")
+    elif case == "no_auth":
+        answer = post(body, None, account_header=tenant.account_id)
+    elif case == "wrong_password":
+        answer = post(body, Credentials(tenant.account_id, "guess"))
+    elif case == "unknown_account":
+        ghost = str(uuid.uuid4())
+        answer = post(body, Credentials(ghost, tenant.password))
+    else:  # my credentials, another tenant's header
+        answer = post(body, tenant, account_header=other.account_id)
+    assert answer.status_code == status, answer.text
+    assert needle in answer.text
+    if status == 401:
+        assert answer.headers["www-authenticate"].startswith("Basic")
+    time.sleep(1)
+    assert landed(marker) == []
+
+
+def test_deleted_account_and_old_password_stop_writing(tenant: Credentials, accounts) -> None:
+    assert post(encode([series("before")]), tenant).status_code == 204
+    new = accounts.rotate(tenant.account_id)
+    assert new is not None
+    helpers.wait_for("the old password to be refused", lambda: post(encode([series("x")]), tenant).status_code == 401, timeout=5)
+    assert post(encode([series("x")]), new).status_code == 204
+    assert accounts.delete(tenant.account_id)
+    helpers.wait_for("the deleted account to be refused", lambda: post(encode([series("x")]), new).status_code == 401, timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("labels", "needle"),
+    [
+        ([], "no labels"),
+        ([("__name__", "cloudtuner_a_cost"), ("ns", "a"), ("ns", "b")], "appears twice"),
+        ([("__name__", "cloudtuner_a_cost"), ("pod", "a"), ("namespace", "b")], "not sorted"),
+        ([("namespace", "b")], "no __name__"),
+        ([("__name__", "cloudtuner a")], "not a valid metric name"),
+        ([("__name__", "cloudtuner_a_cost"), ("", "x")], "empty name"),
+        ([("__name__", "cloudtuner_a_cost"), ("a.b", "x")], "not a valid label name"),
+    ],
+)
+def test_malformed_bodies_get_400_naming_the_rule(tenant: Credentials, labels, needle: str) -> None:
+    marker = f"ns-{uuid.uuid4().hex[:8]}"
+    good_labels, good_samples = series(marker)
+    answer = post(raw_body((sorted(good_labels.items()), good_samples), (labels, good_samples)), tenant)
+    assert answer.status_code == 400, answer.text
+    assert needle in answer.text
+    assert landed(marker) == []  # nothing of a refused body lands
+
+
+def test_future_sample_and_broken_encodings(tenant: Credentials) -> None:
+    future = series("future")
+    future[1][0] = (future[1][0][0] + 3_600_000, 1.0)
+    answer = post(encode([future]), tenant)
+    assert answer.status_code == 400 and "in the future" in answer.text
+    answer = post(b"\x00garbage", tenant)
+    assert answer.status_code == 400 and "snappy" in answer.text
+    answer = post(b"\xff\xff\xff\xff\x0f", tenant)  # claims 4 GiB once inflated
+    assert answer.status_code == 413
+    answer = post(b"\x00" * (11 << 20), tenant)  # over INGRESS_MAX_BODY_BYTES (10 MiB)
+    assert answer.status_code == 413
+
+
+def test_rate_limit_answers_429_with_retry_after(tenant: Credentials) -> None:
+    # The test deployment grants 20,000 samples/s with a burst of 100,000.
+    now = int(time.time() * 1000)
+    big = encode([({"__name__": "cloudtuner_kubecost_pod_total_cost", "pod": f"p{i}"}, [(now, 1.0)]) for i in range(60_000)])
+    assert post(big, tenant).status_code == 204
+    answer = post(big, tenant)
+    assert answer.status_code == 429, answer.text
+    assert int(answer.headers["retry-after"]) >= 1
+
+
+def test_tsdb_down_answers_503_then_recovers(tenant: Credentials) -> None:
+    marker = f"ns-{uuid.uuid4().hex[:8]}"
+    helpers.services("stop", "tsdb")
+    try:
+        answer = post(encode([series(marker)]), tenant)
+        assert answer.status_code == 503, answer.text
+    finally:
+        helpers.services("start", "tsdb")
+    assert post(encode([series(marker)]), tenant).status_code == 204
+    helpers.wait_for("the write after the TSDB came back", lambda: landed(marker), timeout=10)
+
+
+def test_unknown_path_is_404(serve_apps: str) -> None:
+    answer = httpx.get(f"{serve_apps}/storage/api/v2/write")
+    assert answer.status_code == 404 and "POST" in answer.text
