@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from typing import Any, TypeVar
 import httpx
 import yaml
 
+from k8scost.simulator.customer import free_port  # noqa: F401  (re-exported for tests)
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / "scripts" / "services.sh"
 TSDB_URL = "http://127.0.0.1:9090"
@@ -23,17 +24,6 @@ RAY_DASHBOARD = "http://127.0.0.1:8265"
 WRITE_URL = f"{SERVE_URL}/storage/api/v2/write"
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A free port on 127.0.0.1 below Ray's worker range (20000-24999)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not 20000 <= port <= 25999:
-            return port
-    raise RuntimeError("no free port outside Ray's range")
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.25) -> T:
@@ -103,6 +93,9 @@ def deploy_serve(env_vars: dict[str, str], applications: set[str] | None = None)
         config["applications"] = [a for a in config["applications"] if a["name"] in applications]
     for app in config["applications"]:
         app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env_vars)
+    # Replicas import our code when they start: begin from none, so they run this checkout.
+    httpx.delete(f"{RAY_DASHBOARD}/api/serve/applications/", timeout=60).raise_for_status()
+    wait_for("Serve to shut down", lambda: not httpx.get(f"{RAY_DASHBOARD}/api/serve/applications/", timeout=10).json().get("applications"), timeout=120, interval=1)
     answer = httpx.put(f"{RAY_DASHBOARD}/api/serve/applications/", json=config, timeout=60)
     assert answer.status_code == 200, answer.text
 

@@ -61,7 +61,7 @@ def test_disallowed_series_are_dropped_and_the_rest_lands(tenant: Credentials) -
 @pytest.mark.parametrize(
     ("case", "status", "needle"),
     [
-        ("no_header", 400, "Cloud-Account-Id"),
+        ("no_header_no_auth", 400, "Cloud-Account-Id"),
         ("no_auth", 401, "basic auth"),
         ("wrong_password", 401, "wrong password"),
         ("unknown_account", 401, "unknown"),
@@ -72,8 +72,8 @@ def test_unauthenticated_writes_land_nowhere(tenant: Credentials, accounts, case
     marker = f"ns-{uuid.uuid4().hex[:8]}"
     body = encode([series(marker)])
     other = accounts.create()[1]
-    if case == "no_header":
-        answer = post(body, tenant, account_header="")
+    if case == "no_header_no_auth":
+        answer = post(body, None, account_header="")
     elif case == "no_auth":
         answer = post(body, None, account_header=tenant.account_id)
     elif case == "wrong_password":
@@ -89,6 +89,14 @@ def test_unauthenticated_writes_land_nowhere(tenant: Credentials, accounts, case
         assert answer.headers["www-authenticate"].startswith("Basic")
     time.sleep(1)
     assert landed(marker) == []
+
+
+def test_username_names_the_account_when_the_header_is_missing(tenant: Credentials) -> None:
+    # Debian's Prometheus 2.42 sends no custom headers (prometheus#13030).
+    marker = f"ns-{uuid.uuid4().hex[:8]}"
+    assert post(encode([series(marker)]), tenant, account_header="").status_code == 204
+    [result] = helpers.wait_for("the write in the TSDB", lambda: landed(marker), timeout=10)
+    assert result["metric"]["tenant_id"] == tenant.account_id
 
 
 def test_deleted_account_and_old_password_stop_writing(tenant: Credentials, accounts) -> None:

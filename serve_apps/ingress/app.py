@@ -79,14 +79,17 @@ class RemoteWriteIngress:
         return response
 
     async def _authenticate(self, request: Request) -> str:
-        account_id = request.headers.get(ACCOUNT_HEADER, "").strip()
-        if not account_id:
+        header = request.headers.get(ACCOUNT_HEADER, "").strip()
+        auth = basic_auth(request.headers.get("authorization"))
+        if not header and auth is None:
             raise _Refused(400, "missing Cloud-Account-Id header")
         challenge = {"WWW-Authenticate": 'Basic realm="cloudtuner remote write"'}
-        auth = basic_auth(request.headers.get("authorization"))
         if auth is None:
             raise _Refused(401, "missing or malformed basic auth", challenge)
         username, password = auth
+        # Prometheus 2.42 as Debian builds it sends no custom headers (prometheus#13030);
+        # the basic-auth username names the same account, so it stands in for the header.
+        account_id = header or username
         if username != account_id:
             raise _Refused(401, "basic auth username must be the Cloud-Account-Id", challenge)
         try:

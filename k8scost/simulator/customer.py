@@ -1,0 +1,168 @@
+"""A whole simulated customer cluster as real processes: Kubecost simulator → allocation-exporter
+→ the customer's Prometheus, remote-writing to our ingress with the shipped configuration.
+
+Used by the demo, the integration tests and the benchmarks, so that all three exercise the
+same path a customer runs: the Prometheus configuration is ``cluster_config/customer/
+prometheus-remote-write.yaml`` with its placeholders filled in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+REMOTE_WRITE_TEMPLATE = ROOT / "cluster_config" / "customer" / "prometheus-remote-write.yaml"
+# Ray's workers listen on 20000-24999 and its agents on 25001-25099 (scripts/services.sh).
+_RAY_PORTS = range(20000, 26000)
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1 outside the ports Ray takes."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _RAY_PORTS:
+            return port
+    raise RuntimeError("no free port outside Ray's range")
+
+
+def wait_until_answers(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 2xx; fail early if ``process`` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def prometheus_config(
+    *,
+    account_id: str,
+    password_file: Path,
+    write_url: str,
+    exporter_target: str,
+    scrape_interval: float,
+    spoof_tenant: str | None = None,
+) -> dict[str, Any]:
+    """The shipped customer configuration, placeholders filled in, tuned for short intervals."""
+    config = yaml.safe_load(REMOTE_WRITE_TEMPLATE.read_text())
+    interval = f"{max(scrape_interval, 0.1):g}s"
+    config["global"] = {"scrape_interval": interval, "evaluation_interval": interval}
+    [job] = config["scrape_configs"]
+    job["scrape_interval"] = interval
+    job["scrape_timeout"] = interval
+    job["static_configs"] = [{"targets": [exporter_target]}]
+    if spoof_tenant is not None:  # a hostile customer claiming another tenant's label
+        job["metric_relabel_configs"] = [{"target_label": "tenant_id", "replacement": spoof_tenant}]
+    [remote] = config["remote_write"]
+    remote["url"] = write_url
+    remote["headers"] = {"Cloud-Account-Id": account_id}
+    remote["basic_auth"] = {"username": account_id, "password_file": str(password_file)}
+    remote["queue_config"].update(batch_send_deadline="1s", min_backoff="200ms", max_backoff="2s")
+    return config
+
+
+@dataclasses.dataclass
+class CustomerCluster:
+    """One customer cluster of an estate, run as three processes under ``workdir``."""
+
+    cluster: str
+    estate_file: Path
+    account_id: str
+    password: str
+    write_url: str
+    workdir: Path
+    scrape_interval: float = 1.0
+    allocation_window: str = "1h"
+    spoof_tenant: str | None = None
+    simulator_port: int = dataclasses.field(default_factory=free_port)
+    exporter_port: int = dataclasses.field(default_factory=free_port)
+    prometheus_port: int = dataclasses.field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen] = dataclasses.field(default_factory=dict)
+
+    @property
+    def kubecost_url(self) -> str:
+        return f"http://127.0.0.1:{self.simulator_port}"
+
+    @property
+    def exporter_url(self) -> str:
+        return f"http://127.0.0.1:{self.exporter_port}/metrics"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
+
+    def start(self) -> CustomerCluster:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.start_kubecost()
+        self._spawn(
+            "exporter",
+            [sys.executable, "-m", "exporter", "--kubecost-url", self.kubecost_url, "--tenant-id", self.account_id,
+             "--cluster-name", self.cluster, "--scrape-interval", str(self.scrape_interval),
+             "--allocation-window", self.allocation_window, "--host", "127.0.0.1", "--port", str(self.exporter_port)],
+        )
+        wait_until_answers(self.exporter_url, process=self.processes["exporter"])
+        self.start_prometheus()
+        return self
+
+    def start_kubecost(self) -> None:
+        self._spawn(
+            "kubecost",
+            [sys.executable, "-m", "k8scost.simulator", "--cluster", self.cluster, "--spec", str(self.estate_file),
+             "--host", "127.0.0.1", "--port", str(self.simulator_port)],
+        )
+        wait_until_answers(f"{self.kubecost_url}/healthz", process=self.processes["kubecost"])
+
+    def start_prometheus(self) -> None:
+        password_file = self.workdir / "password"
+        password_file.write_text(self.password)
+        config_file = self.workdir / "prometheus.yml"
+        config = prometheus_config(
+            account_id=self.account_id, password_file=password_file, write_url=self.write_url,
+            exporter_target=f"127.0.0.1:{self.exporter_port}", scrape_interval=self.scrape_interval,
+            spoof_tenant=self.spoof_tenant,
+        )
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        self._spawn(
+            "prometheus",
+            ["prometheus", f"--config.file={config_file}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.prometheus_port}", "--log.level=warn"],
+        )
+        wait_until_answers(f"{self.prometheus_url}/-/ready", process=self.processes["prometheus"])
+
+    def stop(self, name: str | None = None) -> None:
+        """Stop one process (kubecost, exporter, prometheus) or all of them."""
+        for key in [name] if name else list(self.processes):
+            process = self.processes.pop(key, None)
+            if process is None or process.poll() is not None:
+                continue
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.workdir / f"{name}.log", "ab")
+        self.processes[name] = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )

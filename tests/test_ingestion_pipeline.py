@@ -1,0 +1,114 @@
+"""Simulator → exporter → the customer's real Prometheus → ingress → TSDB, end to end."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from k8scost.simulator import generate_estate, ground_truth
+from k8scost.simulator.customer import CustomerCluster
+from k8scost.simulator.spec import to_json
+from tests import helpers
+
+pytestmark = pytest.mark.services
+
+NAMESPACE_RATE = "cloudtuner_kubecost_namespace_total_cost"
+
+
+@pytest.fixture(scope="module")
+def estate(tmp_path_factory: pytest.TempPathFactory):
+    """An estate whose history ended days ago: every rate is steady now, so exact to check."""
+    estate = generate_estate(11, clusters=2, namespaces_per_cluster=4, pods_per_namespace=3,
+                             start=time.time() - 10 * 86400, span_seconds=3600, usage_variation=0.0)
+    path = tmp_path_factory.mktemp("estate") / "estate.json"
+    path.write_text(to_json(estate))
+    return estate, path
+
+
+@pytest.fixture(scope="module")
+def customer(serve_apps: str, accounts, estate, tmp_path_factory: pytest.TempPathFactory):
+    """The first cluster of the estate, sending as a fresh account, with a spoofed tenant label."""
+    account, credentials = accounts.create()
+    cluster = CustomerCluster(
+        cluster=estate[0].clusters[0].name, estate_file=estate[1], account_id=account.id,
+        password=credentials.password, write_url=helpers.WRITE_URL,
+        workdir=tmp_path_factory.mktemp("customer"), spoof_tenant="victim-tenant",
+    ).start()
+    yield cluster
+    cluster.stop()
+
+
+def namespace_rates(tenant: str, cluster: str) -> dict[str, float]:
+    result = helpers.tsdb_query(f'{NAMESPACE_RATE}{{tenant_id="{tenant}",cluster="{cluster}"}}')
+    return {r["metric"]["namespace"]: float(r["value"][1]) for r in result}
+
+
+def test_tsdb_holds_the_simulators_rates_under_the_enforced_tenant(customer: CustomerCluster, estate) -> None:
+    estate, _ = estate
+    cluster = estate.clusters[0]
+    now = time.time()
+    expected = {ns.name: ground_truth(estate, now - 3600, now, cluster=cluster.name, namespace=ns.name).total
+                for ns in cluster.namespaces}
+    got = helpers.wait_for(
+        "every namespace rate in the TSDB",
+        lambda: (rates := namespace_rates(customer.account_id, cluster.name)).keys() >= expected.keys() and rates,
+        timeout=60,
+    )
+    for namespace, rate in expected.items():
+        # The simulator prints costs to 5 decimals, over 55 of 60 minutes.
+        assert got[namespace] == pytest.approx(rate, rel=1e-6, abs=2e-5), namespace
+    # Pods: one series per running pod, summing to the namespaces.
+    pods = helpers.tsdb_query(f'sum by (namespace) (cloudtuner_kubecost_pod_total_cost{{tenant_id="{customer.account_id}"}})')
+    for r in pods:
+        assert float(r["value"][1]) == pytest.approx(got[r["metric"]["namespace"]], rel=1e-4, abs=1e-4)
+    # The spoofed label reached nobody: no series anywhere carries it.
+    assert helpers.tsdb_query('{tenant_id="victim-tenant"}') == []
+    assert helpers.tsdb_query(f'count({{tenant_id="{customer.account_id}", __name__!~"cloudtuner_.+|kubecost_.+"}})') == []
+
+
+def test_wrong_password_lands_nothing(serve_apps: str, accounts, estate, tmp_path: Path) -> None:
+    estate, path = estate
+    account, _ = accounts.create()
+    intruder = CustomerCluster(
+        cluster=estate.clusters[1].name, estate_file=path, account_id=account.id, password="not-the-password",
+        write_url=helpers.WRITE_URL, workdir=tmp_path,
+    ).start()
+    try:
+        # The customer Prometheus reports its failed sends; wait until it has tried a few times.
+        def failed_sends() -> float:
+            text = httpx.get(f"{intruder.prometheus_url}/metrics").text
+            return sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("prometheus_remote_storage_samples_failed_total"))
+        helpers.wait_for("the customer Prometheus to be refused", lambda: failed_sends() >= 10, timeout=60)
+        assert helpers.tsdb_query(f'{{cluster="{estate.clusters[1].name}"}}') == []
+        assert helpers.tsdb_query(f'{{tenant_id="{account.id}"}}') == []
+    finally:
+        intruder.stop()
+
+
+def test_tsdb_outage_loses_no_sample(customer: CustomerCluster) -> None:
+    series = f'kubecost_cluster_cpu_cost{{tenant_id="{customer.account_id}"}}'
+    helpers.wait_for("the cluster series", lambda: helpers.tsdb_query(series), timeout=60)
+    outage_start = time.time()
+    helpers.services("stop", "tsdb")
+    time.sleep(30)
+    helpers.services("start", "tsdb")
+    outage_end = time.time()
+    # Once the customer's Prometheus has caught up, our TSDB holds every sample it scraped
+    # during the outage: count them on both sides over the same window.
+    window = f"[{int(outage_end - outage_start) + 2}s]"
+    at = outage_end + 1
+
+    def counts() -> tuple[float, float]:
+        ours = helpers.tsdb_query(f"count_over_time({series}{window})", at=at)
+        theirs = httpx.get(f"{customer.prometheus_url}/api/v1/query",
+                           params={"query": f"count_over_time(kubecost_cluster_cpu_cost{window})", "time": at}).json()
+        return (float(ours[0]["value"][1]) if ours else 0.0, float(theirs["data"]["result"][0]["value"][1]))
+
+    time.sleep(2)
+    ours, theirs = helpers.wait_for("the backlog to be delivered", lambda: (c := counts())[0] == c[1] and c, timeout=90)
+    assert theirs >= 25  # one sample a second, for the 30 s outage
+    assert ours == theirs
