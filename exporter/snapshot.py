@@ -28,11 +28,11 @@ Snapshot = dict[CostMetric, dict[Series, float]]
 
 _CLUSTER = ("tenant_id", "cluster")
 _NAMESPACE = (*_CLUSTER, "namespace")
-_POD = (*_NAMESPACE, "pod", "node")
+_POD = (*_NAMESPACE, "pod", "node", "controller_kind", "controller")
 _NODE = (*_CLUSTER, "node")
 _CONTAINER = (*_NAMESPACE, "pod", "container", "node", "controller_kind", "controller")
 
-_RATE = "in Kubecost's currency per hour (window cost / its running minutes)"
+_RATE = "in Kubecost's currency per hour (window cost / the hours Kubecost covered)"
 
 # Gauges keyed by the Rates or Usage field they export.
 NAMESPACE_GAUGES = {
@@ -125,7 +125,7 @@ def build_snapshot(
             add(metric, (*base, a.labels.get("node", "")), getattr(a.rates, field))
 
     for a in _allocated(allocations["namespace,pod"]):
-        labels = (*base, *(a.labels.get(key, "") for key in ("namespace", "pod", "node")))
+        labels = (*base, *(a.labels.get(key, "") for key in ("namespace", "pod", "node", "controllerKind", "controller")))
         for field, metric in POD_GAUGES.items():
             add(metric, labels, getattr(a.rates, field))
 

@@ -75,7 +75,11 @@ ANSWERS = {
     "namespace,pod": _answer(
         {
             "opencost/opencost-6d8f": _alloc(
-                55, {"namespace": "opencost", "pod": "opencost-6d8f", "node": "node-a"}, cpu=0.011, ram=0.0055
+                55,
+                {"namespace": "opencost", "pod": "opencost-6d8f", "node": "node-a",
+                 "controllerKind": "deployment", "controller": "opencost"},
+                cpu=0.011,
+                ram=0.0055,
             ),
             # Same pod name in two namespaces: two series.
             "a/web-0": _alloc(55, {"namespace": "a", "pod": "web-0", "node": "node-a"}, cpu=0.22),
@@ -299,9 +303,12 @@ async def test_exports_hourly_rates_with_the_right_labels(kubecost: FakeKubecost
     assert _get(s, node + "total_cost", **C, node="__idle__") is None
 
     pod = "cloudtuner_kubecost_pod_"
-    assert _get(s, pod + "cpu_cost", **C, namespace="opencost", pod="opencost-6d8f", node="node-a") == 0.011 / hours
-    assert _get(s, pod + "cpu_cost", **C, namespace="a", pod="web-0", node="node-a") == 0.22 / hours
-    assert _get(s, pod + "ram_cost", **C, namespace="b", pod="web-0", node="") == 0.01 / hours  # ran 27.5 of 55 min
+    owner = {"controller_kind": "deployment", "controller": "opencost"}
+    no_owner = {"controller_kind": "", "controller": ""}
+    assert _get(s, pod + "cpu_cost", **C, namespace="opencost", pod="opencost-6d8f", node="node-a", **owner) == 0.011 / hours
+    assert _get(s, pod + "cpu_cost", **C, namespace="a", pod="web-0", node="node-a", **no_owner) == 0.22 / hours
+    # ran 27.5 of the 55 minutes
+    assert _get(s, pod + "ram_cost", **C, namespace="b", pod="web-0", node="", **no_owner) == 0.01 / hours
     assert not any(name.startswith(pod) and ("pod", "gone") in labels for name, labels in s)
 
     container = "cloudtuner_kubecost_container_"

@@ -11,46 +11,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from k8scost.devstack import ROOT, free_port, wait_until_answers
+
 REMOTE_WRITE_TEMPLATE = ROOT / "cluster_config" / "customer" / "prometheus-remote-write.yaml"
-# Ray's workers listen on 20000-24999 and its agents on 25001-25099 (scripts/services.sh).
-_RAY_PORTS = range(20000, 26000)
-
-
-def free_port() -> int:
-    """A free port on 127.0.0.1 outside the ports Ray takes."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _RAY_PORTS:
-            return port
-    raise RuntimeError("no free port outside Ray's range")
-
-
-def wait_until_answers(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
-    """Poll ``url`` until it answers 2xx; fail early if ``process`` died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).is_success:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
 def prometheus_config(

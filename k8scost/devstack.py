@@ -1,0 +1,112 @@
+"""The whole stack on one machine, for the demo, the tests and the benchmarks.
+
+Wraps ``scripts/services.sh`` (real servers and a local Ray) and deploys
+``cluster_config/serve_config.yaml`` through Ray's dashboard, as production deploys it.
+Everything listens on 127.0.0.1 at the ports services.sh documents.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ROOT / "scripts" / "services.sh"
+SERVE_CONFIG = ROOT / "cluster_config" / "serve_config.yaml"
+TSDB_URL = "http://127.0.0.1:9090"
+SERVE_URL = "http://127.0.0.1:8000"
+RAY_DASHBOARD = "http://127.0.0.1:8265"
+RAY_ADDRESS = "127.0.0.1:6379"
+WRITE_URL = f"{SERVE_URL}/storage/api/v2/write"
+# Ray's workers listen on 20000-24999 and its agents on 25001-25099 (scripts/services.sh).
+_RAY_PORTS = range(20000, 26000)
+
+# Ray replaces 127.0.0.1 by the machine's first other address unless told it runs a
+# single-node cluster; drivers need the same word as `ray start` (see services.sh).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1 outside the ports Ray takes."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _RAY_PORTS:
+            return port
+    raise RuntimeError("no free port outside Ray's range")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.25) -> T:
+    """Call ``probe`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = probe()
+            if result:
+                return result
+        except Exception as exc:  # the thing waited for may not answer yet
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
+
+
+def wait_until_answers(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 2xx; fail early if ``process`` died."""
+
+    def answers() -> bool:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {process.returncode}")
+        return httpx.get(url, timeout=2).is_success
+
+    try:
+        wait_for(url, answers, timeout, interval=0.2)
+    except TimeoutError:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {process.returncode}") from None
+        raise
+
+
+def services(*args: str) -> None:
+    """``scripts/services.sh ARGS``, e.g. ``services("start", "ray")``."""
+    subprocess.run([str(SERVICES), *args], check=True, cwd=ROOT)
+
+
+def deploy_serve(env_vars: dict[str, str] | None = None, *, fresh: bool = True) -> None:
+    """Deploy the Serve config with ``env_vars`` added to each application; wait until it runs.
+
+    ``fresh`` removes the running applications first: replicas import our code when they
+    start, so only new replicas are sure to run this checkout.
+    """
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    for app in config["applications"]:
+        app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env_vars or {})
+    applications = f"{RAY_DASHBOARD}/api/serve/applications/"
+    if fresh:
+        httpx.delete(applications, timeout=60).raise_for_status()
+        wait_for("Serve to shut down", lambda: not httpx.get(applications, timeout=10).json().get("applications"),
+                 timeout=120, interval=1)
+    answer = httpx.put(applications, json=config, timeout=60)
+    if answer.status_code != 200:
+        raise RuntimeError(f"Serve refused the config: {answer.text}")
+    wanted = {app["name"] for app in config["applications"]}
+
+    def running() -> bool:
+        apps = httpx.get(applications, timeout=10).json().get("applications", {})
+        failed = [f"{name}: {apps[name].get('message')}" for name in wanted & set(apps) if apps[name]["status"] == "DEPLOY_FAILED"]
+        if failed:
+            raise RuntimeError(f"Serve deploy failed: {failed}")
+        return wanted <= set(apps) and all(apps[name]["status"] == "RUNNING" for name in wanted)
+
+    wait_for("Serve applications to run", running, timeout=180, interval=1)
