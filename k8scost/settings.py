@@ -148,7 +148,29 @@ class IngressSettings:
     )
 
 
-ALL_SETTINGS: tuple[type, ...] = (ExporterSettings, StoreSettings, IngressSettings)
+@dataclasses.dataclass(frozen=True)
+class MetroculusSettings:
+    """Metroculus, the cost-query API (Ray Serve).
+
+    The TSDB it reads is `StoreSettings.tsdb_url` (`TSDB_URL`).
+    """
+
+    cluster_secret: str = setting(
+        "CLUSTER_SECRET", "dev-cluster-secret", "Shared secret callers send in the `Secret` header."
+    )
+    resolution_seconds: int = setting(
+        "METROCULUS_RESOLUTION_SECONDS",
+        60,
+        "Step at which hourly-rate gauges are integrated; dates and steps must be multiples of it.",
+    )
+    max_range_days: int = setting("METROCULUS_MAX_RANGE_DAYS", 92, "Longest start_date..end_date span a request may ask.")
+    tsdb_timeout: float = setting("METROCULUS_TSDB_TIMEOUT", 30.0, "Seconds to wait for one TSDB query.")
+    tsdb_connections: int = setting(
+        "METROCULUS_TSDB_CONNECTIONS", 32, "Pooled connections from one replica to the TSDB."
+    )
+
+
+ALL_SETTINGS: tuple[type, ...] = (ExporterSettings, StoreSettings, IngressSettings, MetroculusSettings)
 
 
 def settings_table() -> str:

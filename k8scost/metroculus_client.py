@@ -1,0 +1,69 @@
+"""An async client of Metroculus for the SaaS's own callers (tenant actors, workers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+_ERROR_TEXT_LIMIT = 1024
+
+
+class MetroculusError(Exception):
+    """Metroculus answered a non-2xx status; ``message`` is its error text."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"Metroculus answered {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class MetroculusClient:
+    """Calls ``base_url`` (e.g. ``http://127.0.0.1:8000/metroculus``) with the cluster secret."""
+
+    def __init__(self, base_url: str, secret: str, timeout: float = 60.0) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers={"Secret": secret}, timeout=timeout)
+
+    async def kubecost_metrics(
+        self, cloud_account_id: str, metrics: Sequence[str], start: int, end: int, step: int | None = None
+    ) -> dict[str, Any]:
+        """Per-series costs of ``metrics`` over (start, end], or per bucket of ``step`` seconds."""
+        params: dict[str, Any] = {
+            "cloud_account_id": cloud_account_id,
+            "metrics": ",".join(metrics),
+            "start_date": start,
+            "end_date": end,
+        }
+        if step is not None:
+            params["step"] = step
+        return await self._get("/v2/kubecost_metrics", params)
+
+    async def cluster_costs(self, cloud_account_id: str, start: int, end: int) -> dict[str, Any]:
+        """Cluster-level costs over (start, end], in total and per cluster."""
+        return await self._get(
+            "/v2/kubecost_cluster_costs", {"cloud_account_id": cloud_account_id, "start_date": start, "end_date": end}
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> MetroculusClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        answer = await self._http.get(path, params=params)
+        if not answer.is_success:
+            raise MetroculusError(answer.status_code, _error_text(answer))
+        return answer.json()
+
+
+def _error_text(answer: httpx.Response) -> str:
+    """Metroculus's ``error`` field, or the start of the body (a proxy's error page)."""
+    try:
+        return str(answer.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return answer.text[:_ERROR_TEXT_LIMIT].strip()

@@ -1,0 +1,196 @@
+"""The expenses ledger in ClickHouse (native protocol, asynch).
+
+``expenses`` is a CollapsingMergeTree: a cost is written as a +1 row and corrected by a −1
+row repeating the old values plus a +1 row with the new ones. Until ClickHouse merges
+them, every reader must aggregate with ``sign``, which the queries here do.
+
+Days are ``DateTime`` UTC day starts. They cross the wire as unix seconds
+(``toDateTime(n)``, ``toUnixTimestamp(date)``) so the server's time zone never shifts them:
+the driver would format a datetime parameter as wall-clock text in the server's zone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from asynch import Connection, Pool
+from asynch.errors import Error as AsynchError
+
+from k8scost.settings import StoreSettings
+from k8scost.stores import StoreUnavailable
+from k8scost.stores import migrations
+
+# What the driver raises when the server is down, restarts, or answers with an error.
+_DRIVER_ERRORS = (AsynchError, OSError, EOFError)
+_POOL_MAXSIZE = 4
+
+# Columns ``daily_costs`` may group by: the only text ever interpolated into SQL.
+GROUP_COLUMNS = frozenset({"resource_id", "k8s_cluster", "k8s_namespace", "k8s_node", "k8s_service"})
+
+_INSERT = (
+    "INSERT INTO expenses (cloud_account_id, resource_id, date, cost, sign, "
+    "k8s_cluster, k8s_namespace, k8s_node, k8s_service) VALUES"
+)
+
+# The live rows of each (key, resource, day, cost): a −1 cancels the +1 of the same value.
+# Summing per value first keeps costs exact: the survivor is usually one value with
+# copies == 1, while a float sum of a, −a and b in whatever order the server picks may
+# differ from b in the last bit.
+_NET_ROWS = """
+SELECT {key} AS key, date, cost, sum(sign) AS copies
+FROM expenses
+WHERE cloud_account_id = %(account)s
+  AND date >= toDateTime(%(start)s) AND date < toDateTime(%(end)s){extra}
+GROUP BY key, resource_id, date, cost
+HAVING copies != 0
+"""
+_LEDGER = (
+    "SELECT key, toUnixTimestamp(date), sum(cost * copies), sum(copies) FROM ({net}) "
+    "GROUP BY key, date HAVING sum(copies) != 0"
+)
+_DAILY = (
+    "SELECT key, toUnixTimestamp(date), sum(cost * copies) FROM ({net}) "
+    "GROUP BY key, date HAVING sum(copies) > 0"
+)
+
+
+class ExpenseRow(NamedTuple):
+    """One row of ``expenses``; ``date`` is a tz-aware UTC midnight."""
+
+    cloud_account_id: str
+    resource_id: str
+    date: datetime
+    cost: float
+    sign: int
+    k8s_cluster: str | None
+    k8s_namespace: str | None
+    k8s_node: str | None
+    k8s_service: str | None
+
+
+class LedgerEntry(NamedTuple):
+    """What the ledger holds for one (resource, day): its cost and how many +1 rows are live.
+
+    ``copies`` is 1 normally; above 1 a +1 row was written twice and ``cost`` is the sum of
+    the copies. A merge collapses such duplicates by itself, keeping the last +1 row: a
+    repair writing a −1 for the extra copy cancels the only row if a merge came first.
+    """
+
+    cost: float
+    copies: int
+
+
+def _require_aware(moment: datetime) -> datetime:
+    if moment.utcoffset() is None:
+        # A naive datetime would be read in the server's zone: refuse rather than guess.
+        raise ValueError(f"expected a tz-aware datetime, got {moment!r}")
+    return moment
+
+
+def _epoch(moment: datetime) -> int:
+    return int(_require_aware(moment).timestamp())
+
+
+def _day(epoch: int) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+class ExpenseStore:
+    """Reads and writes ``expenses`` through a connection pool of the running event loop."""
+
+    def __init__(self, settings: StoreSettings) -> None:
+        self._dsn = settings.clickhouse_url
+        self._pool: Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def _current_pool(self) -> Pool:
+        # asyncio primitives and sockets belong to one loop: a caller on another loop
+        # (e.g. a new asyncio.run) gets a pool of its own.
+        loop = asyncio.get_running_loop()
+        if self._pool is None or self._loop is not loop:
+            # minsize 0: the pool never has to open a connection while the server is down.
+            self._pool = await Pool(minsize=0, maxsize=_POOL_MAXSIZE, dsn=self._dsn).startup()
+            self._loop = loop
+        return self._pool
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        try:
+            pool = await self._current_pool()
+            async with pool.connection() as conn:
+                try:
+                    yield conn
+                except BaseException:
+                    # A failed or interrupted query may leave unread packets on the socket;
+                    # a closed connection is discarded by the pool instead of reused.
+                    with suppress(Exception):
+                        await conn.close()
+                    raise
+        except _DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"ClickHouse: {exc}") from exc
+
+    async def _execute(self, query: str, args: Any = None, settings: dict[str, Any] | None = None) -> list[tuple]:
+        async with self._connection() as conn:
+            cursor = conn.cursor()
+            if settings:
+                cursor.set_settings(settings)
+            await cursor.execute(query, args)
+            return await cursor.fetchall() if cursor.description else []
+
+    async def migrate(self) -> list[int]:
+        """Apply the missing migrations in order; the versions this call applied."""
+        await self._execute(migrations.BOOKKEEPING_DDL)
+        applied = {version for (version,) in await self._execute(migrations.APPLIED_QUERY)}
+        done: list[int] = []
+        for migration in migrations.pending(applied):
+            await self._execute(migration.sql)
+            await self._execute(
+                migrations.RECORD_INSERT, [(migration.version, migration.name, datetime.now(UTC))]
+            )
+            done.append(migration.version)
+        return done
+
+    async def insert(self, rows: Sequence[ExpenseRow]) -> None:
+        """Write ``rows`` with one INSERT sent as one block.
+
+        ClickHouse writes each partition's part of a block atomically, so a −1 row and
+        its +1 row for the same (resource, day) are stored together or not at all.
+        """
+        if not rows:
+            return
+        for row in rows:
+            _require_aware(row.date)
+        # The driver splits data into blocks of insert_block_size rows: one block keeps
+        # the whole batch in one part per partition.
+        await self._execute(_INSERT, [tuple(row) for row in rows], settings={"insert_block_size": len(rows)})
+
+    async def ledger(self, cloud_account_id: str, days: Sequence[datetime]) -> dict[tuple[str, datetime], LedgerEntry]:
+        """(resource_id, day) → its live cost and +1 copies, for the given UTC day starts."""
+        if not days:
+            return {}
+        epochs = sorted({_epoch(day) for day in days})
+        net = _NET_ROWS.format(key="resource_id", extra=" AND toUnixTimestamp(date) IN %(days)s")
+        params = {"account": cloud_account_id, "start": epochs[0], "end": epochs[-1] + 1, "days": tuple(epochs)}
+        rows = await self._execute(_LEDGER.format(net=net), params)
+        return {(resource, _day(epoch)): LedgerEntry(cost, copies) for resource, epoch, cost, copies in rows}
+
+    async def daily_costs(
+        self, cloud_account_id: str, start: datetime, end: datetime, *, by: str = "resource_id"
+    ) -> dict[tuple[str | None, datetime], float]:
+        """(value of column ``by``, day) → cost, for days in [start, end)."""
+        if by not in GROUP_COLUMNS:
+            raise ValueError(f"cannot group expenses by {by!r}; choose one of {sorted(GROUP_COLUMNS)}")
+        net = _NET_ROWS.format(key=by, extra="")
+        params = {"account": cloud_account_id, "start": _epoch(start), "end": _epoch(end)}
+        rows = await self._execute(_DAILY.format(net=net), params)
+        return {(key, _day(epoch)): cost for key, epoch, cost in rows}
+
+    async def close(self) -> None:
+        """Close the pooled connections; a later call opens new ones."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.shutdown()

@@ -1,0 +1,61 @@
+"""The versioned schema of the ClickHouse ledger, applied at start by ``ExpenseStore.migrate``.
+
+Every statement must be idempotent, because two processes may start at once and both
+apply a version the other has not recorded yet. ``CREATE TABLE IF NOT EXISTS`` is (ClickHouse
+serialises concurrent creations of one table). ClickHouse 18.16 has no
+``ADD COLUMN IF NOT EXISTS``: a later ``ALTER`` must be written so that running it twice is
+harmless, or its "column already exists" error treated as success.
+
+Each applied version is recorded in ``schema_migrations``; concurrent starts may record one
+twice, so readers take the distinct versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import NamedTuple
+
+
+class Migration(NamedTuple):
+    """One step of the schema: a single SQL statement."""
+
+    version: int
+    name: str
+    sql: str
+
+
+# A plain MergeTree: duplicate records are tolerated, and ReplacingMergeTree would only
+# hide them after a merge anyway.
+BOOKKEEPING_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations "
+    "(version UInt32, name String, applied_at DateTime) "
+    "ENGINE = MergeTree ORDER BY version"
+)
+APPLIED_QUERY = "SELECT DISTINCT version FROM schema_migrations"
+RECORD_INSERT = "INSERT INTO schema_migrations (version, name, applied_at) VALUES"
+
+# The k8s_* columns stay out of the sorting key: Nullable columns may not be in it on 18.16
+# (newer releases need allow_nullable_key), and readers filter by account and day first.
+EXPENSES_DDL = """
+CREATE TABLE IF NOT EXISTS expenses (
+    cloud_account_id String,
+    resource_id String,
+    date DateTime,
+    cost Float64,
+    sign Int8,
+    k8s_cluster Nullable(String),
+    k8s_namespace Nullable(String),
+    k8s_node Nullable(String),
+    k8s_service Nullable(String)
+)
+ENGINE = CollapsingMergeTree(sign)
+PARTITION BY toYYYYMM(date)
+ORDER BY (cloud_account_id, date, resource_id)
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "create expenses", EXPENSES_DDL),)
+
+
+def pending(applied: Collection[int]) -> list[Migration]:
+    """The migrations not in ``applied``, in version order."""
+    return sorted((m for m in MIGRATIONS if m.version not in applied), key=lambda m: m.version)

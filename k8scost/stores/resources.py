@@ -1,0 +1,173 @@
+"""Kubernetes resources in MongoDB ``cloud_resource``, the documents OptScale's readers expect.
+
+A resource's ``_id`` is a UUID5 of (account, cluster, kind, namespace, name): the same
+object always gets the same id, and a namespace of one name in two clusters gets two.
+
+Writes are never half-applied in effect: ``upsert`` is idempotent (``$set`` of the same
+values, ``$min``/``$max`` of the same bounds), so when a bulk write fails midway the retry
+of the whole cycle completes it and changes nothing it had already written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from motor.motor_asyncio import AsyncIOMotorDatabase
+from pymongo import ASCENDING, UpdateOne
+from pymongo.errors import ConnectionFailure
+
+from k8scost.stores import StoreUnavailable
+
+COLLECTION = "cloud_resource"
+SERVICE_NAME = "Kubernetes"
+# Fixed forever: changing it would give every resource a new id.
+_ID_NAMESPACE = uuid.UUID("5f0c7a52-2a64-4c8e-9a55-6f1d1b3c9e10")
+# Fields ``find`` filters on, each with an index next to cloud_account_id.
+FILTER_FIELDS = ("k8s_cluster", "k8s_namespace", "k8s_node", "k8s_service", "resource_type")
+
+
+class Kind(enum.StrEnum):
+    """What a resource is; the value prefixes its ``cloud_resource_id``."""
+
+    CLUSTER = "k8s-cluster"
+    NODE = "k8s-node"
+    NAMESPACE = "k8s-namespace"
+    POD = "k8s-pod"
+
+
+RESOURCE_TYPES = {
+    Kind.CLUSTER: "K8s Cluster",
+    Kind.NODE: "K8s Node",
+    Kind.NAMESPACE: "K8s Namespace",
+    Kind.POD: "K8s Pod",
+}
+
+
+def resource_id(cloud_account_id: str, cluster: str, kind: Kind, namespace: str | None, name: str) -> str:
+    """The stable ``_id`` of a resource."""
+    # JSON keeps the parts apart whatever characters they hold, and None apart from "".
+    key = json.dumps([cloud_account_id, cluster, str(kind), namespace, name])
+    return str(uuid.uuid5(_ID_NAMESPACE, key))
+
+
+@dataclasses.dataclass(frozen=True)
+class Resource:
+    """A cluster, node, namespace or pod of one cluster, and where it runs.
+
+    ``namespace`` is the namespace the resource belongs to (a namespace's own name for a
+    namespace, None for clusters and nodes); ``node`` and ``service`` likewise, when known.
+    """
+
+    kind: Kind
+    cluster: str
+    namespace: str | None
+    name: str
+    node: str | None = None
+    service: str | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def cloud_resource_id(self) -> str:
+        """Readable and unique per account, e.g. ``k8s-pod/<cluster>/<namespace>/<pod>``."""
+        parts = {
+            Kind.CLUSTER: [self.cluster],
+            Kind.NODE: [self.cluster, self.name],
+            Kind.NAMESPACE: [self.cluster, self.name],
+            Kind.POD: [self.cluster, self.namespace or "", self.name],
+        }[self.kind]
+        return "/".join([str(self.kind), *parts])
+
+    def id(self, cloud_account_id: str) -> str:
+        return resource_id(cloud_account_id, self.cluster, self.kind, self.namespace, self.name)
+
+
+def _update(
+    cloud_account_id: str, organization_id: str, resource: Resource, first_seen: int, last_seen: int
+) -> UpdateOne:
+    return UpdateOne(
+        {"_id": resource.id(cloud_account_id)},
+        {
+            # Fixed at creation; other components may edit tags or mark the resource deleted.
+            "$setOnInsert": {
+                "cloud_resource_id": resource.cloud_resource_id(),
+                "cloud_account_id": cloud_account_id,
+                "organization_id": organization_id,
+                "resource_type": RESOURCE_TYPES[resource.kind],
+                "service_name": SERVICE_NAME,
+                "tags": {},
+                "deleted_at": 0,
+            },
+            # What may change (a pod rescheduled, a label edited), and every field that may be
+            # None: FerretDB 1.24 drops null values of $setOnInsert. Setting the identity
+            # fields again writes the same values, so it stays idempotent.
+            "$set": {
+                "region": None,
+                "k8s_cluster": resource.cluster,
+                "k8s_namespace": resource.namespace,
+                "name": resource.name,
+                "k8s_node": resource.node,
+                "k8s_service": resource.service,
+                "meta": resource.meta,
+                "active": True,
+            },
+            # The seen interval only widens, whatever order cycles and backfills run in.
+            "$min": {"first_seen": first_seen},
+            "$max": {"last_seen": last_seen},
+        },
+        upsert=True,
+    )
+
+
+@asynccontextmanager
+async def _reachable() -> AsyncIterator[None]:
+    try:
+        yield
+    except ConnectionFailure as exc:  # ServerSelectionTimeoutError, AutoReconnect, NetworkTimeout
+        raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+
+class ResourceStore:
+    """Reads and writes ``cloud_resource``."""
+
+    def __init__(self, db: AsyncIOMotorDatabase) -> None:
+        self._collection = db[COLLECTION]
+
+    async def ensure_indexes(self) -> None:
+        async with _reachable():
+            await self._collection.create_index(
+                [("cloud_account_id", ASCENDING), ("cloud_resource_id", ASCENDING)], unique=True
+            )
+            for field in FILTER_FIELDS:
+                await self._collection.create_index([("cloud_account_id", ASCENDING), (field, ASCENDING)])
+
+    async def upsert(
+        self,
+        cloud_account_id: str,
+        organization_id: str,
+        resources: Iterable[Resource],
+        first_seen: int,
+        last_seen: int,
+    ) -> None:
+        """Create or refresh ``resources``, seen with cost from ``first_seen`` to ``last_seen`` (unix s)."""
+        updates = [_update(cloud_account_id, organization_id, r, first_seen, last_seen) for r in resources]
+        if not updates:
+            return
+        async with _reachable():
+            await self._collection.bulk_write(updates, ordered=False)
+
+    async def find(self, cloud_account_id: str, **filters: Any) -> list[dict[str, Any]]:
+        """The account's resources whose fields equal ``filters``, by ``cloud_resource_id``."""
+        unknown = set(filters) - {*FILTER_FIELDS, "cloud_resource_id", "active"}
+        if unknown:
+            raise ValueError(f"cannot filter resources by {sorted(unknown)}")
+        # Plain values only: a dict would smuggle an operator ($ne, $regex) into the query.
+        if any(not isinstance(v, str | bool | None) for v in filters.values()):
+            raise ValueError("resource filters take str, bool or None values")
+        query = {"cloud_account_id": cloud_account_id, **filters}
+        async with _reachable():
+            return await self._collection.find(query).sort("cloud_resource_id", ASCENDING).to_list(None)

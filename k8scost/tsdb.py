@@ -1,0 +1,67 @@
+"""An async client of the TSDB's PromQL HTTP API (Prometheus or Thanos Query).
+
+Failures come in two kinds that callers answer differently: ``TsdbUnavailable`` (may pass
+on retry: unreachable, timed out, 5xx) and ``TsdbQueryError`` (the TSDB refused the query
+itself: 4xx, carrying its error text).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+_ERROR_TEXT_LIMIT = 1024
+
+
+class TsdbUnavailable(Exception):
+    """The TSDB could not answer: connection refused, timeout or a 5xx."""
+
+
+class TsdbQueryError(Exception):
+    """The TSDB refused the query (4xx); the message is its error text."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TsdbClient:
+    """Instant and range PromQL queries over one pooled connection set."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0, connections: int = 32) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        )
+
+    async def instant(self, query: str, at: int | float) -> dict[str, Any]:
+        """The ``data`` of ``/api/v1/query`` at ``at`` (Unix seconds): resultType and result."""
+        return await self._get("/api/v1/query", {"query": query, "time": at})
+
+    async def range(self, query: str, start: int | float, end: int | float, step: int | float) -> dict[str, Any]:
+        """The ``data`` of ``/api/v1/query_range``: a matrix evaluated at start, start + step, …, end."""
+        return await self._get("/api/v1/query_range", {"query": query, "start": start, "end": end, "step": step})
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            answer = await self._http.get(path, params=params)
+        except httpx.TransportError as exc:
+            raise TsdbUnavailable(f"TSDB unreachable: {exc!r}") from None
+        if answer.status_code >= 500:
+            raise TsdbUnavailable(f"TSDB answered {answer.status_code}: {_error_text(answer)}")
+        if not answer.is_success:
+            raise TsdbQueryError(answer.status_code, _error_text(answer))
+        return answer.json()["data"]
+
+
+def _error_text(answer: httpx.Response) -> str:
+    """Prometheus' ``error`` field, or the start of the body when it is not its JSON."""
+    try:
+        return str(answer.json()["error"])[:_ERROR_TEXT_LIMIT]
+    except (ValueError, KeyError, TypeError):
+        return answer.text[:_ERROR_TEXT_LIMIT].strip()

@@ -1,0 +1,1 @@
+"""Metroculus: the SaaS's cost-query API, integrating the tenants' hourly-rate gauges in the TSDB."""

@@ -1,0 +1,201 @@
+"""``/metroculus/v2/...``: a tenant's Kubernetes costs over a time range, from the TSDB.
+
+The TSDB holds hourly-rate gauges (USD per hour); a cost over a range is their integral
+(``k8scost.promql.integral``), computed by the TSDB at the configured resolution. Every
+query is built by ``k8scost.promql.selector``, so it reads the asked tenant's series only.
+Answers: 400 for a request that can never succeed, 401/403 for a missing/wrong secret,
+503 when the TSDB is unreachable (retry), 502 when it refuses a query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from k8scost.promql import integral, selector, window
+from k8scost.settings import MetroculusSettings, StoreSettings, from_env
+from k8scost.tsdb import TsdbClient, TsdbQueryError, TsdbUnavailable
+from serve_apps.metroculus import metrics
+from serve_apps.metroculus.params import BadRequest, Span, parse_metrics_request, parse_span
+
+log = logging.getLogger("ray.serve")
+
+SECRET_HEADER = "Secret"
+HOUR = 3600
+# Breakdown keys of kubecost_cluster_costs (the seed's names) and the gauge behind each.
+BREAKDOWN: dict[str, str] = {
+    "management_cost": "kubecost_cluster_management_cost",
+    "cpu_cost": "kubecost_cluster_cpu_cost",
+    "ram_cost": "kubecost_cluster_memory_cost",
+    "pv_cost": "kubecost_cluster_storage_cost",
+    "network_cost": "kubecost_cluster_network_cost",
+    "load_balancer_cost": "kubecost_cluster_load_balancer_cost",
+}
+# The gauge whose samples tell whether a cluster reported in an hour.
+COVERAGE_METRIC = "kubecost_cluster_cpu_cost"
+
+QueryItems = list[tuple[str, str]]
+
+
+class _Refused(Exception):
+    """Ends a request early with ``{"error": message}`` and this status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@serve.deployment(
+    name="Metroculus",
+    # A request is a few concurrent TSDB round trips and little CPU: let many overlap.
+    max_ongoing_requests=128,
+    ray_actor_options={"num_cpus": 0.25},
+)
+class Metroculus:
+    def __init__(self) -> None:
+        self.settings = from_env(MetroculusSettings)
+        self.secret = self.settings.cluster_secret.encode()
+        self.tsdb = TsdbClient(
+            from_env(StoreSettings).tsdb_url, self.settings.tsdb_timeout, self.settings.tsdb_connections
+        )
+        self.routes: dict[str, Callable[[QueryItems], Awaitable[dict[str, Any]]]] = {
+            "/v2/kubecost_cluster_costs": self.cluster_costs,
+            "/v2/kubecost_metrics": self.kubecost_metrics,
+        }
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+        handler = self.routes.get(path)
+        endpoint = path.rsplit("/", 1)[-1] if handler else "unknown"
+        try:
+            self._authenticate(request)
+            if handler is None:
+                raise _Refused(404, f"not found: {path}; endpoints: {', '.join(self.routes)}")
+            if request.method != "GET":
+                raise _Refused(405, f"method {request.method} not allowed; use GET")
+            response = JSONResponse(await handler(request.query_params.multi_items()))
+        except _Refused as refused:
+            response = JSONResponse({"error": refused.message}, status_code=refused.status)
+        except BadRequest as bad:
+            response = JSONResponse({"error": str(bad)}, status_code=400)
+        except TsdbUnavailable as exc:
+            log.warning("%s", exc)
+            response = JSONResponse({"error": "TSDB unavailable, retry later"}, status_code=503)
+        except TsdbQueryError as exc:
+            response = JSONResponse({"error": f"TSDB refused the query: {exc}"}, status_code=502)
+        metrics.REQUESTS.inc(tags={"endpoint": endpoint, "code": str(response.status_code)})
+        return response
+
+    def _authenticate(self, request: Request) -> None:
+        given = request.headers.get(SECRET_HEADER)
+        if not given:
+            raise _Refused(401, f"missing {SECRET_HEADER} header")
+        # Starlette decodes headers as latin-1: back to the bytes the caller sent.
+        if not hmac.compare_digest(given.encode("latin-1"), self.secret):
+            raise _Refused(403, f"wrong {SECRET_HEADER} header")
+
+    async def cluster_costs(self, items: QueryItems) -> dict[str, Any]:
+        """Cluster-level costs over (start, end], in total and per cluster, by component."""
+        span = parse_span(items, self.settings)
+        queries = [
+            self._integral(f"sum by (cluster) ({selector(metric, span.cloud_account_id)})", span.seconds)
+            for metric in BREAKDOWN.values()
+        ]
+        answers = await asyncio.gather(*(self._instant(query, span.end) for query in queries))
+        clusters: dict[str, dict[str, float]] = {}
+        for key, answer in zip(BREAKDOWN, answers):
+            for series in answer["result"]:
+                breakdown = clusters.setdefault(series["metric"].get("cluster", ""), dict.fromkeys(BREAKDOWN, 0.0))
+                breakdown[key] = float(series["value"][1])
+        total = {key: sum(breakdown[key] for breakdown in clusters.values()) for key in BREAKDOWN}
+        return {
+            **_span_fields(span),
+            "total_cost": sum(total.values()),
+            "breakdown": total,
+            "clusters": {
+                name: {"total_cost": sum(breakdown.values()), "breakdown": breakdown}
+                for name, breakdown in sorted(clusters.items())
+            },
+        }
+
+    async def kubecost_metrics(self, items: QueryItems) -> dict[str, Any]:
+        """Per-series costs of the asked metrics over (start, end], or per bucket of ``step``."""
+        asked = parse_metrics_request(items, self.settings)
+        span, step = asked.span, asked.step
+        *answers, coverage = await asyncio.gather(
+            *(self._metric_cost(span, metric, step) for metric in asked.metrics), self._coverage(span)
+        )
+        return {
+            **_span_fields(span),
+            "step": step,
+            "metrics": {metric: {"status": "success", "data": data} for metric, data in zip(asked.metrics, answers)},
+            "coverage": coverage,
+        }
+
+    async def _metric_cost(self, span: Span, metric: str, step: int | None) -> dict[str, Any]:
+        series = selector(metric, span.cloud_account_id)
+        if step is None:
+            return await self._instant(self._integral(series, span.seconds), span.end)
+        # Evaluated at each bucket's end, each point is the cost of the bucket ending there.
+        return await self._range(self._integral(series, step), span.start + step, span.end, step)
+
+    async def _coverage(self, span: Span) -> dict[str, dict[str, Any]]:
+        """Per cluster, the hour starts in [start, end) without a sample of ``COVERAGE_METRIC``.
+
+        Hours count from start_date; when the range is not whole hours, the last hour is
+        checked over a full hour all the same. A cluster with no sample in the range is absent.
+        """
+        series = selector(COVERAGE_METRIC, span.cloud_account_id)
+        query = f"count by (cluster) (count_over_time({series}[{window(HOUR)}]))"
+        hours = range(span.start, span.end, HOUR)
+        answer = await self._range(query, span.start + HOUR, hours[-1] + HOUR, HOUR)
+        coverage: dict[str, dict[str, Any]] = {}
+        for series in answer["result"]:
+            reported = {int(at) - HOUR for at, _ in series["values"]}
+            coverage[series["metric"].get("cluster", "")] = {
+                "hours": len(hours),
+                "missing_hours": [hour for hour in hours if hour not in reported],
+            }
+        return coverage
+
+    def _integral(self, expr: str, range_seconds: int) -> str:
+        return integral(expr, range_seconds, self.settings.resolution_seconds)
+
+    async def _instant(self, query: str, at: int) -> dict[str, Any]:
+        return await self._timed("instant", self.tsdb.instant(query, at))
+
+    async def _range(self, query: str, start: int, end: int, step: int) -> dict[str, Any]:
+        return await self._timed("range", self.tsdb.range(query, start, end, step))
+
+    async def _timed(self, kind: str, pending: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        """``pending``'s answer, its latency and failure recorded in the metrics."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await pending
+        except TsdbUnavailable:
+            outcome = "unavailable"
+            raise
+        except TsdbQueryError:
+            outcome = "refused"
+            raise
+        finally:
+            metrics.TSDB_SECONDS.observe(time.perf_counter() - started, tags={"kind": kind, "outcome": outcome})
+            if outcome != "ok":
+                metrics.TSDB_ERRORS.inc(tags={"kind": kind, "reason": outcome})
+
+
+def _span_fields(span: Span) -> dict[str, Any]:
+    return {"cloud_account_id": span.cloud_account_id, "start_date": span.start, "end_date": span.end}
+
+
+app = Metroculus.bind()

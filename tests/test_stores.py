@@ -1,0 +1,392 @@
+"""The ledger stores against the real servers: ClickHouse ``expenses`` and MongoDB ``cloud_resource``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from asynch import Connection
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import DuplicateKeyError
+
+from k8scost import devstack
+from k8scost.settings import StoreSettings, from_env
+from k8scost.stores import StoreUnavailable
+from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore, LedgerEntry
+from k8scost.stores.mongo import connect
+from k8scost.stores.resources import COLLECTION, Kind, Resource, ResourceStore, resource_id
+
+# Fixtures on the loop of the test using them (the project's default is the session loop).
+pytestmark = pytest.mark.services
+
+DAY0 = datetime(2024, 1, 31, tzinfo=UTC)  # the last day of a month: rows span two partitions
+DAY1 = DAY0 + timedelta(days=1)
+DAY2 = DAY1 + timedelta(days=1)
+
+
+def _dsn(database: str) -> str:
+    base = from_env(StoreSettings).clickhouse_url
+    return base.rsplit("/", 1)[0] + "/" + database
+
+
+async def _clickhouse(query: str, database: str = "default") -> list[tuple]:
+    """Run one statement outside the store under test."""
+    async with Connection(dsn=_dsn(database)) as conn:
+        async with conn.cursor() as cursor:
+            await cursor.execute(query)
+            return await cursor.fetchall() if cursor.description else []
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def scratch_database(real_services: None) -> AsyncIterator[str]:
+    """A ClickHouse database of this test alone, so migrations start from nothing."""
+    name = f"test_{uuid.uuid4().hex}"
+    await _clickhouse(f"CREATE DATABASE {name}")
+    yield name
+    await _clickhouse(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def expenses(scratch_database: str) -> AsyncIterator[ExpenseStore]:
+    """A migrated store on a scratch database: tests may stop or force its merges."""
+    store = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database)))
+    await store.migrate()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def account() -> str:
+    return str(uuid.uuid4())
+
+
+def _row(
+    account: str, resource: str, day: datetime, cost: float, sign: int = 1, namespace: str | None = "ns"
+) -> ExpenseRow:
+    return ExpenseRow(account, resource, day, cost, sign, "cluster-a", namespace, "node-1", None)
+
+
+# --- migrations ------------------------------------------------------------------------
+
+
+async def test_migrations_apply_once_and_create_the_ledger_table(scratch_database: str) -> None:
+    store = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database)))
+    try:
+        assert await store.migrate() == [1]
+        assert await store.migrate() == []
+    finally:
+        await store.close()
+
+    columns = await _clickhouse(
+        f"SELECT name, type FROM system.columns WHERE database = '{scratch_database}' AND table = 'expenses'"
+    )
+    assert columns == [
+        ("cloud_account_id", "String"),
+        ("resource_id", "String"),
+        ("date", "DateTime"),
+        ("cost", "Float64"),
+        ("sign", "Int8"),
+        ("k8s_cluster", "Nullable(String)"),
+        ("k8s_namespace", "Nullable(String)"),
+        ("k8s_node", "Nullable(String)"),
+        ("k8s_service", "Nullable(String)"),
+    ]
+    [(engine, engine_full)] = await _clickhouse(
+        f"SELECT engine, engine_full FROM system.tables WHERE database = '{scratch_database}' AND name = 'expenses'"
+    )
+    assert engine == "CollapsingMergeTree"
+    assert engine_full.startswith(
+        "CollapsingMergeTree(sign) PARTITION BY toYYYYMM(date) ORDER BY (cloud_account_id, date, resource_id)"
+    )
+    records = await _clickhouse("SELECT version, name FROM schema_migrations", scratch_database)
+    assert records == [(1, "create expenses")]
+
+
+async def test_concurrent_migrations_create_the_schema_once(scratch_database: str) -> None:
+    stores = [ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database))) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(store.migrate() for store in stores))
+        assert [1] in results and all(result in ([1], []) for result in results)
+        assert await stores[0].migrate() == []
+    finally:
+        for store in stores:
+            await store.close()
+    tables = await _clickhouse(f"SELECT name FROM system.tables WHERE database = '{scratch_database}' ORDER BY name")
+    assert tables == [("expenses",), ("schema_migrations",)]
+    versions = await _clickhouse("SELECT DISTINCT version FROM schema_migrations", scratch_database)
+    assert versions == [(1,)]
+
+
+# --- the expenses ledger ---------------------------------------------------------------
+
+
+async def test_corrections_leave_the_latest_value_once(
+    expenses: ExpenseStore, scratch_database: str, account: str
+) -> None:
+    await expenses.insert(
+        [_row(account, "pod-a", DAY0, 0.1), _row(account, "pod-a", DAY1, 2.5), _row(account, "pod-b", DAY0, 1 / 3)]
+    )
+    # A later cycle corrects pod-a's first day twice over and pod-b's once.
+    await expenses.insert([_row(account, "pod-a", DAY0, 0.1, -1), _row(account, "pod-a", DAY0, 0.2)])
+    await expenses.insert(
+        [
+            _row(account, "pod-a", DAY0, 0.2, -1),
+            _row(account, "pod-a", DAY0, 0.7),
+            _row(account, "pod-b", DAY0, 1 / 3, -1),
+            _row(account, "pod-b", DAY0, 1e-17),
+        ]
+    )
+
+    ledger = await expenses.ledger(account, [DAY0, DAY1, DAY2])
+    assert ledger == {
+        ("pod-a", DAY0): LedgerEntry(0.7, 1),
+        ("pod-a", DAY1): LedgerEntry(2.5, 1),
+        ("pod-b", DAY0): LedgerEntry(1e-17, 1),
+    }
+    assert all(day.tzinfo is not None for _, day in ledger)
+    assert await expenses.ledger(account, [DAY1]) == {("pod-a", DAY1): LedgerEntry(2.5, 1)}
+    assert await expenses.ledger(account, []) == {}
+
+    assert await expenses.daily_costs(account, DAY0, DAY2) == {
+        ("pod-a", DAY0): 0.7,
+        ("pod-a", DAY1): 2.5,
+        ("pod-b", DAY0): 1e-17,
+    }
+    assert await expenses.daily_costs(account, DAY1, DAY2) == {("pod-a", DAY1): 2.5}
+
+    # Merging collapses the corrected rows away and leaves the ledger as it was.
+    await _clickhouse("OPTIMIZE TABLE expenses PARTITION 202401 FINAL", scratch_database)
+    assert await _clickhouse("SELECT count() FROM expenses WHERE toYYYYMM(date) = 202401", scratch_database) == [(2,)]
+    assert await expenses.ledger(account, [DAY0, DAY1, DAY2]) == ledger
+
+
+async def test_floats_read_back_bit_for_bit(expenses: ExpenseStore, account: str) -> None:
+    costs = [0.1, 0.2, 1 / 3, 123456.789012345, 5e-324, 1.7976931348623157e308, 0.30000000000000004]
+    await expenses.insert([_row(account, f"pod-{i}", DAY0, cost) for i, cost in enumerate(costs)])
+    # Correct each to the next: a float sum of a, −a and b in another order could drift.
+    await expenses.insert(
+        [
+            row
+            for i, cost in enumerate(costs)
+            for row in (_row(account, f"pod-{i}", DAY0, cost, -1), _row(account, f"pod-{i}", DAY0, costs[i - 1]))
+        ]
+    )
+    ledger = await expenses.ledger(account, [DAY0])
+    assert {resource: entry.cost for (resource, _), entry in ledger.items()} == {
+        f"pod-{i}": costs[i - 1] for i in range(len(costs))
+    }
+
+
+async def test_a_duplicated_row_shows_two_copies_until_a_merge(
+    expenses: ExpenseStore, scratch_database: str, account: str
+) -> None:
+    # A merge keeps only the last of several +1 rows: stopped, so the duplicate stays visible.
+    await _clickhouse(f"SYSTEM STOP MERGES {scratch_database}.expenses")
+    await expenses.insert([_row(account, "pod-a", DAY0, 1.25)])
+    await expenses.insert([_row(account, "pod-a", DAY0, 1.25)])  # a cycle retried after it had written
+    assert await expenses.ledger(account, [DAY0]) == {("pod-a", DAY0): LedgerEntry(2.5, 2)}
+
+    # The repair: one −1 leaves one copy.
+    await expenses.insert([_row(account, "pod-a", DAY0, 1.25, -1)])
+    assert await expenses.ledger(account, [DAY0]) == {("pod-a", DAY0): LedgerEntry(1.25, 1)}
+
+    # Unrepaired, a merge collapses the duplicate by itself: the repair must not race one.
+    await expenses.insert([_row(account, "pod-b", DAY0, 0.5), _row(account, "pod-b", DAY0, 0.5)])
+    assert (await expenses.ledger(account, [DAY0]))[("pod-b", DAY0)] == LedgerEntry(1.0, 2)
+    await _clickhouse(f"SYSTEM START MERGES {scratch_database}.expenses")
+    await _clickhouse("OPTIMIZE TABLE expenses PARTITION 202401 FINAL", scratch_database)
+    assert await expenses.ledger(account, [DAY0]) == {
+        ("pod-a", DAY0): LedgerEntry(1.25, 1),
+        ("pod-b", DAY0): LedgerEntry(0.5, 1),
+    }
+
+
+async def test_daily_costs_group_by_an_allowed_column_only(expenses: ExpenseStore, account: str) -> None:
+    await expenses.insert(
+        [
+            _row(account, "pod-a", DAY0, 1.5, namespace="shop"),
+            _row(account, "pod-b", DAY0, 2.25, namespace="shop"),
+            _row(account, "pod-c", DAY0, 4.0, namespace=None),
+            _row(account, "pod-a", DAY1, 8.0, namespace="shop"),
+        ]
+    )
+    await expenses.insert(
+        [_row(account, "pod-b", DAY0, 2.25, -1, "shop"), _row(account, "pod-b", DAY0, 0.5, 1, "shop")]
+    )
+    assert await expenses.daily_costs(account, DAY0, DAY2, by="k8s_namespace") == {
+        ("shop", DAY0): 2.0,
+        (None, DAY0): 4.0,
+        ("shop", DAY1): 8.0,
+    }
+    assert await expenses.daily_costs(account, DAY0, DAY2, by="k8s_cluster") == {
+        ("cluster-a", DAY0): 6.0,
+        ("cluster-a", DAY1): 8.0,
+    }
+    with pytest.raises(ValueError, match="cannot group"):
+        await expenses.daily_costs(account, DAY0, DAY2, by="cost) FROM system.one --")
+
+
+async def test_naive_dates_are_refused(expenses: ExpenseStore, account: str) -> None:
+    with pytest.raises(ValueError, match="tz-aware"):
+        await expenses.insert([_row(account, "pod-a", DAY0.replace(tzinfo=None), 1.0)])
+    assert await expenses.ledger(account, [DAY0]) == {}
+
+
+async def test_a_clickhouse_restart_fails_calls_then_the_same_store_recovers(
+    expenses: ExpenseStore, account: str
+) -> None:
+    await expenses.insert([_row(account, "pod-a", DAY0, 3.5)])
+    # Several pooled connections, all of which the restart kills.
+    await asyncio.gather(*(expenses.ledger(account, [DAY0]) for _ in range(3)))
+
+    restart = await asyncio.create_subprocess_exec(str(devstack.SERVICES), "restart", "clickhouse", cwd=devstack.ROOT)
+    failure: StoreUnavailable | None = None
+    try:
+        while failure is None and restart.returncode is None:
+            try:
+                await expenses.ledger(account, [DAY0])
+            except StoreUnavailable as exc:
+                failure = exc
+            await asyncio.sleep(0.05)
+    finally:
+        assert await restart.wait() == 0
+    assert failure is not None and failure.__cause__ is not None
+
+    for _ in range(3):  # every pooled connection works again, not just the first
+        assert await expenses.ledger(account, [DAY0]) == {("pod-a", DAY0): LedgerEntry(3.5, 1)}
+    await expenses.insert([_row(account, "pod-a", DAY0, 3.5, -1), _row(account, "pod-a", DAY0, 4.0)])
+    assert await expenses.ledger(account, [DAY0]) == {("pod-a", DAY0): LedgerEntry(4.0, 1)}
+
+
+# --- resources in MongoDB --------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def mongo(real_services: None) -> Any:
+    return connect(from_env(StoreSettings))
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def resources(mongo: Any) -> ResourceStore:
+    store = ResourceStore(mongo)
+    await store.ensure_indexes()
+    return store
+
+
+def _cluster_objects() -> list[Resource]:
+    return [
+        Resource(Kind.CLUSTER, "east", None, "east"),
+        Resource(Kind.NODE, "east", None, "node-1", node="node-1"),
+        Resource(Kind.NAMESPACE, "east", "shop", "shop"),
+        Resource(Kind.NAMESPACE, "west", "shop", "shop"),
+        Resource(
+            Kind.POD, "east", "shop", "web-1", node="node-1", service="web", meta={"controller_kind": "Deployment"}
+        ),
+    ]
+
+
+async def _raw_documents(mongo: Any, account: str) -> list[bytes]:
+    raw = mongo.get_collection(COLLECTION, codec_options=CodecOptions(document_class=RawBSONDocument))
+    return [doc.raw async for doc in raw.find({"cloud_account_id": account}).sort("_id", 1)]
+
+
+def test_resource_ids_are_stable_and_distinct_per_cluster() -> None:
+    account = str(uuid.uuid4())
+    east = resource_id(account, "east", Kind.NAMESPACE, "shop", "shop")
+    assert east == resource_id(account, "east", Kind.NAMESPACE, "shop", "shop")
+    assert str(uuid.UUID(east)) == east
+    assert east != resource_id(account, "west", Kind.NAMESPACE, "shop", "shop")
+    assert east != resource_id(str(uuid.uuid4()), "east", Kind.NAMESPACE, "shop", "shop")
+    assert east != resource_id(account, "east", Kind.POD, "shop", "shop")
+    assert len({r.id(account) for r in _cluster_objects()}) == len(_cluster_objects())
+
+
+async def test_upsert_writes_optscale_documents(resources: ResourceStore, account: str) -> None:
+    await resources.upsert(account, "org-1", _cluster_objects(), 1706659200, 1706745600)
+
+    docs = await resources.find(account)
+    assert [(d["cloud_resource_id"], d["resource_type"]) for d in docs] == [
+        ("k8s-cluster/east", "K8s Cluster"),
+        ("k8s-namespace/east/shop", "K8s Namespace"),
+        ("k8s-namespace/west/shop", "K8s Namespace"),
+        ("k8s-node/east/node-1", "K8s Node"),
+        ("k8s-pod/east/shop/web-1", "K8s Pod"),
+    ]
+    [pod] = await resources.find(account, resource_type="K8s Pod")
+    assert pod == {
+        "_id": resource_id(account, "east", Kind.POD, "shop", "web-1"),
+        "cloud_resource_id": "k8s-pod/east/shop/web-1",
+        "cloud_account_id": account,
+        "organization_id": "org-1",
+        "name": "web-1",
+        "resource_type": "K8s Pod",
+        "service_name": "Kubernetes",
+        "region": None,
+        "k8s_cluster": "east",
+        "k8s_namespace": "shop",
+        "k8s_node": "node-1",
+        "k8s_service": "web",
+        "tags": {},
+        "meta": {"controller_kind": "Deployment"},
+        "first_seen": 1706659200,
+        "last_seen": 1706745600,
+        "active": True,
+        "deleted_at": 0,
+    }
+    assert [d["k8s_cluster"] for d in await resources.find(account, k8s_namespace="shop")] == ["east", "west", "east"]
+    with pytest.raises(ValueError):
+        await resources.find(account, k8s_node={"$ne": None})
+    with pytest.raises(ValueError):
+        await resources.find(account, **{"$where": "1"})
+
+
+async def test_upsert_is_idempotent_and_widens_the_seen_interval(
+    resources: ResourceStore, mongo: Any, account: str
+) -> None:
+    await resources.upsert(account, "org-1", _cluster_objects(), 1000, 2000)
+    first = await _raw_documents(mongo, account)
+    await resources.upsert(account, "org-1", _cluster_objects(), 1000, 2000)
+    assert await _raw_documents(mongo, account) == first
+
+    # A narrower interval (an old day recomputed) moves nothing.
+    await resources.upsert(account, "org-1", _cluster_objects(), 1500, 1800)
+    assert await _raw_documents(mongo, account) == first
+
+    await resources.upsert(account, "org-1", _cluster_objects()[:1], 500, 1900)
+    await resources.upsert(account, "org-1", _cluster_objects()[:1], 1200, 3000)
+    [cluster] = await resources.find(account, resource_type="K8s Cluster")
+    assert (cluster["first_seen"], cluster["last_seen"]) == (500, 3000)
+    [pod] = await resources.find(account, resource_type="K8s Pod")
+    assert (pod["first_seen"], pod["last_seen"]) == (1000, 2000)
+
+
+async def test_the_unique_index_refuses_a_second_document_for_one_resource(
+    resources: ResourceStore, mongo: Any, account: str
+) -> None:
+    await resources.upsert(account, "org-1", _cluster_objects()[:1], 1000, 2000)
+    with pytest.raises(DuplicateKeyError):
+        await mongo[COLLECTION].insert_one(
+            {"_id": str(uuid.uuid4()), "cloud_account_id": account, "cloud_resource_id": "k8s-cluster/east"}
+        )
+    assert len(await resources.find(account)) == 1
+
+
+@pytest.mark.skipif(bool(os.environ.get("MONGODB_URL")), reason="an external MongoDB is not ours to stop")
+async def test_a_stopped_mongodb_raises_store_unavailable_then_recovers(resources: ResourceStore, account: str) -> None:
+    await resources.upsert(account, "org-1", _cluster_objects()[:1], 1000, 2000)
+    devstack.services("stop", "mongodb")
+    try:
+        with pytest.raises(StoreUnavailable) as failure:
+            await resources.upsert(account, "org-1", _cluster_objects(), 1000, 2000)
+        assert failure.value.__cause__ is not None
+    finally:
+        devstack.services("start", "mongodb")
+    await resources.upsert(account, "org-1", _cluster_objects(), 1000, 2000)
+    assert len(await resources.find(account)) == len(_cluster_objects())
