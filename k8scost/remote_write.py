@@ -14,6 +14,7 @@ import re
 import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import snappy
 from google.protobuf.message import DecodeError
@@ -66,8 +67,7 @@ class Policed:
     dropped: Counter[str]  # samples dropped, by reason
 
 
-@dataclasses.dataclass(frozen=True)
-class _Verdict:
+class _Verdict(NamedTuple):
     """What to do with every series that carries one exact label set."""
 
     labels: tuple[bytes, ...] | None  # labels to forward; None: drop the series
@@ -122,24 +122,24 @@ class TenantPolice:
             raise WriteRejected(400, "bad_protobuf", f"body is not a protobuf WriteRequest: {exc}") from None
         # Exemplars, native histograms and metadata are not ours to store.
         request.DiscardUnknownFields()
+        # Unchanged so far: the body may go on as it came, without encoding it again.
+        untouched = request.ByteSize() == len(raw)
 
         newest_ms = now_ms + int(self.limits.max_future_seconds * 1000)
-        dropped: Counter[str] = Counter()
         verdicts = self._verdicts
-        keep: list[tuple[RawTimeSeries, _Verdict]] = []
         rebuild = False  # some series or sample must go: rebuild the request without it
         samples = 0
+        # The hot loop: kept free of anything the common case does not need.
         for index, series in enumerate(request.timeseries):
             key = tuple(series.labels)
-            verdict = verdicts.get(key)
-            if verdict is None:
-                verdict = self._judge(key, index)
-            if verdict.labels is None:
-                dropped["metric_not_allowed"] += len(series.samples)
+            verdict = verdicts.get(key) or self._judge(key, index)
+            labels, relabel, is_cost = verdict
+            if labels is None:
                 rebuild = True
                 continue
-            if verdict.relabel:
-                series.labels[:] = verdict.labels
+            if relabel:
+                series.labels[:] = labels
+                untouched = False
             for sample in series.samples:
                 if sample.timestamp > newest_ms:
                     raise WriteRejected(
@@ -149,15 +149,15 @@ class TenantPolice:
                         f"{self.limits.max_future_seconds:g} s in the future",
                     )
                 value = sample.value
-                # Fast test first; only the odd sample pays for the exact one.
-                if not (-math.inf < value < math.inf) or (verdict.is_cost and value < 0):
-                    rebuild = rebuild or _bad_value(value, verdict.is_cost)
-            keep.append((series, verdict))
+                # Finite and not negative passes at once; only the odd sample pays for the exact test.
+                if not 0.0 <= value < math.inf:
+                    rebuild = rebuild or _bad_value(value, is_cost)
             samples += len(series.samples)
+        dropped: Counter[str] = Counter()
         if rebuild:
-            request, samples = _rebuilt(keep, dropped)
+            request, samples = _rebuilt(request, verdicts, dropped)
         return Policed(
-            body=snappy.compress(request.SerializeToString()),
+            body=body if untouched and not rebuild else snappy.compress(request.SerializeToString()),
             series=len(request.timeseries),
             samples=samples,
             dropped=dropped,
@@ -194,13 +194,15 @@ class TenantPolice:
         if not _METRIC_NAME.fullmatch(metric):
             raise WriteRejected(400, "invalid_metric_name", f"series {index}: {metric!r} is not a valid metric name")
 
+        if len(self._verdicts) >= _MAX_REMEMBERED_LABEL_SETS:
+            self._verdicts.clear()
         if not self._allowed.fullmatch(metric):
             verdict = _Verdict(labels=None, relabel=False, is_cost=False)
         else:
             stamped = self._stamped(key, names)
             verdict = _Verdict(labels=stamped, relabel=stamped != key, is_cost=metric.endswith("_cost"))
-        if len(self._verdicts) >= _MAX_REMEMBERED_LABEL_SETS:
-            self._verdicts.clear()
+            # The stamped set is fit as it is: a series relabelled in place is known by it too.
+            self._verdicts[stamped] = verdict._replace(relabel=False)
         self._verdicts[key] = verdict
         return verdict
 
@@ -235,13 +237,21 @@ def _bad_value(value: float, is_cost: bool) -> bool:
 
 
 def _rebuilt(
-    keep: Iterable[tuple[RawTimeSeries, _Verdict]], dropped: Counter[str]
+    request: RawWriteRequest, verdicts: Mapping[tuple[bytes, ...], _Verdict], dropped: Counter[str]
 ) -> tuple[RawWriteRequest, int]:
-    """A request of the kept series, without their unfit samples (counted in ``dropped``)."""
-    request = RawWriteRequest()
+    """The request without its dropped series and unfit samples, counted in ``dropped``.
+
+    Runs after the hot loop, which has already judged and relabelled every series.
+    """
+    rebuilt = RawWriteRequest()
     samples = 0
-    for series, verdict in keep:
-        out = request.timeseries.add()
+    for series in request.timeseries:
+        # Every label set here was judged by the hot loop, relabelled ones under their stamped labels too.
+        verdict = verdicts[tuple(series.labels)]
+        if verdict.labels is None:
+            dropped["metric_not_allowed"] += len(series.samples)
+            continue
+        out = rebuilt.timeseries.add()
         out.labels.extend(series.labels)
         for sample in series.samples:
             if _bad_value(sample.value, is_cost=False):
@@ -251,7 +261,7 @@ def _rebuilt(
             else:
                 out.samples.append(sample)
         samples += len(out.samples)
-    return request, samples
+    return rebuilt, samples
 
 
 def encode(series: Iterable[tuple[Mapping[str, str], Iterable[tuple[int, float]]]]) -> bytes:

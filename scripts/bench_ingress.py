@@ -1,6 +1,6 @@
 """Remote-write throughput and CPU per sample: straight into the TSDB vs through the ingress.
 
-    .venv/bin/python scripts/bench_ingress.py [--series 2000] [--bodies 8] [--rounds 25]
+    .venv/bin/python scripts/bench_ingress.py [--series 2000] [--bodies 8] [--rounds 50]
 
 Both paths get the same kind of pre-built bodies (Kubecost-like label sets, encoded as
 Prometheus encodes them, the same series again every round with a newer timestamp), sent
@@ -113,7 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=2000, help="series (= samples) per request")
     parser.add_argument("--bodies", type=int, default=8, help="requests in flight per round")
-    parser.add_argument("--rounds", type=int, default=25, help="rounds; each round sends every body once")
+    parser.add_argument("--rounds", type=int, default=50, help="rounds; each round sends every body once")
     args = parser.parse_args()
     if min(args.series, args.bodies, args.rounds) < 1 or args.rounds > 500:
         parser.error("--series, --bodies and --rounds must be ≥ 1, --rounds ≤ 500")

@@ -189,3 +189,10 @@ def field(number: int, payload: bytes) -> bytes:
         size >>= 7
     length.append(size)
     return bytes([number << 3 | 2]) + bytes(length) + payload
+
+
+def test_honest_body_is_forwarded_as_it_came(police: TenantPolice) -> None:
+    body = encode([(cost(tenant_id="tenant-a"), [(NOW_MS, 0.5)])])
+    assert police.police(body, NOW_MS).body is body
+    spoofed = encode([(cost(tenant_id="tenant-b"), [(NOW_MS, 0.5)])])
+    assert police.police(spoofed, NOW_MS).body != spoofed
