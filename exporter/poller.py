@@ -9,7 +9,7 @@ import httpx
 
 from exporter.allocation import Allocation, BadResponse, parse_allocations, parse_management_rate
 from exporter.collector import ExporterMetrics, FailureReason
-from exporter.snapshot import AGGREGATES, Snapshot, build_snapshot
+from exporter.snapshot import AGGREGATES, Snapshot, allocation_params, assets_params, build_snapshot
 from k8scost.settings import ExporterSettings
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,7 @@ class Poller:
         return build_snapshot(answers, management_rate, self._settings.tenant_id, self._settings.cluster_name)
 
     async def _allocations(self, aggregate: str) -> list[Allocation]:
-        params = {
-            "window": self._settings.allocation_window,
-            "aggregate": aggregate,
-            "accumulate": "true",
-            "includeIdle": "true",
-        }
-        body = await self._get_json(self._allocation_url, params)
+        body = await self._get_json(self._allocation_url, allocation_params(self._settings.allocation_window, aggregate))
         try:
             return parse_allocations(body, aggregate)
         except BadResponse as error:
@@ -80,8 +74,8 @@ class Poller:
 
     async def _management_rate(self) -> float | None:
         """The cluster-management rate; None if the assets API fails, which costs only that gauge."""
-        params = {"window": self._settings.allocation_window, "aggregate": "type", "accumulate": "true"}
         try:
+            params = assets_params(self._settings.allocation_window)
             return parse_management_rate(await self._get_json(self._assets_url, params))
         except (PollError, BadResponse) as error:
             log.warning("assets API failed, kubecost_cluster_management_cost left out: %s", error)

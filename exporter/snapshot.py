@@ -12,6 +12,16 @@ from exporter.allocation import Allocation
 AGGREGATES = ("cluster", "node", "namespace", "namespace,pod", "namespace,pod,container")
 
 
+def allocation_params(window: str, aggregate: str) -> dict[str, str]:
+    """Query of the allocation API for one of AGGREGATES: one accumulated set, idle included."""
+    return {"window": window, "aggregate": aggregate, "accumulate": "true", "includeIdle": "true"}
+
+
+def assets_params(window: str) -> dict[str, str]:
+    """Query of the assets API for the cluster-management fee."""
+    return {"window": window, "aggregate": "type", "accumulate": "true"}
+
+
 @dataclass(frozen=True)
 class CostMetric:
     """One exported gauge."""

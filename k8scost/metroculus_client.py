@@ -26,14 +26,19 @@ class MetroculusClient:
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers={"Secret": secret}, timeout=timeout)
 
     async def kubecost_metrics(
-        self, cloud_account_id: str, metrics: Sequence[str], start: int, end: int, step: int | None = None
+        self, cloud_account_id: str, metrics: Sequence[str], start: int, end: int, step: int | None = None,
+        lag: int = 0,
     ) -> dict[str, Any]:
-        """Per-series costs of ``metrics`` over (start, end], or per bucket of ``step`` seconds."""
+        """Per-series costs of ``metrics`` over (start, end], or per bucket of ``step`` seconds.
+
+        ``lag``: seconds the exporter's rates trail the costs (half its allocation window).
+        """
         params: dict[str, Any] = {
             "cloud_account_id": cloud_account_id,
             "metrics": ",".join(metrics),
             "start_date": start,
             "end_date": end,
+            "lag": lag,
         }
         if step is not None:
             params["step"] = step

@@ -170,7 +170,35 @@ class MetroculusSettings:
     )
 
 
-ALL_SETTINGS: tuple[type, ...] = (ExporterSettings, StoreSettings, IngressSettings, MetroculusSettings)
+@dataclasses.dataclass(frozen=True)
+class LedgerSettings:
+    """Tenant actors and their supervisor (the ledger writers, on Ray)."""
+
+    cycle_seconds: float = setting("CYCLE_SECONDS", 300.0, "Seconds between two ledger cycles of a tenant actor.")
+    open_days: int = setting(
+        "OPEN_DAYS", 2, "UTC days a cycle recomputes (today and the days before it): late samples still land."
+    )
+    metroculus_url: str = setting(
+        "METROCULUS_URL", "http://127.0.0.1:8000/metroculus", "Base URL of Metroculus, as the actors reach it."
+    )
+    rate_lag_seconds: int = setting(
+        "LEDGER_RATE_LAG_SECONDS",
+        1800,
+        "Half the exporters' ALLOCATION_WINDOW: their rates are trailing averages, read this much later per day.",
+    )
+    ray_namespace: str = setting("RAY_NAMESPACE", "cloudtuner", "Ray namespace of the named, detached actors.")
+    actor_memory_mb: int = setting(
+        "TENANT_ACTOR_MEMORY_MB", 64, "Memory each tenant actor reserves, so Ray's autoscaler sees tenants."
+    )
+    reconcile_seconds: float = setting(
+        "SUPERVISOR_RECONCILE_SECONDS", 15.0, "Seconds between two reconciliations of actors with accounts."
+    )
+    stalled_after_cycles: float = setting(
+        "TENANT_ACTOR_STALLED_AFTER_CYCLES", 3.0, "A tenant actor with no good cycle for this many cycles is restarted."
+    )
+
+
+ALL_SETTINGS: tuple[type, ...] = (ExporterSettings, StoreSettings, IngressSettings, LedgerSettings, MetroculusSettings)
 
 
 def settings_table() -> str:

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 
 from k8scost.devstack import (  # noqa: F401  (re-exported for tests)
+    RAY_ADDRESS,
     RAY_DASHBOARD,
     ROOT,
     SERVE_URL,

@@ -48,10 +48,16 @@ WHERE cloud_account_id = %(account)s
 GROUP BY key, resource_id, date, cost
 HAVING copies != 0
 """
-_LEDGER = (
-    "SELECT key, toUnixTimestamp(date), sum(cost * copies), sum(copies) FROM ({net}) "
-    "GROUP BY key, date HAVING sum(copies) != 0"
-)
+# The live rows of each (resource, day), dimensions included: normally exactly one, once.
+_LEDGER = """
+SELECT resource_id, toUnixTimestamp(date), cost, sum(sign) AS copies,
+       k8s_cluster, k8s_namespace, k8s_node, k8s_service
+FROM expenses
+WHERE cloud_account_id = %(account)s
+  AND date >= toDateTime(%(start)s) AND date < toDateTime(%(end)s) AND toUnixTimestamp(date) IN %(days)s
+GROUP BY resource_id, date, cost, k8s_cluster, k8s_namespace, k8s_node, k8s_service
+HAVING copies != 0
+"""
 _DAILY = (
     "SELECT key, toUnixTimestamp(date), sum(cost * copies) FROM ({net}) "
     "GROUP BY key, date HAVING sum(copies) > 0"
@@ -75,13 +81,16 @@ class ExpenseRow(NamedTuple):
 class LedgerEntry(NamedTuple):
     """What the ledger holds for one (resource, day): its cost and how many +1 rows are live.
 
-    ``copies`` is 1 normally; above 1 a +1 row was written twice and ``cost`` is the sum of
-    the copies. A merge collapses such duplicates by itself, keeping the last +1 row: a
-    repair writing a −1 for the extra copy cancels the only row if a merge came first.
+    ``copies`` is 1 normally, and ``row`` is then the live +1 row, which a correction must
+    repeat with sign −1 (dimensions included, or per-dimension sums go wrong until a
+    merge). Otherwise ``row`` is None: above 1 a +1 row was written twice and ``cost`` is
+    the sum of the copies. A merge collapses such duplicates by itself, keeping the last
+    +1 row: a repair writing a −1 for the extra copy cancels the only row if a merge came first.
     """
 
     cost: float
     copies: int
+    row: ExpenseRow | None = None
 
 
 def _require_aware(moment: datetime) -> datetime:
@@ -173,10 +182,18 @@ class ExpenseStore:
         if not days:
             return {}
         epochs = sorted({_epoch(day) for day in days})
-        net = _NET_ROWS.format(key="resource_id", extra=" AND toUnixTimestamp(date) IN %(days)s")
         params = {"account": cloud_account_id, "start": epochs[0], "end": epochs[-1] + 1, "days": tuple(epochs)}
-        rows = await self._execute(_LEDGER.format(net=net), params)
-        return {(resource, _day(epoch)): LedgerEntry(cost, copies) for resource, epoch, cost, copies in rows}
+        groups: dict[tuple[str, datetime], list[tuple[ExpenseRow, int]]] = {}
+        for resource, epoch, cost, copies, *dimensions in await self._execute(_LEDGER, params):
+            row = ExpenseRow(cloud_account_id, resource, _day(epoch), cost, 1, *dimensions)
+            groups.setdefault((resource, row.date), []).append((row, copies))
+        ledger = {}
+        for key, live in groups.items():
+            if len(live) == 1 and live[0][1] == 1:
+                ledger[key] = LedgerEntry(live[0][0].cost, 1, live[0][0])
+            else:
+                ledger[key] = LedgerEntry(sum(row.cost * copies for row, copies in live), sum(c for _, c in live))
+        return {key: entry for key, entry in ledger.items() if entry.copies != 0}
 
     async def daily_costs(
         self, cloud_account_id: str, start: datetime, end: datetime, *, by: str = "resource_id"

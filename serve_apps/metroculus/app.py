@@ -110,7 +110,7 @@ class Metroculus:
             self._integral(f"sum by (cluster) ({selector(metric, span.cloud_account_id)})", span.seconds)
             for metric in BREAKDOWN.values()
         ]
-        answers = await asyncio.gather(*(self._instant(query, span.end) for query in queries))
+        answers = await asyncio.gather(*(self._instant(query, span.end + span.lag) for query in queries))
         clusters: dict[str, dict[str, float]] = {}
         for key, answer in zip(BREAKDOWN, answers):
             for series in answer["result"]:
@@ -143,10 +143,17 @@ class Metroculus:
 
     async def _metric_cost(self, span: Span, metric: str, step: int | None) -> dict[str, Any]:
         series = selector(metric, span.cloud_account_id)
+        lag = span.lag
         if step is None:
-            return await self._instant(self._integral(series, span.seconds), span.end)
+            answer = await self._instant(self._integral(series, span.seconds), span.end + lag)
+            for result in answer["result"]:
+                result["value"][0] -= lag
+            return answer
         # Evaluated at each bucket's end, each point is the cost of the bucket ending there.
-        return await self._range(self._integral(series, step), span.start + step, span.end, step)
+        answer = await self._range(self._integral(series, step), span.start + step + lag, span.end + lag, step)
+        for result in answer["result"]:
+            result["values"] = [[at - lag, value] for at, value in result["values"]]
+        return answer
 
     async def _coverage(self, span: Span) -> dict[str, dict[str, Any]]:
         """Per cluster, the hour starts in [start, end) without a sample of ``COVERAGE_METRIC``.
@@ -195,7 +202,7 @@ class Metroculus:
 
 
 def _span_fields(span: Span) -> dict[str, Any]:
-    return {"cloud_account_id": span.cloud_account_id, "start_date": span.start, "end_date": span.end}
+    return {"cloud_account_id": span.cloud_account_id, "start_date": span.start, "end_date": span.end, "lag": span.lag}
 
 
 app = Metroculus.bind()

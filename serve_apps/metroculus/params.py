@@ -17,10 +17,12 @@ from k8scost.settings import MetroculusSettings
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 _ACCOUNT_ID = re.compile(ACCOUNT_ID_PATTERN)
 _UNSIGNED = re.compile(r"[0-9]{1,12}")
+# The longest trail of an exporter's rates (its allocation window) worth correcting.
+MAX_LAG_SECONDS = 86_400
 # Prometheus refuses range queries of more points per series than this.
 MAX_BUCKETS = 11_000
 
-SPAN_PARAMS = frozenset({"cloud_account_id", "start_date", "end_date"})
+SPAN_PARAMS = frozenset({"cloud_account_id", "start_date", "end_date", "lag"})
 METRICS_PARAMS = SPAN_PARAMS | {"metrics", "step"}
 
 
@@ -35,6 +37,11 @@ class Span:
     cloud_account_id: str
     start: int
     end: int
+    # Seconds the rates trail the costs they measure: the exporter's rate at t is the
+    # average over the window before t, so the cost of (start, end] is read over
+    # (start + lag, end + lag]. Half the exporter's window makes day costs exact around
+    # midnight whatever changed during the day.
+    lag: int = 0
 
     @property
     def seconds(self) -> int:
@@ -91,10 +98,13 @@ def _span(values: dict[str, str], settings: MetroculusSettings) -> Span:
             f"end_date - start_date: {end - start} s is longer than the maximum of {settings.max_range_days} days"
         )
     resolution = settings.resolution_seconds
-    for name, value in (("start_date", start), ("end_date", end)):
+    lag = _timestamp(values, "lag") if "lag" in values else 0
+    if lag > MAX_LAG_SECONDS:
+        raise BadRequest(f"lag: {lag} s is more than the maximum of {MAX_LAG_SECONDS} s")
+    for name, value in (("start_date", start), ("end_date", end), ("lag", lag)):
         if value % resolution:
             raise BadRequest(f"{name}: {value} is not a multiple of the resolution, {resolution} s")
-    return Span(account, start, end)
+    return Span(account, start, end, lag)
 
 
 def _required(values: dict[str, str], name: str) -> str:

@@ -1,0 +1,57 @@
+"""Start, inspect or stop the tenant supervisor on a running Ray cluster.
+
+    python -m actors start  [--address 127.0.0.1:6379]   # idempotent; prints the report
+    python -m actors status [--address ...]
+    python -m actors stop   [--address ...]              # the supervisor and every tenant actor
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import ray
+
+from actors.supervisor import SUPERVISOR_NAME, TenantSupervisor, tenant_actor_name
+from actors.tenant import TenantConfig
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m actors", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("start", "status", "stop"))
+    parser.add_argument("--address", default="127.0.0.1:6379", help="Ray GCS address (default 127.0.0.1:6379)")
+    args = parser.parse_args()
+    config = TenantConfig.from_env()
+    try:
+        ray.init(address=args.address, namespace=config.ledger.ray_namespace, logging_level="warning")
+    except ConnectionError as exc:
+        print(f"error: no Ray cluster at {args.address}: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "start":
+        supervisor = TenantSupervisor.options(
+            name=SUPERVISOR_NAME, lifetime="detached", get_if_exists=True
+        ).remote(config)
+        print(json.dumps(ray.get(supervisor.reconcile.remote()), indent=2, default=str))
+        return 0
+    try:
+        supervisor = ray.get_actor(SUPERVISOR_NAME)
+    except ValueError:
+        print("error: no tenant supervisor is running", file=sys.stderr)
+        return 1
+    if args.command == "status":
+        print(json.dumps(ray.get(supervisor.status.remote()), indent=2, default=str))
+        return 0
+    tenants = list(ray.get(supervisor.status.remote())["tenants"])
+    ray.kill(supervisor, no_restart=True)
+    for account_id in tenants:
+        try:
+            ray.kill(ray.get_actor(tenant_actor_name(account_id)), no_restart=True)
+        except ValueError:
+            pass
+    print(json.dumps({"stopped": ["supervisor", *tenants]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

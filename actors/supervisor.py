@@ -1,0 +1,97 @@
+"""TenantSupervisor: one TenantActor per live kubernetes_cnr account, kept healthy.
+
+It reconciles actors with the accounts in MongoDB (a new account gets its actor, a
+deleted one loses it — its ledger stays), restarts actors that do not answer or stall,
+and reports each tenant's last cycle, lag, rows written and last error, also as metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ray
+
+from actors import metrics
+from actors.tenant import TenantActor, TenantConfig
+from k8scost.stores.accounts import AccountStore
+from k8scost.stores.mongo import connect
+
+log = logging.getLogger(__name__)
+
+SUPERVISOR_NAME = "tenant-supervisor"
+_STATUS_TIMEOUT = 10.0
+
+
+def tenant_actor_name(account_id: str) -> str:
+    return f"tenant-{account_id}"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class TenantSupervisor:
+    def __init__(self, config: TenantConfig) -> None:
+        self.config = config
+        self.settings = config.ledger
+        self.accounts = AccountStore(connect(config.stores))
+        self.actors: dict[str, Any] = {}
+        self.report: dict[str, dict[str, Any]] = {}
+        self.last_error: str | None = None
+        self.loop = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except Exception as exc:  # MongoDB down: keep the actors as they are, retry
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("reconcile failed: %s", self.last_error)
+            await asyncio.sleep(self.settings.reconcile_seconds)
+
+    async def reconcile(self) -> dict[str, dict[str, Any]]:
+        """Match actors to accounts, check their health; the per-tenant report."""
+        accounts = {account.id: account for account in await self.accounts.list()}
+        for account_id in self.actors.keys() - accounts.keys():
+            ray.kill(self.actors.pop(account_id), no_restart=True)
+            self.report.pop(account_id, None)
+            log.info("tenant %s: account deleted, actor stopped", account_id)
+        for account_id in accounts.keys() - self.actors.keys():
+            self.actors[account_id] = TenantActor.options(
+                name=tenant_actor_name(account_id),
+                namespace=self.settings.ray_namespace,
+                lifetime="detached",
+                get_if_exists=True,  # after a supervisor restart: adopt the running actor
+                memory=self.settings.actor_memory_mb * 1024 * 1024,
+            ).remote(account_id, accounts[account_id].organization_id, self.config)
+        await asyncio.gather(*(self._check(account_id, actor) for account_id, actor in self.actors.items()))
+        metrics.TENANTS.set(len(self.actors))
+        self.last_error = None
+        return self.report
+
+    async def _check(self, account_id: str, actor: Any) -> None:
+        tags = {"tenant": account_id}
+        try:
+            status = await asyncio.wait_for(actor.status.remote(), _STATUS_TIMEOUT)
+        except Exception as exc:  # not answering (hung, or dead and not restarting)
+            self._restart(account_id, actor, f"status failed: {type(exc).__name__}: {exc}")
+            return
+        stalled_after = self.settings.stalled_after_cycles * self.settings.cycle_seconds
+        if status["lag_seconds"] > stalled_after and status["last_error"] is None:
+            # No error and no progress: a cycle is stuck, not failing.
+            self._restart(account_id, actor, f"no cycle for {status['lag_seconds']:.0f}s")
+        self.report[account_id] = status
+        metrics.LAG.set(status["lag_seconds"], tags=tags)
+        metrics.ROWS_WRITTEN.set(status["rows_written_total"], tags=tags)
+        metrics.FAILING.set(1 if status["last_error"] else 0, tags=tags)
+        if status["last_success"]:
+            metrics.LAST_SUCCESS.set(status["last_success"], tags=tags)
+
+    def _restart(self, account_id: str, actor: Any, why: str) -> None:
+        log.warning("tenant %s: restarting its actor (%s)", account_id, why)
+        self.report[account_id] = {"account_id": account_id, "last_error": why, "restarted_at": time.time()}
+        metrics.RESTARTS.inc(tags={"tenant": account_id})
+        ray.kill(actor, no_restart=False)  # Ray starts it again; it rebuilds its state from ClickHouse
+
+    async def status(self) -> dict[str, Any]:
+        return {"tenants": self.report, "last_error": self.last_error}

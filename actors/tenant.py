@@ -1,0 +1,213 @@
+"""TenantActor: the one writer of one tenant's ledger.
+
+Every cycle it asks Metroculus for the open days' costs, upserts the resources in
+MongoDB, then writes the changed resource-days to ClickHouse in one INSERT. It keeps the
+live row of every resource-day it has written in memory, and rebuilds that from
+ClickHouse whenever it cannot be sure of it — at (re)start, and after any failed cycle —
+so a crash or an outage at any point neither duplicates nor loses cost: an INSERT that
+may or may not have landed is read back, never sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import ray
+
+from k8scost import ledger
+from k8scost.metroculus_client import MetroculusClient
+from k8scost.settings import LedgerSettings, MetroculusSettings, StoreSettings, from_env
+from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
+from k8scost.stores.mongo import connect
+from k8scost.stores.resources import ResourceStore
+
+log = logging.getLogger(__name__)
+
+# Points of a cycle where tests may make the process die (fault injection, see arm_crash).
+CRASH_POINTS = ("after_query", "after_resources", "before_insert", "after_insert")
+
+
+@dataclasses.dataclass(frozen=True)
+class TenantConfig:
+    """Everything a tenant actor reads from the environment, read once by whoever launches it."""
+
+    ledger: LedgerSettings
+    stores: StoreSettings
+    cluster_secret: str
+
+    @classmethod
+    def from_env(cls) -> TenantConfig:
+        return cls(from_env(LedgerSettings), from_env(StoreSettings), from_env(MetroculusSettings).cluster_secret)
+
+
+@dataclasses.dataclass
+class CycleReport:
+    """What one cycle did, and how long each stage took."""
+
+    days: list[str]
+    rows_written: int
+    resources_upserted: int
+    query_seconds: float
+    compute_seconds: float
+    mongodb_seconds: float
+    clickhouse_seconds: float  # the INSERT, and reading live rows back when that was needed
+    rebuilt: bool  # live rows were read back from ClickHouse
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class TenantActor:
+    """One per kubernetes_cnr cloud account: named ``tenant-<account id>``, detached, restarted by Ray."""
+
+    def __init__(self, account_id: str, organization_id: str, config: TenantConfig) -> None:
+        self.account_id = account_id
+        self.organization_id = organization_id
+        self.settings = config.ledger
+        self.expenses = ExpenseStore(config.stores)
+        self.resources = ResourceStore(connect(config.stores))
+        self.metroculus = MetroculusClient(config.ledger.metroculus_url, config.cluster_secret)
+        self.written: dict[ledger.ResourceDay, ExpenseRow] = {}
+        self.loaded_days: set[datetime] = set()  # days whose live rows ``written`` holds for sure
+        self.lock = asyncio.Lock()  # one writer at a time: the cycle, or a backfill's days
+        self.crash_at: str | None = None
+        self.started_at = time.time()
+        self.cycles = 0
+        self.rows_written_total = 0
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self.last_report: CycleReport | None = None
+        # Async actors run __init__ on their event loop: the loop starts with the actor,
+        # and again on its own when Ray restarts it.
+        self.loop = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.cycle()
+            except Exception:  # recorded in status(); the next cycle retries
+                pass
+            await asyncio.sleep(self.settings.cycle_seconds)
+
+    async def cycle(self, days: Sequence[datetime] | None = None) -> CycleReport:
+        """Bring the ledger of ``days`` (default: the open days) in line with the TSDB."""
+        days = sorted(days or ledger.open_days(time.time(), self.settings.open_days))
+        async with self.lock:
+            try:
+                report = await self._cycle(days)
+            except Exception as exc:
+                # Whatever was written is read back before the next write.
+                self.loaded_days.clear()
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("tenant %s: cycle failed: %s", self.account_id, self.last_error)
+                raise
+            self.cycles += 1
+            self.rows_written_total += report.rows_written
+            self.last_success = time.time()
+            self.last_error = None
+            self.last_report = report
+            return report
+
+    async def _cycle(self, days: list[datetime]) -> CycleReport:
+        started = time.perf_counter()
+        start = int(days[0].timestamp())
+        end = int((days[-1] + timedelta(days=1)).timestamp())
+        answer = await self.metroculus.kubecost_metrics(
+            self.account_id, ledger.LEDGER_METRICS, start, end, step=ledger.DAY, lag=self.settings.rate_lag_seconds
+        )
+        self._maybe_crash("after_query")
+        queried = time.perf_counter()
+
+        reload_seconds = await self._load(days)
+        daily = ledger.daily_costs(self.account_id, answer, days)
+        rows, changed = ledger.corrections(self.account_id, self.written, daily)
+        computed = time.perf_counter()
+
+        # Resources first: an expense never exists without the resource it is billed to.
+        touched: dict[datetime, list] = {}
+        for rid, day in changed:
+            touched.setdefault(day, []).append(daily.resources[rid])
+        for day, resources in sorted(touched.items()):
+            last_seen = min(time.time(), (day + timedelta(days=1)).timestamp() - 1)
+            await self.resources.upsert(
+                self.account_id, self.organization_id, resources, int(day.timestamp()), int(last_seen)
+            )
+        self._maybe_crash("after_resources")
+        upserted = time.perf_counter()
+
+        self._maybe_crash("before_insert")
+        await self.expenses.insert(rows)
+        self._maybe_crash("after_insert")
+        self.written.update(changed)
+        inserted = time.perf_counter()
+        self._forget_closed_days(days)
+        return CycleReport(
+            days=[day.date().isoformat() for day in days],
+            rows_written=len(rows),
+            resources_upserted=sum(len(r) for r in touched.values()),
+            query_seconds=queried - started,
+            compute_seconds=computed - queried - reload_seconds,
+            mongodb_seconds=upserted - computed,
+            clickhouse_seconds=inserted - upserted + reload_seconds,
+            rebuilt=reload_seconds > 0,
+        )
+
+    async def _load(self, days: Sequence[datetime]) -> float:
+        """Read the live rows of the days not known for sure from ClickHouse; the seconds it took."""
+        missing = [day for day in days if day not in self.loaded_days]
+        if not missing:
+            return 0.0
+        started = time.perf_counter()
+        entries = await self.expenses.ledger(self.account_id, missing)
+        broken = [key for key, entry in entries.items() if entry.row is None]
+        if broken:
+            # Only a write sent twice makes these; ClickHouse's merges collapse them. Writing
+            # over them could cancel the one row a merge leaves, so stop and say so.
+            raise RuntimeError(
+                f"{len(broken)} resource-days have duplicated rows (e.g. {broken[0]}); "
+                "run OPTIMIZE TABLE expenses FINAL and the next cycle goes on"
+            )
+        for day in missing:
+            for key in [key for key in self.written if key[1] == day]:
+                del self.written[key]
+        self.written.update({key: entry.row for key, entry in entries.items() if entry.row is not None})
+        self.loaded_days.update(missing)
+        return time.perf_counter() - started
+
+    def _forget_closed_days(self, days: Sequence[datetime]) -> None:
+        """Drop days older than the open ones: memory stays bounded, and they reload if asked."""
+        oldest_open = ledger.open_days(time.time(), self.settings.open_days)[0]
+        old = {day for day in self.loaded_days if day < oldest_open and day not in days}
+        if old:
+            self.loaded_days -= old
+            self.written = {key: row for key, row in self.written.items() if key[1] not in old}
+
+    def _maybe_crash(self, point: str) -> None:
+        if self.crash_at == point:
+            os._exit(1)
+
+    async def arm_crash(self, point: str) -> None:
+        """Fault injection for tests: the process dies at ``point`` of the next cycle."""
+        if point not in CRASH_POINTS:
+            raise ValueError(f"unknown crash point {point!r}; one of {CRASH_POINTS}")
+        self.crash_at = point
+
+    async def status(self) -> dict[str, Any]:
+        """Last cycle, lag, rows written and last error, for the supervisor and operators."""
+        now = time.time()
+        return {
+            "account_id": self.account_id,
+            "pid": os.getpid(),
+            "cycles": self.cycles,
+            "last_success": self.last_success,
+            "lag_seconds": now - (self.last_success or self.started_at),
+            "rows_written_total": self.rows_written_total,
+            "last_error": self.last_error,
+            "last_report": dataclasses.asdict(self.last_report) if self.last_report else None,
+            "resource_days_in_memory": len(self.written),
+        }

@@ -1,0 +1,114 @@
+"""Past samples for the TSDB: what the exporter would have exported, loaded as TSDB blocks.
+
+A customer's history cannot be remote-written (a TSDB takes only recent samples), so the
+demo, the tests and the benchmarks replay it: at every ``step`` of the past range the
+simulator answers the allocation API as of that instant, the exporter's own parsing turns
+the answers into its gauges, and ``promtool tsdb create-blocks-from openmetrics`` makes
+blocks that the TSDB loads on restart (Thanos: blocks uploaded to the bucket).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from exporter.allocation import parse_allocations, parse_management_rate
+from exporter.snapshot import AGGREGATES, Snapshot, allocation_params, assets_params, build_snapshot
+from k8scost.simulator.allocation import allocation_response, assets_response
+from k8scost.simulator.spec import Estate
+
+# The labels the customer's Prometheus adds when it scrapes the exporter (honor_labels
+# keeps the exporter's own); replayed samples carry them too, so they are the same series.
+SCRAPE_LABELS = {"job": "cloudtuner-allocation-exporter", "instance": "allocation-exporter:19090"}
+
+
+def exported_at(estate: Estate, cluster: str, tenant_id: str, at: float, window: str) -> Snapshot:
+    """Every gauge the exporter would have exported for ``cluster`` at time ``at``."""
+    answers = {
+        aggregate: parse_allocations(
+            allocation_response(estate, cluster, allocation_params(window, aggregate), now=at), aggregate
+        )
+        for aggregate in AGGREGATES
+    }
+    management = parse_management_rate(assets_response(estate, cluster, assets_params(window), now=at))
+    return build_snapshot(answers, management, tenant_id, cluster)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def openmetrics(
+    estate: Estate, tenants: Mapping[str, str], start: float, end: float, step: float, window: str
+) -> Iterator[str]:
+    """OpenMetrics text of the samples at start, start+step, … < end for each cluster → tenant.
+
+    Grouped as promtool wants it: one family after another, each series' samples in order.
+    """
+    series: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[float, float]]] = {}
+    at = start
+    while at < end:
+        for cluster, tenant in tenants.items():
+            for metric, values in exported_at(estate, cluster, tenant, at, window).items():
+                for label_values, value in values.items():
+                    labels = tuple((k, v) for k, v in zip(metric.labels, label_values) if v) + tuple(SCRAPE_LABELS.items())
+                    series.setdefault((metric.name, labels), []).append((at, value))
+        at += step
+    for family in sorted({name for name, _ in series}):
+        yield f"# TYPE {family} gauge\n"
+        for (name, labels), samples in series.items():
+            if name != family:
+                continue
+            rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            for at, value in samples:
+                yield f"{name}{{{rendered}}} {value!r} {at:.3f}\n"
+    yield "# EOF\n"
+
+
+def write_blocks(
+    estate: Estate,
+    tenants: Mapping[str, str],
+    start: float,
+    end: float,
+    blocks_dir: Path,
+    *,
+    step: float = 300.0,
+    window: str = "1h",
+    chunk_seconds: float = 86400.0,
+) -> int:
+    """Write TSDB blocks of the replayed samples into ``blocks_dir``; the number of samples.
+
+    ``step`` must stay under the TSDB's 5-minute lookback, or the cost between two samples
+    is lost. The range goes to promtool a chunk at a time, to bound memory.
+    """
+    if not 0 < step <= 300:
+        raise ValueError("step must be in (0, 300] seconds: PromQL sees a sample for 5 minutes only")
+    samples = 0
+    with tempfile.TemporaryDirectory() as scratch:
+        chunk_start = start
+        while chunk_start < end:
+            chunk_end = min(end, chunk_start + chunk_seconds)
+            text = Path(scratch) / "history.om"
+            with text.open("w") as out:
+                for line in openmetrics(estate, tenants, chunk_start, chunk_end, step, window):
+                    out.write(line)
+                    samples += not line.startswith("#")
+            subprocess.run(
+                ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(blocks_dir)],
+                check=True, capture_output=True,
+            )
+            chunk_start = chunk_end
+    return samples
+
+
+def load_into(data_dir: Path, blocks_dir: Path) -> list[str]:
+    """Move the blocks of ``blocks_dir`` into a stopped TSDB's ``data_dir``; their names."""
+    moved = []
+    for block in sorted(blocks_dir.iterdir()):
+        if (block / "meta.json").exists():
+            shutil.move(str(block), str(data_dir / block.name))
+            moved.append(block.name)
+    return moved
