@@ -215,6 +215,7 @@ async def test_cluster_costs_sum_the_components_per_cluster(written: Written, cl
         "cloud_account_id": written.tenant,
         "start_date": written.start,
         "end_date": written.end,
+        "lag": 0,
         "total_cost": approx(sum(total.values())),
         "breakdown": {key: approx(value) for key, value in total.items()},
         "clusters": {
@@ -285,6 +286,9 @@ BAD_REQUESTS = [
     ({"step": "2400"}, f"step: 2400 does not divide end_date - start_date ({HOUR} s)"),
     ({"start_date": END - 92 * 86_400, "step": str(RES)}, "step: 529920 buckets, over the limit of 11000"),
     ({"tenant_id": "acct-2", "limit": "1"}, "unknown query parameter(s): limit, tenant_id"),
+    ({"lag": "-60"}, "lag: '-60' is not a Unix timestamp in whole seconds"),
+    ({"lag": "7"}, f"lag: 7 is not a multiple of the resolution, {RES} s"),
+    ({"lag": str(86_400 + RES)}, f"lag: {86_400 + RES} s is more than the maximum of 86400 s"),
 ]
 
 
