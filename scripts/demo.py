@@ -1,13 +1,18 @@
-"""The main job on local defaults: simulated customer clusters flowing into the SaaS.
+"""The main job on local defaults: simulated customer clusters flowing into the cost ledger.
 
-    .venv/bin/python scripts/demo.py [--clusters 3] [--seed 42] [--scrape-interval 5] [--once]
+    .venv/bin/python scripts/demo.py [--clusters 3] [--history-days 2] [--seed 42]
+                                     [--scrape-interval 5] [--cycle-seconds 30] [--once]
 
 Starts the real servers and a local Ray (scripts/services.sh), deploys every Serve
 application of cluster_config/serve_config.yaml, gives each simulated cluster its own
-cloud account, and runs per cluster a Kubecost simulator, the allocation-exporter and a
-real Prometheus remote-writing through the ingress into the TSDB. It prints what landed,
-then keeps printing it every minute until Ctrl-C, which stops every process it started.
-State (accounts, estate) lives in .data/demo/, so a second run reuses it.
+cloud account (two organizations), replays the clusters' past days into the TSDB, and
+runs per cluster a Kubecost simulator, the allocation-exporter and a real Prometheus
+remote-writing through the ingress. The tenant supervisor then runs one actor per
+account, which turns the TSDB's rates into the per-day ledger (MongoDB + ClickHouse).
+It prints what landed and the per-namespace daily costs from the ledger, then again
+every cycle until Ctrl-C, which stops every process it started (the servers, Ray and
+the detached actors keep running: `scripts/services.sh stop ray clickhouse mongodb tsdb`).
+State (accounts, estate, loaded history) lives in .data/demo/, so a second run reuses it.
 """
 
 from __future__ import annotations
@@ -18,19 +23,26 @@ import json
 import signal
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import ray
 
-from k8scost import devstack
-from k8scost.settings import StoreSettings, from_env
+from actors.supervisor import SUPERVISOR_NAME, TenantSupervisor, tenant_actor_name
+from actors.tenant import TenantConfig
+from k8scost import devstack, ledger
+from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.simulator.customer import CustomerCluster
+from k8scost.simulator.history import load_into, write_blocks
 from k8scost.simulator.spec import Estate, from_json, generate_estate, to_json
 from k8scost.stores.accounts import AccountStore, Credentials
+from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.mongo import connect
+from k8scost.stores.resources import ResourceStore
 
 DEMO_DIR = devstack.ROOT / ".data" / "demo"
-ORGANIZATION = "demo-organization"
+ORGANIZATIONS = ("demo-org-acme", "demo-org-globex")
 
 
 def load_estate(seed: int, clusters: int) -> tuple[Estate, Path]:
@@ -46,7 +58,10 @@ def load_estate(seed: int, clusters: int) -> tuple[Estate, Path]:
 
 
 async def accounts_for(clusters: list[str]) -> dict[str, Credentials]:
-    """One cloud account per cluster, reused while it lives and its saved password opens it."""
+    """One cloud account per cluster, reused while it lives and its saved password opens it.
+
+    The first clusters belong to one organization, the last to another.
+    """
     store = AccountStore(connect(from_env(StoreSettings)))
     await store.ensure_indexes()
     saved_file = DEMO_DIR / "accounts.json"
@@ -58,9 +73,66 @@ async def accounts_for(clusters: list[str]) -> dict[str, Credentials]:
             if await store.authenticate(credentials) is not None:
                 result[cluster] = credentials
                 continue
-        _, result[cluster] = await store.create(ORGANIZATION, cluster)
+        organization = ORGANIZATIONS[1] if cluster == clusters[-1] and len(clusters) > 1 else ORGANIZATIONS[0]
+        _, result[cluster] = await store.create(organization, cluster)
     saved_file.write_text(json.dumps({c: vars(cred) for c, cred in result.items()}, indent=2))
     return result
+
+
+def load_history(estate: Estate, estate_file: Path, tenants: dict[str, str], days: int) -> None:
+    """Replay the last ``days`` days up to now into the TSDB, once per estate and accounts."""
+    marker = DEMO_DIR / f"history-{estate_file.stem}.json"
+    if marker.exists() and json.loads(marker.read_text()) == tenants:
+        return
+    now = time.time()
+    start = ledger.day_start(now).timestamp() - days * ledger.DAY - 3600  # the exporter looks back an hour
+    blocks = DEMO_DIR / "blocks"
+    blocks.mkdir(exist_ok=True)
+    print(f"replaying {days} days of history into the TSDB ...", flush=True)
+    write_blocks(estate, tenants, start, now - now % 300, blocks)
+    devstack.services("stop", "tsdb")
+    try:
+        load_into(devstack.ROOT / ".data" / "tsdb" / "data", blocks)
+    finally:
+        devstack.services("start", "tsdb")
+    marker.write_text(json.dumps(tenants))
+
+
+def start_supervisor(cycle_seconds: float) -> None:
+    """The tenant supervisor, detached: it outlives the demo, like in production."""
+    config = TenantConfig.from_env()
+    config = TenantConfig(
+        from_env(LedgerSettings, cycle_seconds=cycle_seconds, reconcile_seconds=5.0), config.stores, config.cluster_secret
+    )
+    ray.init(address=devstack.RAY_ADDRESS, namespace=config.ledger.ray_namespace, logging_level="warning")
+    try:  # a supervisor of an earlier run carries its settings: replace it
+        ray.kill(ray.get_actor(SUPERVISOR_NAME), no_restart=True)
+    except ValueError:
+        pass
+    TenantSupervisor.options(name=SUPERVISOR_NAME, lifetime="detached").remote(config)
+
+
+async def ledger_summary(credentials: dict[str, Credentials], days: int) -> str:
+    """Per cluster, the daily cost of each namespace as the ledger holds it."""
+    stores = from_env(StoreSettings)
+    expenses, resources = ExpenseStore(stores), ResourceStore(connect(stores))
+    today = ledger.day_start(time.time())
+    first = today - timedelta(days=days)
+    lines = []
+    for cluster, cred in credentials.items():
+        namespaces = {doc["_id"]: doc["k8s_namespace"]
+                      for doc in await resources.find(cred.account_id, resource_type="K8s Namespace")}
+        costs = await expenses.daily_costs(cred.account_id, first, today + timedelta(days=1))
+        columns = [first + timedelta(days=k) for k in range(days + 1)]
+        lines.append(f"cluster {cluster}  (account {cred.account_id})")
+        lines.append("  " + f"{'namespace':<28}" + "".join(f"{d:%Y-%m-%d}".rjust(12) for d in columns))
+        for rid, namespace in sorted(namespaces.items(), key=lambda item: item[1]):
+            row = [costs.get((rid, day), 0.0) for day in columns]
+            lines.append("  " + f"{namespace:<28}" + "".join(f"{cost:12.4f}" for cost in row))
+        totals = [sum(costs.get((rid, day), 0.0) for rid in namespaces) for day in columns]
+        lines.append("  " + f"{'(namespaces + idle)':<28}" + "".join(f"{cost:12.4f}" for cost in totals))
+    await expenses.close()
+    return "\n".join(lines)
 
 
 def landed_summary(customers: list[CustomerCluster]) -> str:
@@ -80,6 +152,22 @@ def landed_summary(customers: list[CustomerCluster]) -> str:
     return "\n".join(lines)
 
 
+def backfill(credentials: dict[str, Credentials], days: int) -> None:
+    """The replayed days older than the open ones, written by each tenant's own actor (its single writer)."""
+    settings = from_env(LedgerSettings)
+    oldest_open = ledger.open_days(time.time(), settings.open_days)[0]
+    older = [oldest_open - timedelta(days=k) for k in range(days + 1 - settings.open_days, 0, -1)]
+    if not older:
+        return
+    print(f"writing {len(older)} older day(s) into the ledger through the tenant actors ...", flush=True)
+    ray.get([ray.get_actor(tenant_actor_name(cred.account_id)).cycle.remote(older) for cred in credentials.values()])
+
+
+def _all_cycled(credentials: dict[str, Credentials]) -> bool:
+    report = ray.get(ray.get_actor(SUPERVISOR_NAME).status.remote())["tenants"]
+    return all(report.get(cred.account_id, {}).get("cycles", 0) >= 1 for cred in credentials.values())
+
+
 def _query(query: str) -> list[dict]:
     answer = httpx.get(f"{devstack.TSDB_URL}/api/v1/query", params={"query": query}, timeout=10)
     answer.raise_for_status()
@@ -96,12 +184,18 @@ def main() -> int:
     parser.add_argument("--clusters", type=int, default=3, help="simulated clusters, one account each (default 3)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the simulated estate (default 42)")
     parser.add_argument("--scrape-interval", type=float, default=5.0, help="exporter poll and scrape interval, s")
-    parser.add_argument("--once", action="store_true", help="print what landed once, then stop")
+    parser.add_argument("--history-days", type=int, default=2, help="past days replayed into the TSDB (default 2)")
+    parser.add_argument("--cycle-seconds", type=float, default=30.0, help="ledger cycle of the tenant actors, s")
+    parser.add_argument("--once", action="store_true", help="print the results once, then stop")
     args = parser.parse_args()
     if not 1 <= args.clusters <= 20:
         parser.error("--clusters must be between 1 and 20")
     if args.scrape_interval < 1:
         parser.error("--scrape-interval must be at least 1 second")
+    if not 0 <= args.history_days <= 30:
+        parser.error("--history-days must be between 0 and 30")
+    if args.cycle_seconds < 5:
+        parser.error("--cycle-seconds must be at least 5")
 
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     devstack.services("start", "clickhouse", "mongodb", "tsdb", "ray")
@@ -109,6 +203,8 @@ def main() -> int:
     devstack.deploy_serve()
     estate, estate_file = load_estate(args.seed, args.clusters)
     credentials = asyncio.run(accounts_for([c.name for c in estate.clusters]))
+    if args.history_days:
+        load_history(estate, estate_file, {c: cred.account_id for c, cred in credentials.items()}, args.history_days)
     customers = [
         CustomerCluster(cluster=cluster.name, estate_file=estate_file, account_id=credentials[cluster.name].account_id,
                         password=credentials[cluster.name].password, write_url=devstack.WRITE_URL,
@@ -121,16 +217,24 @@ def main() -> int:
             print(f"starting cluster {customer.cluster}: Kubecost simulator, exporter, Prometheus ...", flush=True)
             customer.start()
         for customer in customers:
-            devstack.wait_for(f"{customer.cluster}'s costs in the TSDB",
-                              lambda c=customer: _query(f'kubecost_cluster_cpu_cost{{tenant_id="{c.account_id}"}}'),
+            # Live samples, not the replayed ones: those carry the exporter's in-cluster address.
+            live = f'kubecost_cluster_cpu_cost{{tenant_id="{customer.account_id}",instance="127.0.0.1:{customer.exporter_port}"}}'
+            devstack.wait_for(f"{customer.cluster}'s live costs in the TSDB", lambda q=live: _query(q),
                               timeout=120, interval=1)
+        print("starting the tenant supervisor: one ledger actor per account ...", flush=True)
+        start_supervisor(args.cycle_seconds)
+        devstack.wait_for("every tenant's first ledger cycle", lambda: _all_cycled(credentials), timeout=300, interval=2)
+        backfill(credentials, args.history_days)
         while True:
             print(f"\n== landed in the TSDB at {time.strftime('%H:%M:%S')} (tenant_id enforced by the ingress) ==")
-            print(landed_summary(customers), flush=True)
+            print(landed_summary(customers))
+            print(f"\n== daily costs in the ledger (ClickHouse expenses, USD) ==")
+            print(asyncio.run(ledger_summary(credentials, args.history_days)), flush=True)
             if args.once:
                 return 0
-            print(f"\nRay dashboard: {devstack.RAY_DASHBOARD}   TSDB: {devstack.TSDB_URL}   Ctrl-C stops the demo.")
-            time.sleep(60)
+            print(f"\nRay dashboard: {devstack.RAY_DASHBOARD}   TSDB: {devstack.TSDB_URL}   "
+                  "`python -m actors status` shows the tenant actors.   Ctrl-C stops the demo.")
+            time.sleep(max(60.0, args.cycle_seconds))
     except KeyboardInterrupt:
         return 0
     finally:
