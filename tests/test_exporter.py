@@ -29,7 +29,7 @@ from k8scost.settings import ExporterSettings, from_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CUSTOMER = ROOT / "cluster_config" / "customer"
-FIXTURE = json.loads(Path("/work/shared/fixtures/opencost/allocation_namespace_7d.json").read_text())
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "opencost" / "allocation_namespace_7d.json").read_text())
 FIXTURE_MINUTES = 10079.22199
 TENANT, CLUSTER = "acct-1", "c1"
 PROMTOOL = "/usr/bin/promtool"

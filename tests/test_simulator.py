@@ -41,7 +41,7 @@ from k8scost.simulator import (
 from k8scost.simulator.allocation import parse_aggregate, parse_window
 from k8scost.simulator.model import node_cost
 
-FIXTURE = Path("/work/shared/fixtures/opencost/allocation_namespace_7d.json")
+FIXTURE = Path(__file__).parent / "fixtures" / "opencost" / "allocation_namespace_7d.json"
 GIB = 1024**3
 T0 = 1730419200  # 2024-11-01T00:00:00Z
 H = 3600
