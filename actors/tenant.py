@@ -26,7 +26,7 @@ from k8scost.metroculus_client import MetroculusClient
 from k8scost.settings import LedgerSettings, MetroculusSettings, StoreSettings, from_env
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
 from k8scost.stores.mongo import connect
-from k8scost.stores.resources import ResourceStore
+from k8scost.stores.resources import Resource, ResourceStore
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,9 @@ class TenantActor:
         self.resources = ResourceStore(connect(config.stores))
         self.metroculus = MetroculusClient(config.ledger.metroculus_url, config.cluster_secret)
         self.written: dict[ledger.ResourceDay, ExpenseRow] = {}
+        # Per resource id: the resource as last upserted and the days its document covers;
+        # a cycle upserts only what is new or moved, not every resource whose cost changed.
+        self.upserted: dict[str, tuple[Resource, datetime, datetime]] = {}
         self.loaded_days: set[datetime] = set()  # days whose live rows ``written`` holds for sure
         self.lock = asyncio.Lock()  # one writer at a time: the cycle, or a backfill's days
         self.crash_at: str | None = None
@@ -129,14 +132,21 @@ class TenantActor:
         computed = time.perf_counter()
 
         # Resources first: an expense never exists without the resource it is billed to.
-        touched: dict[datetime, list] = {}
+        touched: dict[datetime, dict[str, Resource]] = {}
         for rid, day in changed:
-            touched.setdefault(day, []).append(daily.resources[rid])
+            resource = daily.resources[rid]
+            known = self.upserted.get(rid)
+            if known is None or known[0] != resource or not known[1] <= day <= known[2]:
+                touched.setdefault(day, {})[rid] = resource
         for day, resources in sorted(touched.items()):
             last_seen = min(time.time(), (day + timedelta(days=1)).timestamp() - 1)
             await self.resources.upsert(
-                self.account_id, self.organization_id, resources, int(day.timestamp()), int(last_seen)
+                self.account_id, self.organization_id, resources.values(), int(day.timestamp()), int(last_seen)
             )
+            for rid, resource in resources.items():
+                known = self.upserted.get(rid)
+                first, last = (day, day) if known is None else (min(known[1], day), max(known[2], day))
+                self.upserted[rid] = (resource, first, last)
         self._maybe_crash("after_resources")
         upserted = time.perf_counter()
 

@@ -1,0 +1,159 @@
+"""Ledger cycle time for one big tenant, and what an idle tenant actor costs.
+
+    .venv/bin/python scripts/bench_ledger.py [--namespaces 1000] [--pods 20] [--idle-actors 16]
+
+1. One tenant with NAMESPACES × PODS pods: two whole days of exporter gauges (every 5 min)
+   are loaded into the TSDB as blocks, then one TenantActor runs a cycle over both days
+   (cold: every resource-day new) and another right after (nothing changed: 0 rows).
+   Each cycle's time is split into query (Metroculus + TSDB) / compute / MongoDB /
+   ClickHouse. Target: ≤ 5 s, and 0 rows for the unchanged cycle.
+2. IDLE_ACTORS tenant actors of tenants without data, left idle: memory (PSS, the pages
+   a process really adds) and CPU per actor over 30 s, and how many fit here and on a
+   16-core / 64 GB node. Anchor: an idle Ray actor process ≈ 49 MB and ≈ 0.5 % of a core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import ray
+
+from actors.tenant import TenantActor, TenantConfig
+from k8scost import devstack, ledger
+from k8scost.settings import LedgerSettings, StoreSettings, from_env
+from k8scost.simulator.history import SCRAPE_LABELS, load_into
+from k8scost.stores.accounts import AccountStore
+from k8scost.stores.mongo import connect
+
+STEP = 300
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def write_openmetrics(path: Path, tenant: str, namespaces: int, pods: int, start: int, end: int) -> int:
+    """Pod, namespace, node, idle and cluster gauges of one cluster, constant rates; the sample count."""
+    times = range(start, end, STEP)
+    scrape = ",".join(f'{k}="{v}"' for k, v in SCRAPE_LABELS.items())
+    base = f'tenant_id="{tenant}",cluster="bench",{scrape}'
+    families: dict[str, list[tuple[str, float]]] = {
+        "cloudtuner_kubecost_pod_total_cost": [
+            (f'{base},namespace="ns-{n:04d}",pod="pod-{n:04d}-{p:02d}",node="node-{(n * pods + p) % 50:02d}",'
+             f'controller_kind="deployment",controller="app-{n:04d}"', 0.01 + 0.0001 * p)
+            for n in range(namespaces) for p in range(pods)
+        ],
+        "cloudtuner_kubecost_namespace_total_cost": [
+            (f'{base},namespace="ns-{n:04d}"', sum(0.01 + 0.0001 * p for p in range(pods))) for n in range(namespaces)
+        ],
+        "cloudtuner_kubecost_node_total_cost": [(f'{base},node="node-{k:02d}"', 1.5) for k in range(50)],
+        "cloudtuner_kubecost_idle_cost": [(base, 3.0)],
+        **{name: [(base, 0.5)] for name in ledger.CLUSTER_METRICS},
+    }
+    samples = 0
+    with path.open("w") as out:
+        for family, series in families.items():
+            out.write(f"# TYPE {family} gauge\n")
+            for labels, value in series:
+                prefix = f"{family}{{{labels}}} {value!r} "
+                out.write("".join(f"{prefix}{t}\n" for t in times))
+                samples += len(times)
+        out.write("# EOF\n")
+    return samples
+
+
+def load_history(tenant: str, namespaces: int, pods: int, start: int, end: int) -> int:
+    samples = 0
+    with tempfile.TemporaryDirectory(dir=devstack.ROOT / ".data") as scratch:
+        blocks = Path(scratch) / "blocks"
+        chunk = 12 * 3600  # promtool gets the range half a day at a time, to bound file size
+        for chunk_start in range(start, end, chunk):
+            text = Path(scratch) / "chunk.om"
+            samples += write_openmetrics(text, tenant, namespaces, pods, chunk_start, min(end, chunk_start + chunk))
+            subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(blocks)],
+                           check=True, capture_output=True)
+        devstack.services("stop", "tsdb")
+        try:
+            load_into(devstack.ROOT / ".data" / "tsdb" / "data", blocks)
+        finally:
+            devstack.services("start", "tsdb")
+    return samples
+
+
+def pss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def print_cycle(title: str, report) -> None:
+    total = report.query_seconds + report.compute_seconds + report.mongodb_seconds + report.clickhouse_seconds
+    print(f"| {title} | {report.rows_written:,} | {report.resources_upserted:,} | {report.query_seconds:.2f} | "
+          f"{report.compute_seconds:.2f} | {report.mongodb_seconds:.2f} | {report.clickhouse_seconds:.2f} | {total:.2f} |",
+          flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--namespaces", type=int, default=1000)
+    parser.add_argument("--pods", type=int, default=20, help="pods per namespace")
+    parser.add_argument("--idle-actors", type=int, default=16)
+    args = parser.parse_args()
+    if min(args.namespaces, args.pods) < 1 or not 1 <= args.idle_actors <= 200:
+        parser.error("--namespaces and --pods must be ≥ 1, --idle-actors between 1 and 200")
+
+    devstack.services("start", "clickhouse", "mongodb", "tsdb", "ray")
+    devstack.deploy_serve()
+    store = AccountStore(connect(from_env(StoreSettings)))
+    loop = asyncio.new_event_loop()
+    account, _ = loop.run_until_complete(store.create("bench", "bench cluster"))
+    first = ledger.day_start(time.time()) - timedelta(days=3)
+    days = [first, first + timedelta(days=1)]
+    start, end = int(first.timestamp()) - 3600, int((first + timedelta(days=2)).timestamp()) + 2 * 3600
+    started = time.perf_counter()
+    samples = load_history(account.id, args.namespaces, args.pods, start, end)
+    pods = args.namespaces * args.pods
+    print(f"loaded {samples:,} samples ({pods:,} pods, 2 days every {STEP} s) in {time.perf_counter() - started:.0f} s")
+
+    ray.init(address=devstack.RAY_ADDRESS, namespace="bench", logging_level="warning")
+    config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0), from_env(StoreSettings),
+                          TenantConfig.from_env().cluster_secret)
+    actor = TenantActor.remote(account.id, account.organization_id, config)
+    print()
+    print(f"| cycle over 2 days, {pods:,} pods | rows written | resources upserted | query s | compute s | "
+          "MongoDB s | ClickHouse s | total s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print_cycle("cold (all new)", ray.get(actor.cycle.remote(days)))
+    print_cycle("nothing changed", ray.get(actor.cycle.remote(days)))
+    ray.kill(actor)
+
+    idle = [TenantActor.remote(f"idle-{k}-{account.id}", "bench", config) for k in range(args.idle_actors)]
+    pids = ray.get([a.status.remote() for a in idle])
+    pids = [s["pid"] for s in pids]
+    time.sleep(5)  # let the first cycle (no data) pass
+    before = {pid: cpu_seconds(pid) for pid in pids}
+    time.sleep(30)
+    cpu = sum(cpu_seconds(pid) - before[pid] for pid in pids) / len(pids) / 30
+    memory = sum(pss_mb(pid) for pid in pids) / len(pids)
+    for a in idle:
+        ray.kill(a)
+    print()
+    print(f"idle tenant actor: {memory:.1f} MB PSS, {cpu * 100:.2f} % of a core (mean of {len(pids)})")
+    print(f"fit by memory: {int(24 * 1024 * 0.8 / memory)} here (80 % of 24 GB), "
+          f"{int(64 * 1024 * 0.8 / memory)} on 64 GB; by idle CPU: {int(16 / max(cpu, 1e-9))} on 16 cores")
+
+
+if __name__ == "__main__":
+    main()

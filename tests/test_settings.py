@@ -1,0 +1,27 @@
+"""Settings: read from the environment, typed, and documented in the README as they are in code."""
+
+from __future__ import annotations
+
+import pytest
+
+from k8scost.devstack import ROOT
+from k8scost.settings import ExporterSettings, IngressSettings, SettingsError, from_env, settings_table
+
+
+def test_values_are_read_and_typed() -> None:
+    settings = from_env(ExporterSettings, {"SCRAPE_INTERVAL": "15", "EXPORTER_PORT": "9100", "CLUSTER_NAME": "eu"})
+    assert (settings.scrape_interval, settings.listen_port, settings.cluster_name) == (15.0, 9100, "eu")
+    assert from_env(ExporterSettings, {}).scrape_interval == 60.0
+    assert from_env(IngressSettings, {"INGRESS_MAX_BODY_BYTES": "5"}, max_body_bytes=7).max_body_bytes == 7
+
+
+@pytest.mark.parametrize(("env", "value"), [("EXPORTER_PORT", "nineteen"), ("SCRAPE_INTERVAL", "1m")])
+def test_a_bad_value_names_its_variable(env: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=env):
+        from_env(ExporterSettings, {env: value})
+
+
+def test_readme_documents_every_setting_as_the_code_has_it() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [row for row in settings_table().splitlines()[2:] if row not in readme]
+    assert not missing, "README settings table is stale; regenerate with `python -m k8scost.settings`:\n" + "\n".join(missing)
