@@ -85,6 +85,7 @@ class TenantActor:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self.last_report: CycleReport | None = None
+        self.migrated = False  # the ledger's schema is checked once per process, on the first cycle
         # Async actors run __init__ on their event loop: the loop starts with the actor,
         # and again on its own when Ray restarts it.
         self.loop = asyncio.get_running_loop().create_task(self._run())
@@ -117,6 +118,9 @@ class TenantActor:
             return report
 
     async def _cycle(self, days: list[datetime]) -> CycleReport:
+        if not self.migrated:
+            await self.expenses.migrate()  # idempotent: whichever actor starts first creates the table
+            self.migrated = True
         started = time.perf_counter()
         start = int(days[0].timestamp())
         end = int((days[-1] + timedelta(days=1)).timestamp())
