@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from k8scost.promql import CLUSTER_COST_METRICS
 from k8scost.stores.clickhouse import ExpenseRow
 from k8scost.stores.resources import Kind, Resource
 
@@ -24,15 +25,7 @@ POD_METRIC = "cloudtuner_kubecost_pod_total_cost"
 NAMESPACE_METRIC = "cloudtuner_kubecost_namespace_total_cost"
 IDLE_METRIC = "cloudtuner_kubecost_idle_cost"
 NODE_METRIC = "cloudtuner_kubecost_node_total_cost"
-CLUSTER_METRICS = (
-    "kubecost_cluster_management_cost",
-    "kubecost_cluster_cpu_cost",
-    "kubecost_cluster_memory_cost",
-    "kubecost_cluster_storage_cost",
-    "kubecost_cluster_network_cost",
-    "kubecost_cluster_load_balancer_cost",
-)
-LEDGER_METRICS = (POD_METRIC, NAMESPACE_METRIC, IDLE_METRIC, NODE_METRIC, *CLUSTER_METRICS)
+LEDGER_METRICS = (POD_METRIC, NAMESPACE_METRIC, IDLE_METRIC, NODE_METRIC, *CLUSTER_COST_METRICS)
 
 # Costs are sums of floats whose order the TSDB picks: closer than this is "unchanged".
 _RELATIVE_TOLERANCE = 1e-9
@@ -73,7 +66,7 @@ def resource_of(metric: str, labels: Mapping[str, str]) -> Resource | None:
     if metric == NODE_METRIC:
         node = labels.get("node")
         return Resource(Kind.NODE, cluster, None, node, node=node) if node else None
-    if metric in CLUSTER_METRICS:
+    if metric in CLUSTER_COST_METRICS:
         return Resource(Kind.CLUSTER, cluster, None, cluster)
     return None
 

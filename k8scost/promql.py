@@ -11,6 +11,15 @@ import re
 
 TENANT_LABEL = "tenant_id"
 
+# The Phase 1 cluster gauges: together, with the management fee, a cluster's whole bill.
+CLUSTER_COST_METRICS: tuple[str, ...] = (
+    "kubecost_cluster_management_cost",
+    "kubecost_cluster_cpu_cost",
+    "kubecost_cluster_memory_cost",
+    "kubecost_cluster_storage_cost",
+    "kubecost_cluster_network_cost",
+    "kubecost_cluster_load_balancer_cost",
+)
 # Every metric a cost query may read; each is an hourly rate in USD, labelled tenant_id.
 COST_METRICS: tuple[str, ...] = (
     "cloudtuner_kubecost_namespace_total_cost",
@@ -24,12 +33,7 @@ COST_METRICS: tuple[str, ...] = (
     "cloudtuner_kubecost_node_cpu_cost",
     "cloudtuner_kubecost_node_ram_cost",
     "cloudtuner_kubecost_idle_cost",
-    "kubecost_cluster_management_cost",
-    "kubecost_cluster_cpu_cost",
-    "kubecost_cluster_memory_cost",
-    "kubecost_cluster_storage_cost",
-    "kubecost_cluster_network_cost",
-    "kubecost_cluster_load_balancer_cost",
+    *CLUSTER_COST_METRICS,
 )
 
 # Label names as Prometheus allows them, minus the reserved ``__`` prefix (``__name__``).

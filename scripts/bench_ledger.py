@@ -27,6 +27,7 @@ import ray
 
 from actors.tenant import TenantActor, TenantConfig
 from k8scost import devstack, ledger
+from k8scost.promql import CLUSTER_COST_METRICS
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.simulator.history import SCRAPE_LABELS, load_into
 from k8scost.stores.accounts import AccountStore
@@ -52,7 +53,7 @@ def write_openmetrics(path: Path, tenant: str, namespaces: int, pods: int, start
         ],
         "cloudtuner_kubecost_node_total_cost": [(f'{base},node="node-{k:02d}"', 1.5) for k in range(50)],
         "cloudtuner_kubecost_idle_cost": [(base, 3.0)],
-        **{name: [(base, 0.5)] for name in ledger.CLUSTER_METRICS},
+        **{name: [(base, 0.5)] for name in CLUSTER_COST_METRICS},
     }
     samples = 0
     with path.open("w") as out:

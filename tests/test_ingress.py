@@ -168,3 +168,27 @@ def test_tsdb_down_answers_503_then_recovers(tenant: Credentials) -> None:
 def test_unknown_path_is_404(serve_apps: str) -> None:
     answer = httpx.get(f"{serve_apps}/storage/api/v2/write")
     assert answer.status_code == 404 and "POST" in answer.text
+
+
+def test_ingress_metrics_count_requests_and_samples_by_outcome(tenant: Credentials) -> None:
+    marker = f"ns-{uuid.uuid4().hex[:8]}"
+    dropped = ({"__name__": "node_cpu_seconds_total", "marker": marker}, [(int(time.time() * 1000), 1.0)])
+    assert post(encode([series(marker), dropped]), tenant).status_code == 204
+    assert post(encode([series(marker)]), Credentials(tenant.account_id, "wrong")).status_code == 401
+
+    def exported(name: str, **labels: str) -> float:
+        total = 0.0
+        for line in httpx.get("http://127.0.0.1:25080/metrics", timeout=10).text.splitlines():
+            if line.startswith(f"ray_{name}") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    # Ray's agent exports what replicas report every few seconds.
+    helpers.wait_for("the ingress counters", lambda: exported(
+        "cloudtuner_ingress_samples", tenant=tenant.account_id, outcome="dropped", reason="metric_not_allowed") >= 1,
+        timeout=60, interval=2)
+    assert exported("cloudtuner_ingress_requests", tenant=tenant.account_id, code="204") >= 1
+    assert exported("cloudtuner_ingress_samples", tenant=tenant.account_id, outcome="accepted") >= 1
+    helpers.wait_for("the refused request", lambda: exported(
+        "cloudtuner_ingress_requests", tenant="unauthenticated", code="401") >= 1, timeout=60, interval=2)
+    assert exported("cloudtuner_ingress_forward_seconds_count", outcome="ok") >= 1
