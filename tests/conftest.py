@@ -49,6 +49,9 @@ class SyncAccounts:
     def create(self, organization_id: str = "org-test") -> tuple[Account, Credentials]:
         return self._loop.run_until_complete(self._store.create(organization_id, "test cluster"))
 
+    def get(self, account_id: str) -> Account | None:
+        return self._loop.run_until_complete(self._store.get(account_id))
+
     def delete(self, account_id: str) -> bool:
         return self._loop.run_until_complete(self._store.delete(account_id))
 

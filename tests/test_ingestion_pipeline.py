@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import ray
+
+from actors.tenant import TenantActor, TenantConfig
+from k8scost import ledger
+from k8scost.settings import LedgerSettings, StoreSettings, from_env
+from k8scost.stores.clickhouse import ExpenseStore
 
 from k8scost.simulator import generate_estate, ground_truth
 from k8scost.simulator.customer import CustomerCluster
@@ -112,3 +120,28 @@ def test_tsdb_outage_loses_no_sample(customer: CustomerCluster) -> None:
     ours, theirs = helpers.wait_for("the backlog to be delivered", lambda: (c := counts())[0] == c[1] and c, timeout=90)
     assert theirs >= 25  # one sample a second, for the 30 s outage
     assert ours == theirs
+
+
+def test_live_costs_reach_the_ledger(customer: CustomerCluster, accounts) -> None:
+    """The whole live chain: what the customer's Prometheus sent is in today's ledger."""
+    helpers.wait_for("a minute of live samples", lambda: float(helpers.tsdb_query(
+        f'count_over_time(kubecost_cluster_cpu_cost{{tenant_id="{customer.account_id}"}}[2m])')[0]["value"][1]) >= 30,
+        timeout=120, interval=2)
+    ray.init(address=helpers.RAY_ADDRESS, namespace="ingestion-tests", logging_level="warning")
+    try:
+        # No lag: the live data is minutes old; the day's rates are read as they are.
+        config = TenantConfig(from_env(LedgerSettings, cycle_seconds=3600.0, rate_lag_seconds=0),
+                              from_env(StoreSettings), "test-secret")
+        account = accounts.get(customer.account_id)
+        actor = TenantActor.remote(account.id, account.organization_id, config)
+        today = ledger.day_start(time.time())
+        ray.get(actor.cycle.remote([today]))  # its own first cycle may have written the day already
+        costs = asyncio.new_event_loop().run_until_complete(
+            ExpenseStore(from_env(StoreSettings)).daily_costs(account.id, today, today + timedelta(days=1), by="k8s_namespace"))
+        namespaces = {ns for (ns, _) in costs if ns}
+        assert namespaces >= {r["metric"]["namespace"] for r in helpers.tsdb_query(
+            f'cloudtuner_kubecost_namespace_total_cost{{tenant_id="{account.id}"}}')}
+        assert all(cost > 0 for cost in costs.values())
+        ray.kill(actor)
+    finally:
+        ray.shutdown()
