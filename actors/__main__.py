@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 
 import ray
@@ -23,9 +24,11 @@ def main() -> int:
     parser.add_argument("--address", default="127.0.0.1:6379", help="Ray GCS address (default 127.0.0.1:6379)")
     args = parser.parse_args()
     config = TenantConfig.from_env()
-    try:
+    host, _, port = args.address.rpartition(":")
+    try:  # ray.init would wait a long while for a GCS that is not there
+        socket.create_connection((host, int(port)), timeout=3).close()
         ray.init(address=args.address, namespace=config.ledger.ray_namespace, logging_level="warning")
-    except ConnectionError as exc:
+    except (OSError, ValueError, ConnectionError) as exc:
         print(f"error: no Ray cluster at {args.address}: {exc}", file=sys.stderr)
         return 1
     if args.command == "start":

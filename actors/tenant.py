@@ -136,21 +136,26 @@ class TenantActor:
         computed = time.perf_counter()
 
         # Resources first: an expense never exists without the resource it is billed to.
-        touched: dict[datetime, dict[str, Resource]] = {}
+        # Each is upserted once for all the days it was seen in, and only when it is new,
+        # changed, or seen on a day its document does not cover yet.
+        seen_days: dict[str, list[datetime]] = {}
         for rid, day in changed:
-            resource = daily.resources[rid]
+            seen_days.setdefault(rid, []).append(day)
+        touched: dict[tuple[datetime, datetime], dict[str, Resource]] = {}
+        for rid, days_seen in seen_days.items():
+            resource, first, last = daily.resources[rid], min(days_seen), max(days_seen)
             known = self.upserted.get(rid)
-            if known is None or known[0] != resource or not known[1] <= day <= known[2]:
-                touched.setdefault(day, {})[rid] = resource
-        for day, resources in sorted(touched.items()):
-            last_seen = min(time.time(), (day + timedelta(days=1)).timestamp() - 1)
+            if known is not None and known[0] == resource and known[1] <= first and last <= known[2]:
+                continue
+            if known is not None:
+                first, last = min(first, known[1]), max(last, known[2])
+            touched.setdefault((first, last), {})[rid] = resource
+        for (first, last), resources in touched.items():
+            last_seen = min(time.time(), (last + timedelta(days=1)).timestamp() - 1)
             await self.resources.upsert(
-                self.account_id, self.organization_id, resources.values(), int(day.timestamp()), int(last_seen)
+                self.account_id, self.organization_id, resources.values(), int(first.timestamp()), int(last_seen)
             )
-            for rid, resource in resources.items():
-                known = self.upserted.get(rid)
-                first, last = (day, day) if known is None else (min(known[1], day), max(known[2], day))
-                self.upserted[rid] = (resource, first, last)
+            self.upserted.update({rid: (resource, first, last) for rid, resource in resources.items()})
         self._maybe_crash("after_resources")
         upserted = time.perf_counter()
 

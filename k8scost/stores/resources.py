@@ -20,11 +20,12 @@ from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
 from pymongo import ASCENDING, UpdateOne
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import BulkWriteError, ConnectionFailure
 
 from k8scost.stores import StoreUnavailable
 
 COLLECTION = "cloud_resource"
+_DUPLICATE_KEY = 11000
 SERVICE_NAME = "Kubernetes"
 # Fixed forever: changing it would give every resource a new id.
 _ID_NAMESPACE = uuid.UUID("5f0c7a52-2a64-4c8e-9a55-6f1d1b3c9e10")
@@ -86,41 +87,42 @@ class Resource:
         return resource_id(cloud_account_id, self.cluster, self.kind, self.namespace, self.name)
 
 
-def _update(
+def _changes(
     cloud_account_id: str, organization_id: str, resource: Resource, first_seen: int, last_seen: int
-) -> UpdateOne:
-    return UpdateOne(
-        {"_id": resource.id(cloud_account_id)},
-        {
-            # Fixed at creation; other components may edit tags or mark the resource deleted.
-            "$setOnInsert": {
-                "cloud_resource_id": resource.cloud_resource_id(),
-                "cloud_account_id": cloud_account_id,
-                "organization_id": organization_id,
-                "resource_type": RESOURCE_TYPES[resource.kind],
-                "service_name": SERVICE_NAME,
-                "tags": {},
-                "deleted_at": 0,
-            },
-            # What may change (a pod rescheduled, a label edited), and every field that may be
-            # None: FerretDB 1.24 drops null values of $setOnInsert. Setting the identity
-            # fields again writes the same values, so it stays idempotent.
-            "$set": {
-                "region": None,
-                "k8s_cluster": resource.cluster,
-                "k8s_namespace": resource.namespace,
-                "name": resource.name,
-                "k8s_node": resource.node,
-                "k8s_service": resource.service,
-                "meta": resource.meta,
-                "active": True,
-            },
-            # The seen interval only widens, whatever order cycles and backfills run in.
-            "$min": {"first_seen": first_seen},
-            "$max": {"last_seen": last_seen},
+) -> dict[str, dict[str, Any]]:
+    """The update of one resource's document, which also describes a new document."""
+    return {
+        # Fixed at creation; other components may edit tags or mark the resource deleted.
+        "$setOnInsert": {
+            "cloud_resource_id": resource.cloud_resource_id(),
+            "cloud_account_id": cloud_account_id,
+            "organization_id": organization_id,
+            "resource_type": RESOURCE_TYPES[resource.kind],
+            "service_name": SERVICE_NAME,
+            "tags": {},
+            "deleted_at": 0,
         },
-        upsert=True,
-    )
+        # What may change (a pod rescheduled, a label edited), and every field that may be
+        # None: FerretDB 1.24 drops null values of $setOnInsert. Setting the identity
+        # fields again writes the same values, so it stays idempotent.
+        "$set": {
+            "region": None,
+            "k8s_cluster": resource.cluster,
+            "k8s_namespace": resource.namespace,
+            "name": resource.name,
+            "k8s_node": resource.node,
+            "k8s_service": resource.service,
+            "meta": resource.meta,
+            "active": True,
+        },
+        # The seen interval only widens, whatever order cycles and backfills run in.
+        "$min": {"first_seen": first_seen},
+        "$max": {"last_seen": last_seen},
+    }
+
+
+def _new_document(resource_id: str, changes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"_id": resource_id, **changes["$setOnInsert"], **changes["$set"], **changes["$min"], **changes["$max"]}
 
 
 @asynccontextmanager
@@ -153,12 +155,33 @@ class ResourceStore:
         first_seen: int,
         last_seen: int,
     ) -> None:
-        """Create or refresh ``resources``, seen with cost from ``first_seen`` to ``last_seen`` (unix s)."""
-        updates = [_update(cloud_account_id, organization_id, r, first_seen, last_seen) for r in resources]
-        if not updates:
+        """Create or refresh ``resources``, seen with cost from ``first_seen`` to ``last_seen`` (unix s).
+
+        New documents are inserted in bulk and existing ones updated: a first cycle of a big
+        tenant then costs one insert, not one upsert (a find and a write) per resource. A
+        document inserted meanwhile by another writer is updated instead.
+        """
+        changes = {
+            r.id(cloud_account_id): _changes(cloud_account_id, organization_id, r, first_seen, last_seen)
+            for r in resources
+        }
+        if not changes:
             return
         async with _reachable():
-            await self._collection.bulk_write(updates, ordered=False)
+            cursor = self._collection.find({"_id": {"$in": list(changes)}}, {"_id": 1})
+            existing = {doc["_id"] async for doc in cursor}
+            fresh = [_new_document(rid, change) for rid, change in changes.items() if rid not in existing]
+            if fresh:
+                try:
+                    await self._collection.insert_many(fresh, ordered=False)
+                except BulkWriteError as error:
+                    failures = error.details.get("writeErrors", [])
+                    if any(e.get("code") != _DUPLICATE_KEY for e in failures):
+                        raise
+                    existing |= {fresh[e["index"]]["_id"] for e in failures}
+            updates = [UpdateOne({"_id": rid}, change, upsert=True) for rid, change in changes.items() if rid in existing]
+            if updates:
+                await self._collection.bulk_write(updates, ordered=False)
 
     async def find(self, cloud_account_id: str, **filters: Any) -> list[dict[str, Any]]:
         """The account's resources whose fields equal ``filters``, by ``cloud_resource_id``."""
