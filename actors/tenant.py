@@ -122,16 +122,20 @@ class TenantActor:
             await self.expenses.migrate()  # idempotent: whichever actor starts first creates the table
             self.migrated = True
         started = time.perf_counter()
-        start = int(days[0].timestamp())
-        end = int((days[-1] + timedelta(days=1)).timestamp())
-        answer = await self.metroculus.kubecost_metrics(
-            self.account_id, ledger.LEDGER_METRICS, start, end, step=ledger.DAY, lag=self.settings.rate_lag_seconds
-        )
+        # A day per query: the TSDB bounds the samples one query may touch (Prometheus'
+        # --query.max-samples, 50 M), and 20,000 pods over two days at 60 s go past it.
+        answers = await asyncio.gather(*(
+            self.metroculus.kubecost_metrics(
+                self.account_id, ledger.LEDGER_METRICS, int(day.timestamp()), int(day.timestamp()) + ledger.DAY,
+                step=ledger.DAY, lag=self.settings.rate_lag_seconds,
+            )
+            for day in days
+        ))
         self._maybe_crash("after_query")
         queried = time.perf_counter()
 
         reload_seconds = await self._load(days)
-        daily = ledger.daily_costs(self.account_id, answer, days)
+        daily = ledger.daily_costs(self.account_id, answers, days)
         rows, changed = ledger.corrections(self.account_id, self.written, daily)
         computed = time.perf_counter()
 

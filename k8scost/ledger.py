@@ -79,8 +79,10 @@ class DailyCosts:
     resources: dict[str, Resource]  # by resource id
 
 
-def daily_costs(cloud_account_id: str, answer: Mapping[str, Any], days: Iterable[datetime]) -> DailyCosts:
-    """Turn a ``kubecost_metrics`` answer with ``step`` = one day into costs per resource-day.
+def daily_costs(
+    cloud_account_id: str, answers: Iterable[Mapping[str, Any]], days: Iterable[datetime]
+) -> DailyCosts:
+    """Turn ``kubecost_metrics`` answers with ``step`` = one day into costs per resource-day.
 
     Each value is the cost of the day that ends at its timestamp. Series of one resource
     (a pod that moved node, the six cluster cost components) add up.
@@ -88,7 +90,7 @@ def daily_costs(cloud_account_id: str, answer: Mapping[str, Any], days: Iterable
     wanted = set(days)
     costs: dict[ResourceDay, float] = {}
     resources: dict[str, Resource] = {}
-    for metric, body in answer["metrics"].items():
+    for metric, body in ((m, b) for answer in answers for m, b in answer["metrics"].items()):
         for series in body["data"]["result"]:
             resource = resource_of(metric, series["metric"])
             if resource is None:

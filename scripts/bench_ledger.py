@@ -20,6 +20,7 @@ import os
 import subprocess
 import tempfile
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -117,7 +118,10 @@ def main() -> None:
 
     devstack.services("start", "clickhouse", "mongodb", "tsdb", "ray")
     devstack.deploy_serve()
-    store = AccountStore(connect(from_env(StoreSettings)))
+    # A database of its own: FerretDB's inserts slow down with the size of the collection
+    # (its unique-index checks), so earlier runs' documents would skew the figure.
+    stores = from_env(StoreSettings, mongodb_database=f"bench_{uuid.uuid4().hex[:8]}")
+    store = AccountStore(connect(stores))
     loop = asyncio.new_event_loop()
     account, _ = loop.run_until_complete(store.create("bench", "bench cluster"))
     first = ledger.day_start(time.time()) - timedelta(days=3)
@@ -129,8 +133,7 @@ def main() -> None:
     print(f"loaded {samples:,} samples ({pods:,} pods, 2 days every {STEP} s) in {time.perf_counter() - started:.0f} s")
 
     ray.init(address=devstack.RAY_ADDRESS, namespace="bench", logging_level="warning")
-    config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0), from_env(StoreSettings),
-                          TenantConfig.from_env().cluster_secret)
+    config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0), stores, TenantConfig.from_env().cluster_secret)
     actor = TenantActor.remote(account.id, account.organization_id, config)
     print()
     print(f"| cycle over 2 days, {pods:,} pods | rows written | resources upserted | query s | compute s | "

@@ -125,7 +125,7 @@ def expected_costs(account_id: str, day: datetime) -> dict[str, float]:
             return await client.kubecost_metrics(account_id, ledger.LEDGER_METRICS, start, start + ledger.DAY,
                                                  step=ledger.DAY, lag=config().ledger.rate_lag_seconds)
 
-    daily = ledger.daily_costs(account_id, run(fetch()), [day])
+    daily = ledger.daily_costs(account_id, [run(fetch())], [day])
     return {rid: cost for (rid, _), cost in daily.costs.items() if cost}
 
 

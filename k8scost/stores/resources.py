@@ -157,9 +157,10 @@ class ResourceStore:
     ) -> None:
         """Create or refresh ``resources``, seen with cost from ``first_seen`` to ``last_seen`` (unix s).
 
-        New documents are inserted in bulk and existing ones updated: a first cycle of a big
-        tenant then costs one insert, not one upsert (a find and a write) per resource. A
-        document inserted meanwhile by another writer is updated instead.
+        Documents are inserted in bulk; those that exist already (the insert says which:
+        duplicate keys) are updated. A big tenant's first cycle then costs one insert, not
+        one upsert (a find and a write) per resource, and nothing asks which ids exist: on
+        FerretDB 1.24 an ``$in`` over many ids is slower than the insert itself.
         """
         changes = {
             r.id(cloud_account_id): _changes(cloud_account_id, organization_id, r, first_seen, last_seen)
@@ -168,17 +169,15 @@ class ResourceStore:
         if not changes:
             return
         async with _reachable():
-            cursor = self._collection.find({"_id": {"$in": list(changes)}}, {"_id": 1})
-            existing = {doc["_id"] async for doc in cursor}
-            fresh = [_new_document(rid, change) for rid, change in changes.items() if rid not in existing]
-            if fresh:
-                try:
-                    await self._collection.insert_many(fresh, ordered=False)
-                except BulkWriteError as error:
-                    failures = error.details.get("writeErrors", [])
-                    if any(e.get("code") != _DUPLICATE_KEY for e in failures):
-                        raise
-                    existing |= {fresh[e["index"]]["_id"] for e in failures}
+            fresh = [_new_document(rid, change) for rid, change in changes.items()]
+            existing: set[str] = set()
+            try:
+                await self._collection.insert_many(fresh, ordered=False)
+            except BulkWriteError as error:
+                failures = error.details.get("writeErrors", [])
+                if any(e.get("code") != _DUPLICATE_KEY for e in failures):
+                    raise
+                existing = {fresh[e["index"]]["_id"] for e in failures}
             updates = [UpdateOne({"_id": rid}, change, upsert=True) for rid, change in changes.items() if rid in existing]
             if updates:
                 await self._collection.bulk_write(updates, ordered=False)
