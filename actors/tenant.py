@@ -85,7 +85,7 @@ class TenantActor:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self.last_report: CycleReport | None = None
-        self.migrated = False  # the ledger's schema is checked once per process, on the first cycle
+        self.migrated = False  # the ledger's schema and indexes are checked once per process, on the first cycle
         # Async actors run __init__ on their event loop: the loop starts with the actor,
         # and again on its own when Ray restarts it.
         self.loop = asyncio.get_running_loop().create_task(self._run())
@@ -119,7 +119,9 @@ class TenantActor:
 
     async def _cycle(self, days: list[datetime]) -> CycleReport:
         if not self.migrated:
-            await self.expenses.migrate()  # idempotent: whichever actor starts first creates the table
+            # Idempotent: whichever actor starts first creates the table and the indexes.
+            await self.expenses.migrate()
+            await self.resources.ensure_indexes()
             self.migrated = True
         started = time.perf_counter()
         # A day per query: the TSDB bounds the samples one query may touch (Prometheus'
