@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 
@@ -12,8 +11,6 @@ from k8scost.stores.accounts import Account, AccountStore, Credentials
 from k8scost.stores.mongo import connect
 from tests import helpers
 
-# Every Ray process and driver of the tests stays on the loopback address (see services.sh).
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 # What the Serve applications run with in tests: short caches so deletions are seen fast.
 TEST_SERVE_ENV = {
