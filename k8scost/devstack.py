@@ -31,6 +31,7 @@ _RAY_PORTS = range(20000, 26000)
 
 # Ray replaces 127.0.0.1 by the machine's first other address unless told it runs a
 # single-node cluster; drivers need the same word as `ray start` (see services.sh).
+# Ray reads it when imported: drivers import this module before ray.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 T = TypeVar("T")

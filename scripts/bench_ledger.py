@@ -24,10 +24,12 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+# k8scost.devstack pins Ray to loopback, which Ray reads when it is imported.
+from k8scost import devstack  # noqa: I001  (before ray)
 import ray
 
 from actors.tenant import TenantActor, TenantConfig
-from k8scost import devstack, ledger
+from k8scost import ledger
 from k8scost.promql import CLUSTER_COST_METRICS
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.simulator.history import SCRAPE_LABELS, load_into
@@ -124,13 +126,15 @@ def main() -> None:
     store = AccountStore(connect(stores))
     loop = asyncio.new_event_loop()
     account, _ = loop.run_until_complete(store.create("bench", "bench cluster"))
-    first = ledger.day_start(time.time()) - timedelta(days=3)
+    # Two closed days, with no sample in the open days: the actor's own background cycle
+    # finds nothing, and the cold cycle below creates every resource.
+    first = ledger.day_start(time.time()) - timedelta(days=4)
     days = [first, first + timedelta(days=1)]
     start, end = int(first.timestamp()) - 3600, int((first + timedelta(days=2)).timestamp()) + 2 * 3600
     started = time.perf_counter()
     samples = load_history(account.id, args.namespaces, args.pods, start, end)
     pods = args.namespaces * args.pods
-    print(f"loaded {samples:,} samples ({pods:,} pods, 2 days every {STEP} s) in {time.perf_counter() - started:.0f} s")
+    print(f"loaded {samples:,} samples ({pods:,} pods, 2 days every {STEP} s) in {time.perf_counter() - started:.0f} s", flush=True)
 
     ray.init(address=devstack.RAY_ADDRESS, namespace="bench", logging_level="warning")
     config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0), stores, TenantConfig.from_env().cluster_secret)

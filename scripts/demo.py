@@ -27,11 +27,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
+# k8scost.devstack pins Ray to loopback, which Ray reads when it is imported.
+from k8scost import devstack  # noqa: I001  (before ray)
 import ray
 
 from actors.supervisor import SUPERVISOR_NAME, TenantSupervisor, tenant_actor_name
 from actors.tenant import TenantConfig
-from k8scost import devstack, ledger
+from k8scost import ledger
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.simulator.customer import CustomerCluster
 from k8scost.simulator.history import load_into, write_blocks

@@ -31,6 +31,9 @@ SERVICE_NAME = "Kubernetes"
 _ID_NAMESPACE = uuid.UUID("5f0c7a52-2a64-4c8e-9a55-6f1d1b3c9e10")
 # Fields ``find`` filters on, each with an index next to cloud_account_id.
 FILTER_FIELDS = ("k8s_cluster", "k8s_namespace", "k8s_node", "k8s_service", "resource_type")
+# Updates per ``update`` command: FerretDB 1.24 (SQLite) never answers one of 100 or more
+# statements (measured: 99 take 0.14 s, 100 hang); MongoDB takes any size.
+UPDATE_BATCH = 50
 
 
 class Kind(enum.StrEnum):
@@ -179,8 +182,8 @@ class ResourceStore:
                     raise
                 existing = {fresh[e["index"]]["_id"] for e in failures}
             updates = [UpdateOne({"_id": rid}, change, upsert=True) for rid, change in changes.items() if rid in existing]
-            if updates:
-                await self._collection.bulk_write(updates, ordered=False)
+            for batch in range(0, len(updates), UPDATE_BATCH):
+                await self._collection.bulk_write(updates[batch : batch + UPDATE_BATCH], ordered=False)
 
     async def find(self, cloud_account_id: str, **filters: Any) -> list[dict[str, Any]]:
         """The account's resources whose fields equal ``filters``, by ``cloud_resource_id``."""
