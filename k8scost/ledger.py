@@ -15,7 +15,7 @@ from typing import Any
 
 from k8scost.promql import CLUSTER_COST_METRICS
 from k8scost.stores.clickhouse import ExpenseRow
-from k8scost.stores.resources import Kind, Resource
+from k8scost.stores.resources import RESOURCE_TYPES, Kind, Resource
 
 DAY = 86400
 IDLE_NAMESPACE = "__idle__"
@@ -133,6 +133,8 @@ def corrections(
             k8s_namespace=resource.namespace,
             k8s_node=resource.node,
             k8s_service=resource.service,
+            resource_type=RESOURCE_TYPES[resource.kind],
+            resource_name=resource.name,
         )
         if before is None:
             if cost == 0.0:

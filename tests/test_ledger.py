@@ -181,6 +181,11 @@ def test_resources_carry_the_filter_fields(history, actor_a) -> None:
     assert eu["first_seen"] <= days[-1].timestamp() < eu["last_seen"]
     namespaces = {d["k8s_namespace"] for d in run(store.find(tenant_a.id, resource_type="K8s Namespace"))}
     assert namespaces == {"default", "shop", "__idle__"}
+    # The expense rows name their resource and its type as the documents do.
+    live = run(ExpenseStore(from_env(StoreSettings)).ledger(tenant_a.id, [days[-1]]))
+    for doc in [eu, us, *run(store.find(tenant_a.id, resource_type="K8s Cluster"))]:
+        row = live[(doc["_id"], days[-1])].row
+        assert (row.resource_type, row.resource_name) == (doc["resource_type"], doc["name"])
 
 
 def test_more_cycles_write_nothing(history, actor_a) -> None:

@@ -33,7 +33,7 @@ GROUP_COLUMNS = frozenset({"resource_id", "k8s_cluster", "k8s_namespace", "k8s_n
 
 _INSERT = (
     "INSERT INTO expenses (cloud_account_id, resource_id, date, cost, sign, "
-    "k8s_cluster, k8s_namespace, k8s_node, k8s_service) VALUES"
+    "k8s_cluster, k8s_namespace, k8s_node, k8s_service, resource_type, resource_name) VALUES"
 )
 
 # The live rows of each (key, resource, day, cost): a −1 cancels the +1 of the same value.
@@ -51,11 +51,11 @@ HAVING copies != 0
 # The live rows of each (resource, day), dimensions included: normally exactly one, once.
 _LEDGER = """
 SELECT resource_id, toUnixTimestamp(date), cost, sum(sign) AS copies,
-       k8s_cluster, k8s_namespace, k8s_node, k8s_service
+       k8s_cluster, k8s_namespace, k8s_node, k8s_service, resource_type, resource_name
 FROM expenses
 WHERE cloud_account_id = %(account)s
   AND date >= toDateTime(%(start)s) AND date < toDateTime(%(end)s) AND toUnixTimestamp(date) IN %(days)s
-GROUP BY resource_id, date, cost, k8s_cluster, k8s_namespace, k8s_node, k8s_service
+GROUP BY resource_id, date, cost, k8s_cluster, k8s_namespace, k8s_node, k8s_service, resource_type, resource_name
 HAVING copies != 0
 """
 _DAILY = (
@@ -76,6 +76,8 @@ class ExpenseRow(NamedTuple):
     k8s_namespace: str | None
     k8s_node: str | None
     k8s_service: str | None
+    resource_type: str = ""  # "K8s Pod", … (k8scost.stores.resources.RESOURCE_TYPES)
+    resource_name: str = ""
 
 
 class LedgerEntry(NamedTuple):
@@ -156,7 +158,11 @@ class ExpenseStore:
         applied = {version for (version,) in await self._execute(migrations.APPLIED_QUERY)}
         done: list[int] = []
         for migration in migrations.pending(applied):
-            await self._execute(migration.sql)
+            try:
+                await self._execute(migration.sql)
+            except StoreUnavailable as exc:
+                if getattr(exc.__cause__, "code", None) not in migration.done_if_codes:
+                    raise
             await self._execute(
                 migrations.RECORD_INSERT, [(migration.version, migration.name, datetime.now(UTC))]
             )
@@ -205,6 +211,14 @@ class ExpenseStore:
         params = {"account": cloud_account_id, "start": _epoch(start), "end": _epoch(end)}
         rows = await self._execute(_DAILY.format(net=net), params)
         return {(key, _day(epoch)): cost for key, epoch, cost in rows}
+
+    async def select(self, query: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        """Rows of one read-only ``query`` run on this store's pool, for the ledger's readers.
+
+        ``params`` are bound by the driver (``%(name)s``), which quotes them: callers put no
+        user text into ``query`` itself (see ``k8scost.stores.expense_queries``).
+        """
+        return await self._execute(query, params)
 
     async def close(self) -> None:
         """Close the pooled connections; a later call opens new ones."""

@@ -17,11 +17,15 @@ from typing import NamedTuple
 
 
 class Migration(NamedTuple):
-    """One step of the schema: a single SQL statement."""
+    """One step of the schema: a single SQL statement.
+
+    ``done_if_codes``: ClickHouse error codes that mean another process applied it first.
+    """
 
     version: int
     name: str
     sql: str
+    done_if_codes: frozenset[int] = frozenset()
 
 
 # A plain MergeTree: duplicate records are tolerated, and ReplacingMergeTree would only
@@ -53,7 +57,20 @@ PARTITION BY toYYYYMM(date)
 ORDER BY (cloud_account_id, date, resource_id)
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "create expenses", EXPENSES_DDL),)
+# What a row costs, named: readers sum one resource type at a time (a pod's cost is inside
+# its namespace's, which is inside its cluster's) without asking MongoDB which ids are pods.
+# One ALTER adds both, so either both exist or neither.
+RESOURCE_COLUMNS_DDL = (
+    "ALTER TABLE expenses ADD COLUMN resource_type String DEFAULT '' AFTER k8s_service, "
+    "ADD COLUMN resource_name String DEFAULT '' AFTER resource_type"
+)
+# "Column already exists": ILLEGAL_COLUMN on 18.16, DUPLICATE_COLUMN on current releases.
+_COLUMN_EXISTS = frozenset({44, 15})
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "create expenses", EXPENSES_DDL),
+    Migration(2, "expenses name their resource and its type", RESOURCE_COLUMNS_DDL, _COLUMN_EXISTS),
+)
 
 
 def pending(applied: Collection[int]) -> list[Migration]:
