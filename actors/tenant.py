@@ -11,7 +11,10 @@ may or may not have landed is read back, never sent twice.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import dataclasses
+import gc
 import logging
 import os
 import time
@@ -32,6 +35,20 @@ log = logging.getLogger(__name__)
 
 # Points of a cycle where tests may make the process die (fault injection, see arm_crash).
 CRASH_POINTS = ("after_query", "after_resources", "before_insert", "after_insert")
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if os.name == "posix" else None
+
+
+def _release_memory() -> None:
+    """Hand a cycle's garbage back to the OS.
+
+    An actor waits minutes between cycles, and glibc keeps freed heap mapped: a tenant
+    with 20,000 pods would otherwise hold its cycle's peak (parsed answers, rows) for good.
+    """
+    gc.collect()
+    trim = getattr(_LIBC, "malloc_trim", None)  # glibc only
+    if trim is not None:
+        trim(0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +127,8 @@ class TenantActor:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("tenant %s: cycle failed: %s", self.account_id, self.last_error)
                 raise
+            finally:
+                _release_memory()
             self.cycles += 1
             self.rows_written_total += report.rows_written
             self.last_success = time.time()

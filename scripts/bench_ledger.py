@@ -1,15 +1,17 @@
 """Ledger cycle time for one big tenant, and what an idle tenant actor costs.
 
-    .venv/bin/python scripts/bench_ledger.py [--namespaces 1000] [--pods 20] [--idle-actors 16]
+    .venv/bin/python scripts/bench_ledger.py [--namespaces 1000] [--pods 20] [--resolutions 60,300] [--idle-actors 16]
 
 1. One tenant with NAMESPACES × PODS pods: two whole days of exporter gauges (every 5 min)
    are loaded into the TSDB as blocks, then one TenantActor runs a cycle over both days
-   (cold: every resource-day new) and another right after (nothing changed: 0 rows).
-   Each cycle's time is split into query (Metroculus + TSDB) / compute / MongoDB /
-   ClickHouse. Target: ≤ 5 s, and 0 rows for the unchanged cycle.
-2. IDLE_ACTORS tenant actors of tenants without data, left idle: memory (PSS, the pages
-   a process really adds) and CPU per actor over 30 s, and how many fit here and on a
-   16-core / 64 GB node. Anchor: an idle Ray actor process ≈ 49 MB and ≈ 0.5 % of a core.
+   (cold: every resource-day new) and another right after (nothing changed: 0 rows), at
+   each Metroculus integration resolution given; after the first, the first cycle is a
+   restarted actor's. Each cycle's time is split into query (Metroculus + TSDB) / compute /
+   MongoDB / ClickHouse. Target: ≤ 5 s, and 0 rows for the unchanged cycle.
+2. IDLE_ACTORS tenant actors of tenants without data, left idle, beside as many bare Ray
+   actors (the anchor) and as many tenant actors with MALLOC_ARENA_MAX=2: memory (PSS, the
+   pages a process really adds) and CPU per actor over 30 s, and how many fit on a
+   16-core / 64 GB node.
 """
 
 from __future__ import annotations
@@ -102,24 +104,50 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def print_cycle(title: str, report) -> None:
+def print_cycle(title: str, resolution: int, report) -> None:
     total = report.query_seconds + report.compute_seconds + report.mongodb_seconds + report.clickhouse_seconds
-    print(f"| {title} | {report.rows_written:,} | {report.resources_upserted:,} | {report.query_seconds:.2f} | "
+    print(f"| {title} | {resolution} | {report.rows_written:,} | {report.resources_upserted:,} | {report.query_seconds:.2f} | "
           f"{report.compute_seconds:.2f} | {report.mongodb_seconds:.2f} | {report.clickhouse_seconds:.2f} | {total:.2f} |",
           flush=True)
+
+
+@ray.remote(num_cpus=0)
+class BareActor:
+    """The anchor: a Ray actor that imports and holds nothing of ours."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def idle_footprint(actors: list, pids_of) -> tuple[float, float]:
+    """Mean PSS (MB) and CPU (share of a core over 30 s) of ``actors``."""
+    answers = ray.get([pids_of(a) for a in actors])  # a pid, or a TenantActor's status
+    pids = [answer if isinstance(answer, int) else answer["pid"] for answer in answers]
+    time.sleep(5)  # let a tenant actor's first cycle (no data) pass
+    before = {pid: cpu_seconds(pid) for pid in pids}
+    time.sleep(30)
+    cpu = sum(cpu_seconds(pid) - before[pid] for pid in pids) / len(pids) / 30
+    return sum(pss_mb(pid) for pid in pids) / len(pids), cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--namespaces", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=20, help="pods per namespace")
+    parser.add_argument("--resolutions", default="60,300",
+                        help="METROCULUS_RESOLUTION_SECONDS values to run the cycles at, comma-separated")
     parser.add_argument("--idle-actors", type=int, default=16)
     args = parser.parse_args()
+    try:
+        resolutions = [int(r) for r in args.resolutions.split(",")]
+    except ValueError:
+        parser.error(f"--resolutions must be integers, got {args.resolutions!r}")
     if min(args.namespaces, args.pods) < 1 or not 1 <= args.idle_actors <= 200:
         parser.error("--namespaces and --pods must be ≥ 1, --idle-actors between 1 and 200")
+    if any(r < 1 or STEP % r and r % STEP for r in resolutions):
+        parser.error(f"each resolution must divide or be a multiple of the samples' {STEP} s")
 
     devstack.services("start", "clickhouse", "mongodb", "tsdb", "ray")
-    devstack.deploy_serve()
     # A database of its own: FerretDB's inserts slow down with the size of the collection
     # (its unique-index checks), so earlier runs' documents would skew the figure.
     stores = from_env(StoreSettings, mongodb_database=f"bench_{uuid.uuid4().hex[:8]}")
@@ -134,33 +162,49 @@ def main() -> None:
     started = time.perf_counter()
     samples = load_history(account.id, args.namespaces, args.pods, start, end)
     pods = args.namespaces * args.pods
-    print(f"loaded {samples:,} samples ({pods:,} pods, 2 days every {STEP} s) in {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"loaded {samples:,} samples ({pods:,} pods, 2 days every {STEP} s) in {time.perf_counter() - started:.0f} s",
+          flush=True)
 
     ray.init(address=devstack.RAY_ADDRESS, namespace="bench", logging_level="warning")
     config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0), stores, TenantConfig.from_env().cluster_secret)
-    actor = TenantActor.remote(account.id, account.organization_id, config)
     print()
-    print(f"| cycle over 2 days, {pods:,} pods | rows written | resources upserted | query s | compute s | "
-          "MongoDB s | ClickHouse s | total s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    print_cycle("cold (all new)", ray.get(actor.cycle.remote(days)))
-    print_cycle("nothing changed", ray.get(actor.cycle.remote(days)))
-    ray.kill(actor)
+    print(f"| cycle over 2 days, {pods:,} pods | resolution s | rows written | resources upserted | query s | "
+          "compute s | MongoDB s | ClickHouse s | total s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for index, resolution in enumerate(resolutions):
+        devstack.deploy_serve({"METROCULUS_RESOLUTION_SECONDS": str(resolution)})
+        # A new actor each time: the first cycle after the first resolution is a restart,
+        # which rebuilds the written rows from ClickHouse.
+        actor = TenantActor.remote(account.id, account.organization_id, config)
+        print_cycle("cold (all new)" if index == 0 else "restarted actor", resolution,
+                    ray.get(actor.cycle.remote(days)))
+        print_cycle("nothing changed", resolution, ray.get(actor.cycle.remote(days)))
+        status = ray.get(actor.status.remote())
+        big_tenant = f"{pss_mb(status['pid']):.0f} MB PSS holding {status['resource_days_in_memory']:,} resource-days"
+        ray.kill(actor)
 
-    idle = [TenantActor.remote(f"idle-{k}-{account.id}", "bench", config) for k in range(args.idle_actors)]
-    pids = ray.get([a.status.remote() for a in idle])
-    pids = [s["pid"] for s in pids]
-    time.sleep(5)  # let the first cycle (no data) pass
-    before = {pid: cpu_seconds(pid) for pid in pids}
-    time.sleep(30)
-    cpu = sum(cpu_seconds(pid) - before[pid] for pid in pids) / len(pids) / 30
-    memory = sum(pss_mb(pid) for pid in pids) / len(pids)
-    for a in idle:
+    print(f"\nthe big tenant's actor after its cycles: {big_tenant}")
+
+    # Side by side, at the same moment: the anchor, our actor, our actor with fewer malloc arenas.
+    count = args.idle_actors
+    tenants = [TenantActor.remote(f"idle-{k}-{account.id}", "bench", config) for k in range(count)]
+    lean = [TenantActor.options(runtime_env={"env_vars": {"MALLOC_ARENA_MAX": "2"}}).remote(
+        f"lean-{k}-{account.id}", "bench", config) for k in range(count)]
+    bare = [BareActor.remote() for _ in range(count)]
+    footprints = {
+        "bare Ray actor (anchor)": idle_footprint(bare, lambda a: a.pid.remote()),
+        "TenantActor": idle_footprint(tenants, lambda a: a.status.remote()),
+        "TenantActor, MALLOC_ARENA_MAX=2": idle_footprint(lean, lambda a: a.status.remote()),
+    }
+    for a in tenants + lean + bare:
         ray.kill(a)
+    anchor_mb, _ = footprints["bare Ray actor (anchor)"]
     print()
-    print(f"idle tenant actor: {memory:.1f} MB PSS, {cpu * 100:.2f} % of a core (mean of {len(pids)})")
-    print(f"fit by memory: {int(24 * 1024 * 0.8 / memory)} here (80 % of 24 GB), "
-          f"{int(64 * 1024 * 0.8 / memory)} on 64 GB; by idle CPU: {int(16 / max(cpu, 1e-9))} on 16 cores")
+    print(f"| idle actor (mean of {count}) | PSS MB | vs anchor | CPU % of a core | fit in 80 % of 64 GB | fit on 16 cores |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, (memory, cpu) in footprints.items():
+        print(f"| {name} | {memory:.1f} | {memory / anchor_mb:.2f} | {cpu * 100:.2f} | "
+              f"{int(64 * 1024 * 0.8 / memory):,} | {int(16 / max(cpu, 1e-9)):,} |")
 
 
 if __name__ == "__main__":
