@@ -198,7 +198,54 @@ class LedgerSettings:
     )
 
 
-ALL_SETTINGS: tuple[type, ...] = (ExporterSettings, StoreSettings, IngressSettings, LedgerSettings, MetroculusSettings)
+@dataclasses.dataclass(frozen=True)
+class RestApiSettings:
+    """The REST API for users and services (Ray Serve, `/restapi`).
+
+    It also reads `CLUSTER_SECRET` (service callers' `Secret` header) and `METROCULUS_URL`
+    (the cluster cost breakdown) from the settings above.
+    """
+
+    jwt_secret: str = setting(
+        "RESTAPI_JWT_SECRET",
+        "dev-jwt-secret-change-me-in-production",
+        "HS256 key (32+ bytes) signing users' bearer tokens; every replica needs the same one.",
+    )
+    token_ttl_seconds: int = setting(
+        "RESTAPI_TOKEN_TTL_SECONDS", 86_400, "Lifetime of a bearer token from sign-up or sign-in."
+    )
+    public_write_url: str = setting(
+        "RESTAPI_PUBLIC_WRITE_URL",
+        "http://127.0.0.1:8000/storage/api/v2/write",
+        "Remote-write URL put in the configuration handed to customers (the ingress as they reach it).",
+    )
+    max_range_days: int = setting(
+        "RESTAPI_MAX_RANGE_DAYS", 366, "Longest start_date..end_date span an expenses request may ask."
+    )
+    default_limit: int = setting(
+        "RESTAPI_DEFAULT_LIMIT", 5000, "Resources `clean_expenses` returns when `limit` is not given."
+    )
+    max_limit: int = setting("RESTAPI_MAX_LIMIT", 50_000, "Largest `limit` a `clean_expenses` request may ask.")
+    metroculus_timeout: float = setting(
+        "RESTAPI_METROCULUS_TIMEOUT",
+        5.0,
+        "Seconds to wait for Metroculus's cost breakdown; past it the breakdown is null, the answer still comes.",
+    )
+    resource_lookup: bool = setting(
+        "RESTAPI_RESOURCE_LOOKUP",
+        True,
+        "`clean_expenses` reads cloud_resource_id/first_seen/last_seen from MongoDB (one `$in` per page); "
+        "`false`: from the ledger (id by construction, seen = first/last day in range), for FerretDB, which "
+        "scans the whole collection for an `$in`.",
+    )
+    task_timeout_seconds: float = setting(
+        "RESTAPI_TASK_TIMEOUT_SECONDS",
+        900.0,
+        "An `expenses_async` task still pending after this long is reported failed (its replica died).",
+    )
+
+
+ALL_SETTINGS: tuple[type, ...] = (ExporterSettings, StoreSettings, IngressSettings, LedgerSettings, MetroculusSettings, RestApiSettings)
 
 
 def settings_table() -> str:

@@ -94,6 +94,11 @@ class AccountStore:
         )
         return Credentials(account_id, password) if result.matched_count else None
 
+    async def rename(self, account_id: str, name: str) -> Account | None:
+        """The live account under its new name, or None if there is none."""
+        result = await self._collection.update_one({"_id": account_id, "deleted_at": 0}, {"$set": {"name": name}})
+        return await self.get(account_id) if result.matched_count else None
+
     async def delete(self, account_id: str) -> bool:
         """Mark deleted: writes are refused, history stays."""
         result = await self._collection.update_one(

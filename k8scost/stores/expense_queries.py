@@ -1,0 +1,202 @@
+"""The read side of the ClickHouse ledger for the REST API: costs per resource, filter values, days.
+
+Every query sums ``cost * sign`` and keeps groups with ``sum(sign) > 0``: ``expenses`` is a
+CollapsingMergeTree, and a correction's −1 row and the +1 row it cancels may both still be
+stored. User values only ever reach ClickHouse as bound parameters; the only text put into
+SQL is a column name, and only from the allow-lists below.
+
+Resource types overlap — a pod's cost is inside its namespace's, a namespace's inside its
+cluster's — so a caller that adds costs up must restrict a ``Scope`` to one
+``resource_type``; the queries do not guess one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from k8scost.stores.clickhouse import ExpenseStore
+
+# Columns requests may filter on (each with a set of values), besides the accounts.
+FILTER_COLUMNS = ("k8s_cluster", "k8s_namespace", "k8s_node", "k8s_service", "resource_type")
+# Columns a daily breakdown may group by.
+BREAKDOWN_COLUMNS = ("k8s_namespace", "k8s_node", "k8s_service", "k8s_cluster", "cloud_account_id", "resource_type")
+
+# The version of a row for "the resource's latest dimensions": later days win, and on one
+# day a +1 row (the live value) wins over the −1 row it replaced.
+_VERSION = "toUInt64(toUnixTimestamp(date)) * 2 + (sign > 0)"
+
+# One scan gives the page and the totals: per resource, its cost and latest dimensions (one
+# argMax over a tuple: a quarter faster than one per column); then the count, the sum, and
+# the costliest ``limit`` sorted by ClickHouse. A separate totals query would read every
+# row a second time (measured on 18.16, 90 days of 21,000 resources: 110 ms vs 190 ms).
+_PAGE = f"""
+SELECT count(), sum(total),
+       arraySlice(arraySort(r -> (-tupleElement(r, 4), tupleElement(r, 1)),
+                            groupArray(tuple(rid, account, dims, total, first, last))), 1, %(limit)s)
+FROM (
+    SELECT resource_id AS rid,
+           any(cloud_account_id) AS account,
+           argMax(tuple(resource_name, resource_type, k8s_cluster, k8s_namespace, k8s_node, k8s_service),
+                  {_VERSION}) AS dims,
+           sum(cost * sign) AS total,
+           toUnixTimestamp(min(date)) AS first,
+           toUnixTimestamp(max(date)) AS last
+    FROM expenses
+    WHERE {{where}}
+    GROUP BY resource_id
+    HAVING sum(sign) > 0
+)
+"""
+_PER_ACCOUNT = """
+SELECT cloud_account_id, sum(cost * sign) FROM expenses WHERE {where}
+GROUP BY cloud_account_id HAVING sum(sign) > 0
+"""
+# Values of live rows only: a value whose rows were all corrected away is not offered.
+_FILTER_VALUES = """
+SELECT groupUniqArray(cloud_account_id), groupUniqArray(resource_type), groupUniqArray(k8s_cluster),
+       groupUniqArray(k8s_namespace), groupUniqArray(k8s_node), groupUniqArray(k8s_service)
+FROM (
+    SELECT cloud_account_id, resource_type, k8s_cluster, k8s_namespace, k8s_node, k8s_service
+    FROM expenses WHERE {where}
+    GROUP BY cloud_account_id, resource_type, k8s_cluster, k8s_namespace, k8s_node, k8s_service
+    HAVING sum(sign) > 0
+)
+"""
+# One row per key with its days as arrays: ClickHouse ships numeric arrays as whole
+# blocks, which the driver decodes far faster than one row per (key, day). Days before
+# %(daily_from)s are summed into one bucket, day 0: a comparison period needs only its total.
+_DAILY = """
+SELECT key, groupArray(day), groupArray(total) FROM (
+    SELECT ifNull({column}, '') AS key,
+           if(date >= toDateTime(%(daily_from)s), toUnixTimestamp(date), 0) AS day,
+           sum(cost * sign) AS total
+    FROM expenses WHERE {where}
+    GROUP BY key, day HAVING sum(sign) > 0
+) GROUP BY key
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """Which ledger rows a query reads.
+
+    ``accounts``: cloud account ids, already checked to belong to the caller. Days count
+    when their UTC start lies in [start, end). ``filters``: column of ``FILTER_COLUMNS`` →
+    the values a row must have one of (an empty or absent entry does not filter).
+    """
+
+    accounts: tuple[str, ...]
+    start: int
+    end: int
+    filters: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.filters) - set(FILTER_COLUMNS)
+        if unknown:
+            raise ValueError(f"cannot filter expenses by {sorted(unknown)}")
+
+    def replace(self, **changes: Any) -> Scope:
+        return dataclasses.replace(self, **changes)
+
+    def where(self) -> tuple[str, dict[str, Any]]:
+        """The WHERE clause and its parameters."""
+        clauses = [
+            "cloud_account_id IN %(accounts)s",
+            "date >= toDateTime(%(start)s)",
+            "date < toDateTime(%(end)s)",
+        ]
+        params: dict[str, Any] = {"accounts": tuple(self.accounts), "start": self.start, "end": self.end}
+        for column in FILTER_COLUMNS:  # the allow-list, not the caller's keys, names the columns
+            values = self.filters.get(column)
+            if values:
+                clauses.append(f"{column} IN %(f_{column})s")
+                params[f"f_{column}"] = tuple(values)
+        return " AND ".join(clauses), params
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceCost:
+    """One resource's cost over a scope, with its latest dimensions in that scope.
+
+    ``first_day``/``last_day``: the first and last ledger days (unix) it has rows on in the scope.
+    """
+
+    resource_id: str
+    resource_name: str
+    cloud_account_id: str
+    resource_type: str
+    k8s_cluster: str | None
+    k8s_namespace: str | None
+    k8s_node: str | None
+    k8s_service: str | None
+    cost: float
+    first_day: int = 0
+    last_day: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourcePage:
+    """The costliest resources of a scope, and how many there are and cost in all."""
+
+    total_count: int
+    total_cost: float
+    resources: list[ResourceCost]
+
+
+@dataclasses.dataclass(frozen=True)
+class DailyCosts:
+    """Per key, its cost per day (unix day start → cost)."""
+
+    days: dict[str, dict[int, float]]
+
+
+class ExpenseQueries:
+    """Read-only queries over ``expenses``, on the pool of an ``ExpenseStore``."""
+
+    def __init__(self, store: ExpenseStore) -> None:
+        self._store = store
+
+    async def _select(
+        self, template: str, scope: Scope, params: dict[str, Any] | None = None, column: str = ""
+    ) -> list[tuple]:
+        if not scope.accounts:  # ``IN ()`` is a syntax error; no account, no rows
+            return []
+        where, bound = scope.where()
+        return await self._store.select(template.format(where=where, column=column), {**bound, **(params or {})})
+
+    async def resource_page(self, scope: Scope, limit: int) -> ResourcePage:
+        """How many resources have cost in ``scope``, their summed cost, and the ``limit``
+        costliest, costliest first (equal costs by id)."""
+        rows = await self._select(_PAGE, scope, {"limit": limit})
+        if not rows:
+            return ResourcePage(0, 0.0, [])
+        [(count, total, page)] = rows
+        resources = [
+            ResourceCost(rid, name, account, rtype, *dims, cost, first, last)
+            for rid, account, (name, rtype, *dims), cost, first, last in page
+        ]
+        return ResourcePage(int(count), float(total), resources)
+
+    async def per_account(self, scope: Scope) -> dict[str, float]:
+        """Cloud account id → summed cost."""
+        return {account: cost for account, cost in await self._select(_PER_ACCOUNT, scope)}
+
+    async def filter_values(self, scope: Scope) -> dict[str, list[str]]:
+        """Column → the sorted distinct values live rows have in ``scope`` (NULLs left out)."""
+        columns = ("cloud_account_id", "resource_type", "k8s_cluster", "k8s_namespace", "k8s_node", "k8s_service")
+        rows = await self._select(_FILTER_VALUES, scope)
+        values = rows[0] if rows else ([],) * len(columns)
+        return {column: sorted(found) for column, found in zip(columns, values)}
+
+    async def daily(self, scope: Scope, by: str, daily_from: int | None = None) -> DailyCosts:
+        """Per value of column ``by`` ("" where a row has none), its cost per day.
+
+        Days before ``daily_from`` (default: the scope's start) come summed, as day 0.
+        """
+        if by not in BREAKDOWN_COLUMNS:
+            raise ValueError(f"cannot break expenses down by {by!r}; choose one of {BREAKDOWN_COLUMNS}")
+        since = scope.start if daily_from is None else daily_from
+        rows = await self._select(_DAILY, scope, {"daily_from": since}, column=by)
+        return DailyCosts({key: dict(zip(days, costs)) for key, days, costs in rows})

@@ -1,0 +1,1 @@
+"""The REST API (FastAPI on Ray Serve, ``/restapi``): organizations, users, cloud accounts, costs."""

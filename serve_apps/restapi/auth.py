@@ -1,0 +1,86 @@
+"""Who is calling: a user with a bearer token (JWT, HS256), or a SaaS service with the cluster secret.
+
+A token carries the user and the organization: requests are authorised without a database
+round trip. A user sees only its organization; a service (``Secret: <CLUSTER_SECRET>``,
+the header Metroculus takes too) may act on any organization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import time
+
+import jwt
+
+from serve_apps.restapi.errors import ApiError
+
+SECRET_HEADER = "Secret"
+_ALGORITHM = "HS256"
+# Checked on decode, so a token minted for another service with the same key is refused.
+_AUDIENCE = "cloudtuner-restapi"
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """An authenticated caller; ``organization_id`` None means a service, allowed everywhere."""
+
+    organization_id: str | None
+    user_id: str | None = None
+
+    @property
+    def is_service(self) -> bool:
+        return self.organization_id is None
+
+    def may_see(self, organization_id: str) -> bool:
+        return self.organization_id is None or self.organization_id == organization_id
+
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    token: str
+    expires_at: int
+
+
+class Tokens:
+    """Issues and checks the bearer tokens of one deployment."""
+
+    def __init__(self, key: str, ttl_seconds: int, cluster_secret: str) -> None:
+        self._key = key
+        self._ttl = ttl_seconds
+        self._cluster_secret = cluster_secret.encode()
+
+    def issue(self, user_id: str, organization_id: str, now: float | None = None) -> Token:
+        issued = int(time.time() if now is None else now)
+        expires = issued + self._ttl
+        claims = {"sub": user_id, "org": organization_id, "iat": issued, "exp": expires, "aud": _AUDIENCE}
+        return Token(jwt.encode(claims, self._key, algorithm=_ALGORITHM), expires)
+
+    def caller(self, authorization: str | None, secret: str | None) -> Caller:
+        """The caller these headers prove, or 401."""
+        if secret is not None:
+            # Starlette decodes headers as latin-1: back to the bytes the caller sent.
+            if not hmac.compare_digest(secret.encode("latin-1"), self._cluster_secret):
+                raise ApiError(401, f"wrong {SECRET_HEADER} header")
+            return Caller(None)
+        if not authorization:
+            raise ApiError(401, "missing Authorization header; send 'Authorization: Bearer <token>'")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "Authorization header must be 'Bearer <token>'")
+        try:
+            # algorithms pinned: a token may not choose its own (e.g. "none").
+            claims = jwt.decode(
+                token.strip(),
+                self._key,
+                algorithms=[_ALGORITHM],
+                audience=_AUDIENCE,
+                options={"require": ["exp", "sub", "org", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise ApiError(401, "token expired; sign in again (POST /v2/tokens)") from None
+        except jwt.InvalidTokenError:
+            raise ApiError(401, "invalid token") from None
+        if not isinstance(claims["org"], str) or not isinstance(claims["sub"], str):
+            raise ApiError(401, "invalid token")
+        return Caller(claims["org"], claims["sub"])
