@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the project needs, and only what is missing; safe to run again.
-#   scripts/setup.sh          system packages, FerretDB and the Python venv
+#   scripts/setup.sh          system packages, FerretDB, the Python venv and the dashboard's npm packages
 #   scripts/setup.sh system   system packages and FerretDB only
 #   scripts/setup.sh python   the Python venv only
+#   scripts/setup.sh dashboard   the dashboard's npm packages only (serve_apps/dashboard/node_modules)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FERRETDB_VERSION=v1.24.2
@@ -18,6 +19,10 @@ install_debian_packages() {
     command -v clickhouse-server >/dev/null || missing+=(clickhouse-server clickhouse-client)
     command -v prometheus >/dev/null || missing+=(prometheus)
     command -v promtool >/dev/null || missing+=(prometheus)
+    # The dashboard's browser tests: Debian's Chromium and its WebDriver; npm for its library.
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
+    command -v npm >/dev/null || missing+=(npm)
     [ ${#missing[@]} = 0 ] && return
     log "apt-get install ${missing[*]}"
     as_root apt-get update -qq
@@ -62,9 +67,23 @@ install_python() {
     fi
 }
 
+# The dashboard's chart library, from npm as pinned by its lockfile; never in the repo.
+install_dashboard() {
+    local dir="$ROOT/serve_apps/dashboard" stamp="$ROOT/serve_apps/dashboard/node_modules/.installed"
+    local want
+    want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+    if [ ! -d "$dir/node_modules" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        command -v npm >/dev/null || { log "npm is needed for the dashboard; run scripts/setup.sh system"; exit 1; }
+        log "npm ci in serve_apps/dashboard"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        echo "$want" > "$stamp"
+    fi
+}
+
 case "${1:-all}" in
     system) install_debian_packages; install_ferretdb ;;
     python) install_python ;;
-    all) install_debian_packages; install_ferretdb; install_python ;;
-    *) echo "usage: $0 [all|system|python]" >&2; exit 2 ;;
+    dashboard) install_dashboard ;;
+    all) install_debian_packages; install_ferretdb; install_python; install_dashboard ;;
+    *) echo "usage: $0 [all|system|python|dashboard]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,1 @@
+"""The cost dashboard: a single page (static/) over the REST API, served by Ray Serve at ``/``."""

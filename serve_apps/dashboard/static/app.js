@@ -1,0 +1,644 @@
+// The cost dashboard: one page over the REST API (/restapi/v2), no build step.
+//
+// Every figure on screen is a value the API answered, formatted with two decimals; the
+// raw value sits in the element's data-value, so tests (and people) can check one against
+// the other. Each section records the query it shows in data-query and data-state
+// ("loading", "ready", "error"). Text from the API is only ever set as textContent.
+
+const API = "/restapi/v2";
+const SESSION_KEY = "cloudtuner.session";
+const DAY = 86400;
+const POD_TYPE = "K8s Pod";
+const POD_LIMIT = 1000;
+const TOP_SERIES = 12; // stacks in the trend chart; the rest is summed as "others"
+const TABLE_ROWS = 50; // rows of the breakdown table
+const FILTERS = ["k8s_cluster", "k8s_namespace", "k8s_node", "k8s_service", "cloud_account_id"];
+const KEY_NAMES = {
+  k8s_namespace: "namespace", k8s_node: "node", k8s_service: "service",
+  k8s_cluster: "cluster", cloud_account_id: "cloud account", resource_type: "resource type",
+};
+const PALETTE = [
+  "#2f6fde", "#e8743b", "#19a979", "#ed4a7b", "#945ecf", "#13a4b4",
+  "#525df4", "#bf399e", "#6c8893", "#ee6868", "#2f9e44", "#d4a20b",
+];
+const OTHERS_COLOR = "#b8c0cc";
+// Resource types overlap (a pod's cost is inside its namespace's, node's and cluster's), so a
+// sum is over one type: the coarsest whose rows carry every dimension the view uses, which
+// includes the costs finer types leave out (idle capacity, the cluster management fee).
+const TYPES_CARRYING = [
+  ["K8s Cluster", ["k8s_cluster", "cloud_account_id"]],
+  ["K8s Namespace", ["k8s_cluster", "cloud_account_id", "k8s_namespace"]],
+  ["K8s Node", ["k8s_cluster", "cloud_account_id", "k8s_node"]],
+  ["K8s Pod", ["k8s_cluster", "cloud_account_id", "k8s_namespace", "k8s_node", "k8s_service"]],
+];
+
+const money = new Intl.NumberFormat("en-US", {
+  style: "currency", currency: "USD", minimumFractionDigits: 2, maximumFractionDigits: 2,
+});
+const dayLabel = new Intl.DateTimeFormat("en-US", { month: "short", day: "numeric", timeZone: "UTC" });
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  session: null, // {token, expires_at, user_id, organization_id}
+  orgs: [],
+  orgId: null,
+  accounts: new Map(), // cloud account id → {id, name, type}
+  breakdownBy: "k8s_namespace",
+  pods: [],
+  sort: { key: "cost", order: "desc" },
+  generation: 0, // a newer refresh makes older answers stale
+  charts: { trend: null, comparison: null },
+};
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+// ---- formatting -----------------------------------------------------------------------
+
+export function formatMoney(value) {
+  return money.format(Number(value) || 0);
+}
+
+function setMoney(element, value) {
+  element.textContent = formatMoney(value);
+  element.dataset.value = String(value);
+}
+
+function percentChange(now, before) {
+  if (!before) return "";
+  const change = ((now - before) / before) * 100;
+  return `${change >= 0 ? "+" : ""}${change.toFixed(1)} %`;
+}
+
+function labelFor(by, key) {
+  if (key === "" || key === "null" || key === null || key === undefined) return "(none)";
+  if (by === "cloud_account_id") return state.accounts.get(key)?.name ?? key;
+  return key;
+}
+
+// ---- dates (UTC days) -----------------------------------------------------------------
+
+function isoDay(unix) {
+  return new Date(unix * 1000).toISOString().slice(0, 10);
+}
+
+function dayStart(iso) {
+  const [y, m, d] = iso.split("-").map(Number);
+  return Date.UTC(y, m - 1, d) / 1000;
+}
+
+function defaultRange() {
+  const today = Math.floor(Date.now() / 1000 / DAY) * DAY;
+  return [isoDay(today - 29 * DAY), isoDay(today)];
+}
+
+// start of the first day .. last second of the last day
+function range() {
+  let start = dayStart($("start-date").value);
+  let end = dayStart($("end-date").value);
+  if (end < start) [start, end] = [end, start];
+  return { start_date: start, end_date: end + DAY - 1 };
+}
+
+// ---- the API ----------------------------------------------------------------------------
+
+function errorMessage(body, status) {
+  if (body && typeof body === "object") {
+    if (typeof body.error === "string") return body.error;
+    if (typeof body.error?.message === "string") return body.error.message; // the REST API's shape
+    if (typeof body.message === "string") return body.message;
+    if (typeof body.detail === "string") return body.detail;
+    if (Array.isArray(body.detail)) return body.detail.map((d) => d.msg ?? JSON.stringify(d)).join("; ");
+  }
+  return `HTTP ${status}`;
+}
+
+async function api(method, path, { query, body, auth = true } = {}) {
+  const url = new URL(API + path, location.origin);
+  if (query) url.search = query.toString();
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (auth && state.session) headers.Authorization = `Bearer ${state.session.token}`;
+  const response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (!response.ok) {
+    if (response.status === 401 && auth) signOut("Your session has ended: sign in again.");
+    throw new ApiError(response.status, errorMessage(data, response.status));
+  }
+  return data;
+}
+
+function orgPath(suffix) {
+  return `/organizations/${encodeURIComponent(state.orgId)}${suffix}`;
+}
+
+// The date range and every filter set, as the API's query parameters.
+function filterQuery() {
+  const query = new URLSearchParams();
+  const { start_date, end_date } = range();
+  query.set("start_date", String(start_date));
+  query.set("end_date", String(end_date));
+  for (const name of FILTERS) {
+    const value = $(`filter-${name}`).value;
+    if (value !== "") query.append(name, value);
+  }
+  return query;
+}
+
+// The resource type summed when grouping by ``by`` under the filters set in ``query``.
+export function summedType(by, query) {
+  const dimensions = [by, ...FILTERS.filter((name) => query.has(name))];
+  return TYPES_CARRYING.find(([, carried]) => dimensions.every((d) => carried.includes(d)))[0];
+}
+
+// ---- messages ---------------------------------------------------------------------------
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+// ---- session ----------------------------------------------------------------------------
+
+function saveSession(session) {
+  state.session = session;
+  sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+}
+
+function loadSession() {
+  try {
+    const session = JSON.parse(sessionStorage.getItem(SESSION_KEY) ?? "null");
+    if (session?.token && (!session.expires_at || session.expires_at * 1000 > Date.now())) return session;
+  } catch { /* a damaged entry is no session */ }
+  sessionStorage.removeItem(SESSION_KEY);
+  return null;
+}
+
+function signOut(message) {
+  state.session = null;
+  state.orgId = null;
+  state.generation += 1;
+  sessionStorage.removeItem(SESSION_KEY);
+  $("dashboard").hidden = true;
+  $("session").hidden = true;
+  $("auth").hidden = false;
+  $("dashboard").dataset.state = "idle";
+  // Nothing of the last organization stays on the page: not its filters, nor a password.
+  for (const name of FILTERS) $(`filter-${name}`).replaceChildren(new Option("All", ""));
+  for (const id of ["breakdown-table", "comparison-table", "pod-table"]) $(id).tBodies[0].replaceChildren();
+  for (const id of ["onboard-account-id", "onboard-password", "onboard-remote-write", "onboard-exporter-env"]) {
+    $(id).textContent = "";
+  }
+  $("onboard-result").hidden = true;
+  state.pods = [];
+  if (message) showError(message);
+}
+
+async function authenticate(path, body, button) {
+  clearError();
+  button.disabled = true;
+  try {
+    const answer = await api("POST", path, { body, auth: false });
+    saveSession({
+      token: answer.token, expires_at: answer.expires_at,
+      user_id: answer.user_id, organization_id: answer.organization_id,
+    });
+    await enter();
+  } catch (error) {
+    showError(error.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function formValues(form) {
+  return Object.fromEntries(new FormData(form).entries());
+}
+
+// ---- organizations ----------------------------------------------------------------------
+
+async function enter() {
+  $("auth").hidden = true;
+  $("dashboard").hidden = false;
+  $("session").hidden = false;
+  const answer = await api("GET", "/organizations");
+  const orgs = Array.isArray(answer) ? answer : (answer?.organizations ?? []);
+  state.orgs = orgs;
+  const remembered = state.session.organization_id;
+  state.orgId = (orgs.find((o) => o.id === remembered) ?? orgs[0])?.id ?? remembered;
+  const select = $("org-select");
+  select.replaceChildren(...orgs.map((o) => new Option(o.name ?? o.id, o.id)));
+  select.value = state.orgId;
+  $("org-picker").hidden = orgs.length < 2;
+  showOrgName();
+  await reloadFilters();
+}
+
+function showOrgName() {
+  const org = state.orgs.find((o) => o.id === state.orgId);
+  $("org-name").textContent = state.orgs.length < 2 ? (org?.name ?? "") : "";
+}
+
+// ---- filters ----------------------------------------------------------------------------
+
+function optionOf(value) {
+  if (value === null || value === undefined || value === "") return null;
+  if (typeof value !== "object") return { value: String(value), label: String(value) };
+  const id = value.id ?? value.name;
+  if (id === null || id === undefined) return null;
+  return { value: String(id), label: String(value.name ?? id) };
+}
+
+function fillSelect(select, values) {
+  const kept = select.value;
+  const options = [new Option("All", "")];
+  const seen = new Set();
+  for (const value of values) {
+    const option = optionOf(value);
+    if (!option || seen.has(option.value)) continue;
+    seen.add(option.value);
+    options.push(new Option(option.label, option.value));
+  }
+  // A chosen value stays chosen even where the new range has no cost for it.
+  if (kept && !seen.has(kept)) options.push(new Option(kept, kept));
+  select.replaceChildren(...options);
+  select.value = kept;
+}
+
+async function reloadFilters() {
+  const section = $("filters");
+  section.dataset.state = "loading";
+  const generation = ++state.generation;
+  try {
+    const { start_date, end_date } = range();
+    const query = new URLSearchParams({ start_date: String(start_date), end_date: String(end_date) });
+    const answer = await api("GET", orgPath("/available_filters"), { query });
+    if (generation !== state.generation) return;
+    const values = answer.filter_values ?? {};
+    state.accounts = new Map((values.cloud_account ?? []).map((a) => [String(a.id), a]));
+    for (const name of FILTERS) {
+      const key = name === "cloud_account_id" ? "cloud_account" : name;
+      fillSelect($(`filter-${name}`), values[key] ?? []);
+    }
+    section.dataset.state = "ready";
+    section.dataset.query = query.toString();
+  } catch (error) {
+    section.dataset.state = "error";
+    if (state.session) showError(error.message);
+    return;
+  }
+  await refresh();
+}
+
+// ---- the sections -----------------------------------------------------------------------
+
+async function refresh() {
+  if (!state.session) return;
+  const generation = ++state.generation;
+  const query = filterQuery();
+  const dashboard = $("dashboard");
+  dashboard.dataset.state = "loading";
+  dashboard.dataset.query = query.toString();
+  const results = await Promise.allSettled([
+    section("trend", generation, query, loadTrend),
+    section("comparison", generation, query, loadComparison),
+    section("pods", generation, query, loadPods),
+  ]);
+  if (generation !== state.generation) return;
+  const failed = results.find((r) => r.status === "rejected");
+  if (failed) {
+    dashboard.dataset.state = "error";
+    if (state.session) showError(failed.reason.message);
+  } else {
+    dashboard.dataset.state = "ready";
+    clearError();
+  }
+}
+
+// Runs one section's load and marks it; renders only if no newer refresh started.
+async function section(id, generation, query, load) {
+  const element = $(id);
+  element.dataset.state = "loading";
+  try {
+    const sent = new URLSearchParams(query);
+    const render = await load(sent);
+    if (generation !== state.generation) return;
+    render();
+    element.dataset.query = sent.toString();
+    element.dataset.state = "ready";
+  } catch (error) {
+    if (generation === state.generation) element.dataset.state = "error";
+    throw error;
+  }
+}
+
+function chartsAvailable() {
+  const ok = typeof window.Chart === "function";
+  $("chart-missing").hidden = ok;
+  return ok;
+}
+
+function moneyTicks() {
+  return { callback: (value) => formatMoney(value) };
+}
+
+function tooltip() {
+  return { callbacks: { label: (item) => `${item.dataset.label}: ${formatMoney(item.raw)}` } };
+}
+
+// Daily cost stacked by the chosen dimension, its total and previous total.
+async function loadTrend(query) {
+  const by = state.breakdownBy;
+  query.set("breakdown_by", by);
+  query.set("resource_type", summedType(by, query));
+  const answer = await api("GET", orgPath("/breakdown_expenses"), { query });
+  return () => renderTrend(answer, by, query.get("resource_type"));
+}
+
+function renderTrend(answer, by, type) {
+  $("chart-resource-type").textContent = type;
+  setMoney($("chart-total"), answer.total ?? 0);
+  setMoney($("chart-previous-total"), answer.previous_total ?? 0);
+  $("chart-change").textContent = percentChange(answer.total ?? 0, answer.previous_total ?? 0);
+  $("chart-change").className = (answer.total ?? 0) > (answer.previous_total ?? 0) ? "up" : "down";
+  $("trend").dataset.breakdownBy = by;
+
+  const counts = answer.counts ?? {};
+  const keys = Object.keys(counts).sort((a, b) => (counts[b].total ?? 0) - (counts[a].total ?? 0) || a.localeCompare(b));
+  const colors = new Map(keys.map((key, i) => [key, i < TOP_SERIES ? PALETTE[i % PALETTE.length] : OTHERS_COLOR]));
+
+  // The table: every key's total over the range, biggest first.
+  $("breakdown-key-head").textContent = KEY_NAMES[by] ?? by;
+  const rows = keys.slice(0, TABLE_ROWS).map((key) => {
+    const row = document.createElement("tr");
+    row.dataset.testid = "breakdown-row";
+    row.dataset.key = key;
+    const name = document.createElement("td");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = colors.get(key);
+    name.append(swatch, labelFor(by, key));
+    const cost = document.createElement("td");
+    cost.className = "num";
+    setMoney(cost, counts[key].total ?? 0);
+    const previous = document.createElement("td");
+    previous.className = "num";
+    setMoney(previous, counts[key].previous_total ?? 0);
+    row.append(name, cost, previous);
+    return row;
+  });
+  if (keys.length > TABLE_ROWS) {
+    const more = document.createElement("tr");
+    const cell = document.createElement("td");
+    cell.colSpan = 3;
+    cell.className = "muted";
+    cell.textContent = `and ${keys.length - TABLE_ROWS} more`;
+    more.append(cell);
+    rows.push(more);
+  }
+  $("breakdown-table").tBodies[0].replaceChildren(...rows);
+
+  if (!chartsAvailable()) return;
+  // Every day of the range, and any day the API answered outside it.
+  const { start_date, end_date } = range();
+  const days = new Set();
+  for (let day = start_date; day <= end_date; day += DAY) days.add(day);
+  const breakdown = answer.breakdown ?? {};
+  for (const day of Object.keys(breakdown)) days.add(Number(day));
+  const sortedDays = [...days].sort((a, b) => a - b);
+  const costOn = (day, key) => breakdown[String(day)]?.[key]?.cost ?? 0;
+  const top = keys.slice(0, TOP_SERIES);
+  const rest = keys.slice(TOP_SERIES);
+  const datasets = top.map((key) => ({
+    label: labelFor(by, key), backgroundColor: colors.get(key),
+    data: sortedDays.map((day) => costOn(day, key)),
+  }));
+  if (rest.length) {
+    datasets.push({
+      label: `${rest.length} others`, backgroundColor: OTHERS_COLOR,
+      data: sortedDays.map((day) => rest.reduce((sum, key) => sum + costOn(day, key), 0)),
+    });
+  }
+  const data = { labels: sortedDays.map((day) => dayLabel.format(new Date(day * 1000))), datasets };
+  if (state.charts.trend) {
+    state.charts.trend.data = data;
+    state.charts.trend.update();
+    return;
+  }
+  state.charts.trend = new window.Chart($("trend-chart"), {
+    type: "bar",
+    data,
+    options: {
+      animation: false, responsive: true, maintainAspectRatio: false,
+      scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, ticks: moneyTicks() } },
+      plugins: { legend: { position: "bottom" }, tooltip: tooltip() },
+    },
+  });
+}
+
+// Each cluster's total against the previous period of the same length.
+async function loadComparison(query) {
+  query.set("breakdown_by", "k8s_cluster");
+  query.set("resource_type", summedType("k8s_cluster", query));
+  const answer = await api("GET", orgPath("/breakdown_expenses"), { query });
+  return () => renderComparison(answer, query.get("resource_type"));
+}
+
+function renderComparison(answer, type) {
+  $("comparison-resource-type").textContent = type;
+  const counts = answer.counts ?? {};
+  const clusters = Object.keys(counts).sort((a, b) => (counts[b].total ?? 0) - (counts[a].total ?? 0) || a.localeCompare(b));
+  const rows = clusters.map((cluster) => {
+    const { total = 0, previous_total: previous = 0 } = counts[cluster];
+    const row = document.createElement("tr");
+    row.dataset.testid = "comparison-row";
+    row.dataset.key = cluster;
+    const name = document.createElement("td");
+    name.textContent = labelFor("k8s_cluster", cluster);
+    const now = document.createElement("td");
+    now.className = "num";
+    setMoney(now, total);
+    const before = document.createElement("td");
+    before.className = "num";
+    setMoney(before, previous);
+    const change = document.createElement("td");
+    change.className = `num ${total > previous ? "up" : "down"}`;
+    change.textContent = percentChange(total, previous) || "new";
+    row.append(name, now, before, change);
+    return row;
+  });
+  $("comparison-table").tBodies[0].replaceChildren(...rows);
+
+  if (!chartsAvailable()) return;
+  const data = {
+    labels: clusters.map((c) => labelFor("k8s_cluster", c)),
+    datasets: [
+      { label: "this period", backgroundColor: PALETTE[0], data: clusters.map((c) => counts[c].total ?? 0) },
+      { label: "previous period", backgroundColor: OTHERS_COLOR, data: clusters.map((c) => counts[c].previous_total ?? 0) },
+    ],
+  };
+  if (state.charts.comparison) {
+    state.charts.comparison.data = data;
+    state.charts.comparison.update();
+    return;
+  }
+  state.charts.comparison = new window.Chart($("comparison-chart"), {
+    type: "bar",
+    data,
+    options: {
+      animation: false, responsive: true, maintainAspectRatio: false, indexAxis: "y",
+      scales: { x: { beginAtZero: true, ticks: moneyTicks() } },
+      plugins: { legend: { position: "bottom" }, tooltip: tooltip() },
+    },
+  });
+}
+
+// The pods and their cost over the range.
+async function loadPods(query) {
+  query.set("resource_type", POD_TYPE);
+  query.set("limit", String(POD_LIMIT));
+  const answer = await api("GET", orgPath("/clean_expenses"), { query });
+  return () => {
+    state.pods = answer.clean_expenses ?? [];
+    setMoney($("pod-total"), answer.total_cost ?? 0);
+    const total = answer.total_count ?? state.pods.length;
+    $("pod-count").textContent = state.pods.length < total ? `${state.pods.length} of ${total} pods` : `${total} pods`;
+    $("pod-count").dataset.value = String(total);
+    renderPods();
+  };
+}
+
+function podName(pod) {
+  return pod.resource_name || pod.cloud_resource_id || pod.resource_id || "";
+}
+
+function renderPods() {
+  const { key, order } = state.sort;
+  const byName = (a, b) => podName(a).localeCompare(podName(b)) || String(a.resource_id).localeCompare(String(b.resource_id));
+  const compare = key === "name" ? byName : (a, b) => (a.cost ?? 0) - (b.cost ?? 0) || byName(a, b);
+  const pods = [...state.pods].sort((a, b) => (order === "asc" ? compare(a, b) : compare(b, a)));
+  const table = $("pod-table");
+  table.dataset.sort = key;
+  table.dataset.order = order;
+  const rows = pods.map((pod) => {
+    const row = document.createElement("tr");
+    row.dataset.testid = "pod-row";
+    row.dataset.resourceId = pod.resource_id ?? "";
+    row.dataset.name = podName(pod);
+    const cells = [podName(pod), pod.k8s_namespace, pod.k8s_cluster, pod.k8s_node, pod.k8s_service].map((text, i) => {
+      const cell = document.createElement("td");
+      cell.textContent = text ?? "";
+      cell.dataset.field = ["name", "k8s_namespace", "k8s_cluster", "k8s_node", "k8s_service"][i];
+      if (i === 0 && pod.cloud_resource_id) cell.title = pod.cloud_resource_id;
+      return cell;
+    });
+    const cost = document.createElement("td");
+    cost.className = "num";
+    cost.dataset.field = "cost";
+    setMoney(cost, pod.cost ?? 0);
+    row.dataset.cost = String(pod.cost ?? 0);
+    row.append(...cells, cost);
+    return row;
+  });
+  table.tBodies[0].replaceChildren(...rows);
+}
+
+// ---- onboarding -------------------------------------------------------------------------
+
+function envYaml(env) {
+  const lines = ["env:"];
+  for (const [name, value] of Object.entries(env ?? {})) {
+    lines.push(`  - name: ${name}`, `    value: ${JSON.stringify(String(value))}`);
+  }
+  return lines.join("\n");
+}
+
+async function onboard(form, button) {
+  clearError();
+  button.disabled = true;
+  try {
+    const { name } = formValues(form);
+    const account = await api("POST", orgPath("/cloud_accounts"), { body: { name, type: "kubernetes_cnr" } });
+    $("onboard-account-id").textContent = account.id ?? account.credentials?.account_id ?? "";
+    $("onboard-password").textContent = account.credentials?.password ?? "";
+    $("onboard-remote-write").textContent = account.config?.prometheus_remote_write ?? "";
+    $("onboard-exporter-env").textContent = envYaml(account.config?.exporter_env);
+    $("onboard-result").hidden = false;
+    form.reset();
+    await reloadFilters();
+  } catch (error) {
+    showError(error.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- wiring -----------------------------------------------------------------------------
+
+function wire() {
+  const [start, end] = defaultRange();
+  $("start-date").value = start;
+  $("end-date").value = end;
+
+  $("signin-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    authenticate("/tokens", formValues(event.target), $("signin-submit"));
+  });
+  $("signup-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    authenticate("/signup", formValues(event.target), $("signup-submit"));
+  });
+  $("signout").addEventListener("click", () => signOut());
+  $("org-select").addEventListener("change", (event) => {
+    state.orgId = event.target.value;
+    saveSession({ ...state.session, organization_id: state.orgId });
+    showOrgName();
+    for (const name of FILTERS) $(`filter-${name}`).value = "";
+    reloadFilters();
+  });
+  for (const name of FILTERS) $(`filter-${name}`).addEventListener("change", () => refresh());
+  for (const id of ["start-date", "end-date"]) {
+    $(id).addEventListener("change", () => { if ($(id).value) reloadFilters(); });
+  }
+  $("filters-reset").addEventListener("click", () => {
+    for (const name of FILTERS) $(`filter-${name}`).value = "";
+    refresh();
+  });
+  $("breakdown-by").addEventListener("change", (event) => {
+    state.breakdownBy = event.target.value;
+    refresh();
+  });
+  for (const button of document.querySelectorAll("button.sort")) {
+    button.addEventListener("click", () => {
+      const key = button.dataset.sort;
+      const same = state.sort.key === key;
+      state.sort = { key, order: same ? (state.sort.order === "asc" ? "desc" : "asc") : (key === "name" ? "asc" : "desc") };
+      renderPods();
+    });
+  }
+  $("onboard-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    onboard(event.target, $("onboard-submit"));
+  });
+  for (const button of document.querySelectorAll("button.copy")) {
+    button.addEventListener("click", () => navigator.clipboard?.writeText($(button.dataset.copy).textContent));
+  }
+
+  chartsAvailable();
+  state.session = loadSession();
+  if (state.session) enter().catch((error) => showError(error.message));
+}
+
+wire();

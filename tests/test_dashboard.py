@@ -1,0 +1,438 @@
+"""The dashboard (Serve app ``dashboard`` at ``/``) in headless Debian Chromium, against the real REST API.
+
+An organization is signed up through the REST API and its ledger seeded directly
+(ClickHouse expenses, MongoDB resources); then a person's path through the page: sign in,
+pick a namespace, read the chart's total and the pod table. Every figure read on the page
+must be the API's answer to the very query the page sent (the raw value in ``data-value``
+bit for bit, the text that value with two decimals), and the API's answer must be the
+independent sum of the seeded rows. A screenshot is saved in ``.data/artifacts/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+
+from k8scost.settings import StoreSettings, from_env
+from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
+from k8scost.stores.mongo import connect
+from k8scost.stores.resources import RESOURCE_TYPES, Kind, Resource, ResourceStore
+from tests import helpers
+
+pytestmark = pytest.mark.services
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = helpers.ROOT / ".data" / "artifacts"
+API = f"{helpers.SERVE_URL}/restapi/v2"
+DAY = 86_400
+POD, NAMESPACE, NODE, CLUSTER = (RESOURCE_TYPES[k] for k in (Kind.POD, Kind.NAMESPACE, Kind.NODE, Kind.CLUSTER))
+WAIT_SECONDS = 30
+
+# account name → its clusters; each cluster runs the same namespaces and pods.
+ESTATE = {"prod": ("prod-eu", "prod-us"), "staging": ("staging-1",)}
+PODS = {  # namespace → (pod, node, controller)
+    "shop": (("shop-web-7d9f-a", "node-a", "shop-web"), ("shop-web-7d9f-b", "node-b", "shop-web"),
+             ("shop-cart-0", "node-b", "shop-cart")),
+    "payments": (("payments-api-5c-x", "node-a", "payments-api"),),
+}
+IDLE = "__idle__"
+
+
+def money(value: float) -> str:
+    """What the page shows for ``value``: the exact binary value, two decimals, halves up (Intl's halfExpand)."""
+    return f"${Decimal(value).quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
+
+
+def utc_day(moment: float) -> int:
+    return int(moment) // DAY * DAY
+
+
+# ---- seeding --------------------------------------------------------------------------------
+
+
+@dataclass
+class Tenant:
+    email: str
+    password: str
+    organization_name: str
+    organization_id: str
+    token: str
+    accounts: dict[str, str]  # name → cloud account id
+    rows: list[ExpenseRow]  # everything written to the ledger, corrections included
+
+
+def call(method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.request(method, f"{API}{path}", headers=headers, timeout=30, **kwargs)
+
+
+def ok(answer: httpx.Response, status: int = 200) -> Any:
+    assert answer.status_code == status, f"{answer.request.method} {answer.request.url}: {answer.status_code} {answer.text}"
+    return answer.json()
+
+
+def ledger_rows(accounts: dict[str, str], days: list[int], rng: random.Random) -> tuple[list[ExpenseRow], list[ExpenseRow]]:
+    """Two INSERTs' worth of rows: the day costs of every resource, then one correction.
+
+    Costs nest as the tenant actor writes them: a namespace costs its pods, a node its pods
+    plus idle capacity, a cluster its namespaces (idle included) plus a management fee.
+    """
+    first: list[ExpenseRow] = []
+    for account_name, clusters in ESTATE.items():
+        account = accounts[account_name]
+        for cluster in clusters:
+            for day in days:
+                date = datetime.fromtimestamp(day, UTC)
+
+                def row(resource: Resource, cost: float) -> ExpenseRow:
+                    return ExpenseRow(account, resource.id(account), date, cost, 1, resource.cluster, resource.namespace,
+                                      resource.node, resource.service, RESOURCE_TYPES[resource.kind], resource.name)
+
+                node_costs: dict[str, float] = {}
+                cluster_cost = 0.0
+                for namespace, pods in PODS.items():
+                    namespace_cost = 0.0
+                    for pod, node, controller in pods:
+                        cost = rng.uniform(0.05, 9.0)
+                        first.append(row(Resource(Kind.POD, cluster, namespace, pod, node, controller), cost))
+                        namespace_cost += cost
+                        node_costs[node] = node_costs.get(node, 0.0) + cost
+                    first.append(row(Resource(Kind.NAMESPACE, cluster, namespace, namespace), namespace_cost))
+                    cluster_cost += namespace_cost
+                idle = rng.uniform(0.5, 3.0)
+                first.append(row(Resource(Kind.NAMESPACE, cluster, IDLE, IDLE), idle))
+                for node, cost in node_costs.items():
+                    first.append(row(Resource(Kind.NODE, cluster, None, node, node=node), cost + idle / len(node_costs)))
+                first.append(row(Resource(Kind.CLUSTER, cluster, None, cluster), cluster_cost + idle + 0.1))
+    # A correction, as the tenant actor writes one: a pod's cost grew, and so did its
+    # namespace's, node's and cluster's; each live row again with −1, then the new +1.
+    pod = next(r for r in first if r.resource_type == POD and r.k8s_namespace == "shop" and r.date.timestamp() == max(days))
+    grown = rng.uniform(1.0, 2.0)
+    correction = []
+    for before in first:
+        if before.cloud_account_id != pod.cloud_account_id or before.date != pod.date or before.k8s_cluster != pod.k8s_cluster:
+            continue
+        if (before == pod or (before.resource_type == NAMESPACE and before.k8s_namespace == pod.k8s_namespace)
+                or (before.resource_type == NODE and before.k8s_node == pod.k8s_node) or before.resource_type == CLUSTER):
+            correction += [before._replace(sign=-1), before._replace(cost=before.cost + grown)]
+    assert len(correction) == 8
+    return first, correction
+
+
+def resources_of(rows: list[ExpenseRow]) -> dict[str, list[Resource]]:
+    kinds = {v: k for k, v in RESOURCE_TYPES.items()}
+    found: dict[str, dict[str, Resource]] = {}
+    for r in rows:
+        resource = Resource(kinds[r.resource_type], r.k8s_cluster, r.k8s_namespace, r.resource_name, r.k8s_node, r.k8s_service)
+        found.setdefault(r.cloud_account_id, {})[r.resource_id] = resource
+    return {account: list(resources.values()) for account, resources in found.items()}
+
+
+async def write_ledger(organization_id: str, inserts: list[list[ExpenseRow]], first_seen: int, last_seen: int) -> None:
+    settings = from_env(StoreSettings)
+    expenses = ExpenseStore(settings)
+    try:
+        await expenses.migrate()
+        for rows in inserts:
+            await expenses.insert(rows)
+    finally:
+        await expenses.close()
+    resources = ResourceStore(connect(settings))
+    for account, found in resources_of(inserts[0]).items():
+        await resources.upsert(account, organization_id, found, first_seen, last_seen)
+
+
+@pytest.fixture(scope="module")
+def tenant(serve_apps: str) -> Tenant:
+    marker = uuid.uuid4().hex[:8]
+    email, password, org_name = f"dash-{marker}@example.com", f"pw-{uuid.uuid4().hex}", f"Dashboard Co {marker}"
+    signed = ok(call("POST", "/signup", json={
+        "organization_name": org_name, "email": email, "password": password, "display_name": "Dana Board",
+    }), 201)
+    token, organization_id = signed["token"], signed["organization_id"]
+    accounts = {}
+    for name in ESTATE:
+        created = ok(call("POST", f"/organizations/{organization_id}/cloud_accounts", token,
+                          json={"name": f"{name}-{marker}", "type": "kubernetes_cnr"}), 201)
+        accounts[name] = created["id"]
+    today = utc_day(time.time())
+    # Three days in the page's default range (the last 30 days) and one in the 30 before it.
+    days = [today - 2 * DAY, today - DAY, today, today - 40 * DAY]
+    first, correction = ledger_rows(accounts, days, random.Random(marker))
+    asyncio.run(write_ledger(organization_id, [first, correction], min(days), today + DAY - 1))
+    return Tenant(email, password, org_name, organization_id, token, accounts, first + correction)
+
+
+def expected_costs(rows: list[ExpenseRow], resource_type: str, start: int, end: int,
+                   filters: dict[str, list[str]], by: str) -> dict[str, float]:
+    """Value of ``by`` → the summed live cost of ``resource_type`` rows of days in [start, end) matching ``filters``."""
+    sums: dict[str, float] = {}
+    for r in rows:
+        day = int(r.date.timestamp())
+        if r.resource_type != resource_type or not start <= day < end:
+            continue
+        if any(str(getattr(r, column)) not in values for column, values in filters.items()):
+            continue
+        key = getattr(r, by) or ""
+        sums[key] = sums.get(key, 0.0) + r.cost * r.sign
+    return sums
+
+
+# ---- the browser --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    assert not missing, f"{missing} missing: scripts/setup.sh installs Debian's chromium and chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1400,2200", "--lang=en-US"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver: Any, what: str, condition: Any) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_SECONDS, poll_frequency=0.1).until(condition, f"timed out waiting for {what}")
+
+
+def attribute(driver: Any, element_id: str, name: str) -> str | None:
+    return driver.find_element("id", element_id).get_attribute(name)
+
+
+def shown(driver: Any, element_id: str) -> tuple[str, float]:
+    """An element's text and its raw ``data-value``."""
+    element = driver.find_element("id", element_id)
+    return element.text, float(element.get_attribute("data-value"))
+
+
+def page_query(driver: Any, section: str) -> list[tuple[str, str]]:
+    """The query string the page sent for ``section``, as (name, value) pairs."""
+    return parse_qsl(attribute(driver, section, "data-query") or "", keep_blank_values=True)
+
+
+def fresh_page(driver: Any) -> None:
+    """The dashboard, signed out: the session lives in the tab's sessionStorage."""
+    driver.get(f"{helpers.SERVE_URL}/")
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(f"{helpers.SERVE_URL}/")
+
+
+def sign_in(driver: Any, email: str, password: str) -> None:
+    fresh_page(driver)
+    wait(driver, "the sign-in form", lambda d: d.find_element("id", "signin-email").is_displayed())
+    driver.find_element("id", "signin-email").send_keys(email)
+    driver.find_element("id", "signin-password").send_keys(password)
+    driver.find_element("id", "signin-submit").click()
+    wait(driver, "the dashboard", lambda d: attribute(d, "dashboard", "data-state") == "ready")
+
+
+def table(driver: Any, table_id: str) -> list[dict[str, str]]:
+    """The rows of a table: their data-* attributes, and each cell's text by data-field."""
+    return driver.execute_script(
+        """return [...document.getElementById(arguments[0]).tBodies[0].rows].map((row) => {
+             const cells = Object.fromEntries([...row.cells].map((c, i) => [c.dataset.field ?? String(i), c.textContent]));
+             return {...row.dataset, cells};
+           });""",
+        table_id,
+    )
+
+
+def severe_console_errors(driver: Any) -> list[dict[str, Any]]:
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+# ---- tests ----------------------------------------------------------------------------------
+
+
+def test_the_app_serves_the_page_and_the_chart_library(serve_apps: str) -> None:
+    page = httpx.get(f"{serve_apps}/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert 'src="vendor/chart.js"' in page.text and 'src="app.js"' in page.text
+    library = httpx.get(f"{serve_apps}/vendor/chart.js", timeout=10)
+    assert library.status_code == 200 and library.headers["content-type"].startswith("text/javascript")
+    assert (helpers.ROOT / "serve_apps/dashboard/node_modules/chart.js/dist/chart.umd.js").read_bytes() == library.content
+    again = httpx.get(f"{serve_apps}/app.js", headers={"If-None-Match": httpx.get(f"{serve_apps}/app.js").headers["etag"]})
+    assert again.status_code == 304
+    assert httpx.get(f"{serve_apps}/../pyproject.toml", timeout=10).status_code == 404
+    assert httpx.get(f"{serve_apps}/static/app.js", timeout=10).status_code == 404
+    assert httpx.post(f"{serve_apps}/", timeout=10).status_code == 405
+
+
+def test_a_namespace_costs_on_the_page_what_the_api_answers(browser: Any, tenant: Tenant) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    org = f"/organizations/{tenant.organization_id}"
+    sign_in(browser, tenant.email, tenant.password)
+    assert browser.find_element("id", "org-name").text == tenant.organization_name
+    assert not browser.find_element("id", "org-picker").is_displayed()  # one organization: no picker
+
+    # The filter offers what available_filters answers for the page's range.
+    start, end = (int(v) for _, v in page_query(browser, "filters"))
+    assert end - start == 30 * DAY - 1 and end == utc_day(time.time()) + DAY - 1  # the last 30 days, today included
+    filters = ok(call("GET", f"{org}/available_filters", tenant.token, params={"start_date": start, "end_date": end}))
+    namespace_select = Select(browser.find_element("id", "filter-k8s_namespace"))
+    offered = [o.get_attribute("value") for o in namespace_select.options]
+    assert offered == ["", *filters["filter_values"]["k8s_namespace"]]
+    assert {"shop", "payments", IDLE} <= set(offered)
+
+    namespace_select.select_by_value("shop")
+    wait(browser, "the shop namespace's figures", lambda d: (
+        ("k8s_namespace", "shop") in page_query(d, "trend") and ("k8s_namespace", "shop") in page_query(d, "pods")
+        and attribute(d, "dashboard", "data-state") == "ready"
+    ))
+
+    # The chart's total: the API's answer to the page's own query, and the seeded sum.
+    trend_query = page_query(browser, "trend")
+    assert ("breakdown_by", "k8s_namespace") in trend_query and ("resource_type", NAMESPACE) in trend_query
+    breakdown = ok(call("GET", f"{org}/breakdown_expenses", tenant.token, params=trend_query))
+    text, value = shown(browser, "chart-total")
+    assert value == breakdown["total"] and text == money(breakdown["total"])
+    independent = expected_costs(tenant.rows, NAMESPACE, start, end + 1, {"k8s_namespace": ["shop"]}, "k8s_namespace")
+    assert breakdown["total"] == pytest.approx(independent["shop"], rel=1e-9) and breakdown["total"] > 0
+    text, value = shown(browser, "chart-previous-total")
+    assert value == breakdown["previous_total"] and text == money(breakdown["previous_total"])
+    previous_first_day = utc_day(breakdown["previous_range_start"])  # ledger days are whole days
+    previous = expected_costs(tenant.rows, NAMESPACE, previous_first_day, start,
+                              {"k8s_namespace": ["shop"]}, "k8s_namespace")
+    assert breakdown["previous_total"] == pytest.approx(previous["shop"], rel=1e-9) and breakdown["previous_total"] > 0
+    [shop_row] = table(browser, "breakdown-table")
+    assert shop_row["key"] == "shop" and shop_row["cells"]["1"] == money(breakdown["counts"]["shop"]["total"])
+
+    # The pod table: every row as clean_expenses answers the page's query, costliest first.
+    pods_query = page_query(browser, "pods")
+    assert ("resource_type", POD) in pods_query
+    clean = ok(call("GET", f"{org}/clean_expenses", tenant.token, params=pods_query))
+    rows = table(browser, "pod-table")
+    assert [r["resourceId"] for r in rows] == [e["resource_id"] for e in clean["clean_expenses"]]
+    assert len(rows) == clean["total_count"] == len(PODS["shop"]) * sum(len(c) for c in ESTATE.values())
+    for row, expense in zip(rows, clean["clean_expenses"]):
+        assert float(row["cost"]) == expense["cost"] and row["cells"]["cost"] == money(expense["cost"])
+        assert row["name"] == expense["resource_name"] and row["cells"]["k8s_namespace"] == "shop"
+    pod_costs = {}
+    for r in tenant.rows:
+        if r.resource_type == POD and r.k8s_namespace == "shop" and start <= r.date.timestamp() <= end:
+            pod_costs[r.resource_id] = pod_costs.get(r.resource_id, 0.0) + r.cost * r.sign
+    assert {e["resource_id"]: e["cost"] for e in clean["clean_expenses"]} == pytest.approx(pod_costs, rel=1e-9)
+    assert [float(r["cost"]) for r in rows] == sorted((float(r["cost"]) for r in rows), reverse=True)
+    top = browser.find_element("css selector", "#pod-table tbody tr")
+    first = clean["clean_expenses"][0]
+    assert top.text.split() == [first["resource_name"], "shop", first["k8s_cluster"], first["k8s_node"],
+                                first["k8s_service"], money(first["cost"])]
+    text, value = shown(browser, "pod-total")
+    assert value == clean["total_cost"] and text == money(clean["total_cost"])
+
+    browser.find_element("id", "sort-name").click()
+    names = [r["name"] for r in table(browser, "pod-table")]
+    assert names == sorted(names) and len(names) == len(rows)
+
+    # The clusters compared: the shop namespace in each cluster, now and in the period before.
+    comparison_query = page_query(browser, "comparison")
+    assert ("breakdown_by", "k8s_cluster") in comparison_query
+    by_cluster = ok(call("GET", f"{org}/breakdown_expenses", tenant.token, params=comparison_query))
+    compared = {r["key"]: r["cells"] for r in table(browser, "comparison-table")}
+    assert set(compared) == {c for clusters in ESTATE.values() for c in clusters} == set(by_cluster["counts"])
+    independent = expected_costs(tenant.rows, NAMESPACE, start, end + 1, {"k8s_namespace": ["shop"]}, "k8s_cluster")
+    for cluster, cells in compared.items():
+        counts = by_cluster["counts"][cluster]
+        assert cells["1"] == money(counts["total"]) and cells["2"] == money(counts["previous_total"])
+        assert counts["total"] == pytest.approx(independent[cluster], rel=1e-9)
+
+    browser.find_element("id", "sort-cost").click()  # back to costliest first for the picture
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot = ARTIFACTS / "dashboard.png"
+    assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+    print(f"dashboard screenshot: {screenshot}")
+    assert severe_console_errors(browser) == []
+
+
+def test_stacking_by_cluster_sums_whole_clusters(browser: Any, tenant: Tenant) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    sign_in(browser, tenant.email, tenant.password)  # a fresh page: no filter set
+    Select(browser.find_element("id", "breakdown-by")).select_by_value("k8s_cluster")
+    wait(browser, "the breakdown by cluster", lambda d: ("breakdown_by", "k8s_cluster") in page_query(d, "trend")
+         and attribute(d, "dashboard", "data-state") == "ready")
+    query = page_query(browser, "trend")
+    assert ("resource_type", CLUSTER) in query and not any(name.startswith("k8s_") for name, _ in query)
+    breakdown = ok(call("GET", f"/organizations/{tenant.organization_id}/breakdown_expenses", tenant.token, params=query))
+    text, value = shown(browser, "chart-total")
+    assert value == breakdown["total"] and text == money(breakdown["total"])
+    start, end = int(dict(query)["start_date"]), int(dict(query)["end_date"])
+    independent = expected_costs(tenant.rows, CLUSTER, start, end + 1, {}, "k8s_cluster")
+    assert breakdown["total"] == pytest.approx(sum(independent.values()), rel=1e-9)
+    shown_rows = {r["key"]: r["cells"]["1"] for r in table(browser, "breakdown-table")}
+    assert shown_rows == {cluster: money(c["total"]) for cluster, c in breakdown["counts"].items()}
+    assert set(shown_rows) == set(independent)
+
+
+def test_sign_up_and_onboard_a_cluster_through_the_page(browser: Any, serve_apps: str) -> None:
+    marker = uuid.uuid4().hex[:8]
+    email, password = f"new-{marker}@example.com", f"pw-{uuid.uuid4().hex}"
+    fresh_page(browser)
+    for element_id, value in (("signup-organization", f"New Co {marker}"), ("signup-name", "Nia New"),
+                              ("signup-email", email), ("signup-password", password)):
+        browser.find_element("id", element_id).send_keys(value)
+    browser.find_element("id", "signup-submit").click()
+    wait(browser, "the new organization's dashboard", lambda d: attribute(d, "dashboard", "data-state") == "ready")
+    text, value = shown(browser, "chart-total")
+    assert (text, value) == ("$0.00", 0.0) and table(browser, "pod-table") == []
+
+    browser.find_element("id", "onboard-name").send_keys(f"edge-{marker}")
+    browser.find_element("id", "onboard-submit").click()
+    wait(browser, "the configuration snippet", lambda d: d.find_element("id", "onboard-result").is_displayed())
+    account_id = browser.find_element("id", "onboard-account-id").text
+    remote_write = browser.find_element("id", "onboard-remote-write").text
+    exporter_env = browser.find_element("id", "onboard-exporter-env").text
+    assert "remote_write" in remote_write and account_id in remote_write
+    assert exporter_env.startswith("env:") and account_id in exporter_env
+    assert browser.find_element("id", "onboard-password").text
+
+    token = ok(call("POST", "/tokens", json={"email": email, "password": password}), 201)["token"]
+    [org] = [o for o in _organizations(ok(call("GET", "/organizations", token)))]
+    listed = ok(call("GET", f"/organizations/{org['id']}/cloud_accounts", token))["cloud_accounts"]
+    assert [(a["id"], a["name"], a["type"]) for a in listed] == [(account_id, f"edge-{marker}", "kubernetes_cnr")]
+
+    browser.find_element("id", "signout").click()
+    wait(browser, "the sign-in form", lambda d: d.find_element("id", "signin-form").is_displayed())
+    assert browser.find_element("id", "onboard-password").get_attribute("textContent") == ""  # shown once, then gone
+    assert severe_console_errors(browser) == []
+
+
+def test_a_wrong_password_is_refused_on_the_page(browser: Any, tenant: Tenant) -> None:
+    fresh_page(browser)
+    browser.find_element("id", "signin-email").send_keys(tenant.email)
+    browser.find_element("id", "signin-password").send_keys("not-the-password")
+    browser.find_element("id", "signin-submit").click()
+    wait(browser, "the error", lambda d: d.find_element("id", "error").is_displayed())
+    assert browser.find_element("id", "error").text
+    assert not browser.find_element("id", "dashboard").is_displayed()
+
+
+def _organizations(answer: Any) -> list[dict[str, Any]]:
+    return answer if isinstance(answer, list) else answer["organizations"]
