@@ -40,11 +40,16 @@ from k8scost.simulator.history import load_into, write_blocks
 from k8scost.simulator.spec import Estate, from_json, generate_estate, to_json
 from k8scost.stores.accounts import AccountStore, Credentials
 from k8scost.stores.clickhouse import ExpenseStore
+from k8scost.stores.organizations import OrganizationStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.resources import ResourceStore
 
 DEMO_DIR = devstack.ROOT / ".data" / "demo"
-ORGANIZATIONS = ("demo-org-acme", "demo-org-globex")
+# The demo's users (organization, email, password, name): printed at the end to sign in.
+DEMO_USERS = (
+    ("Acme", "alice@acme.example", "acme-demo-password", "Alice"),
+    ("Globex", "bob@globex.example", "globex-demo-password", "Bob"),
+)
 
 
 def load_estate(seed: int, clusters: int) -> tuple[Estate, Path]:
@@ -62,20 +67,24 @@ def load_estate(seed: int, clusters: int) -> tuple[Estate, Path]:
 async def accounts_for(clusters: list[str]) -> dict[str, Credentials]:
     """One cloud account per cluster, reused while it lives and its saved password opens it.
 
-    The first clusters belong to one organization, the last to another.
+    The first clusters belong to the first demo user's organization, the last to the second's.
     """
-    store = AccountStore(connect(from_env(StoreSettings)))
+    db = connect(from_env(StoreSettings))
+    users = OrganizationStore(db)
+    await users.ensure_indexes()
+    organizations = [(await users.ensure_user(*user))[0].id for user in DEMO_USERS]
+    store = AccountStore(db)
     await store.ensure_indexes()
     saved_file = DEMO_DIR / "accounts.json"
     saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}
     result = {}
     for cluster in clusters:
+        organization = organizations[1] if cluster == clusters[-1] and len(clusters) > 1 else organizations[0]
         if cluster in saved:
-            credentials = Credentials(**saved[cluster])
-            if await store.authenticate(credentials) is not None:
-                result[cluster] = credentials
+            account = await store.get(saved[cluster]["account_id"])
+            if account is not None and account.organization_id == organization and not account.deleted_at:
+                result[cluster] = Credentials(**saved[cluster])
                 continue
-        organization = ORGANIZATIONS[1] if cluster == clusters[-1] and len(clusters) > 1 else ORGANIZATIONS[0]
         _, result[cluster] = await store.create(organization, cluster)
     saved_file.write_text(json.dumps({c: vars(cred) for c, cred in result.items()}, indent=2))
     return result
@@ -232,10 +241,13 @@ def main() -> int:
             print(landed_summary(customers))
             print(f"\n== daily costs in the ledger (ClickHouse expenses, USD) ==")
             print(asyncio.run(ledger_summary(credentials, args.history_days)), flush=True)
+            print(f"\nDashboard: {devstack.SERVE_URL}/   REST API (OpenAPI): {devstack.SERVE_URL}/restapi/docs   "
+                  f"Ray dashboard: {devstack.RAY_DASHBOARD}")
+            for organization, email, password, _ in DEMO_USERS:
+                print(f"  sign in as {email} / {password} ({organization})")
             if args.once:
                 return 0
-            print(f"\nRay dashboard: {devstack.RAY_DASHBOARD}   TSDB: {devstack.TSDB_URL}   "
-                  "`python -m actors status` shows the tenant actors.   Ctrl-C stops the demo.")
+            print("`python -m actors status` shows the tenant actors.   Ctrl-C stops the demo.", flush=True)
             time.sleep(max(60.0, args.cycle_seconds))
     except KeyboardInterrupt:
         return 0
