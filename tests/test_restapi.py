@@ -912,16 +912,16 @@ async def test_without_the_mongodb_lookup_the_ledger_gives_the_same_resource_fie
 
 
 @pytest.mark.services
-def test_the_api_answers_through_serve_with_its_openapi(serve_apps: str) -> None:
+async def test_the_api_answers_through_serve_with_its_openapi(serve_apps: str) -> None:
     """Serve ships the app to its replica pickled: the request models must survive that."""
     email = f"serve-{uuid.uuid4().hex[:8]}@example.com"
     body = {"organization_name": "Serve Org", "email": email, "password": "serve-password-1", "display_name": "S"}
-    signup = httpx.post(f"{serve_apps}/restapi/v2/signup", json=body, timeout=30)
-    assert signup.status_code == 201, signup.text
-    token = signup.json()["token"]
-    organizations = httpx.get(f"{serve_apps}/restapi/v2/organizations",
-                              headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    assert [o["id"] for o in organizations.json()["organizations"]] == [signup.json()["organization_id"]]
-    schema = httpx.get(f"{serve_apps}/restapi/openapi.json", timeout=30)
+    async with httpx.AsyncClient(base_url=f"{serve_apps}/restapi", timeout=30) as client:
+        signup = await client.post("/v2/signup", json=body)
+        assert signup.status_code == 201, signup.text
+        headers = {"Authorization": f"Bearer {signup.json()['token']}"}
+        organizations = await client.get("/v2/organizations", headers=headers)
+        assert [o["id"] for o in organizations.json()["organizations"]] == [signup.json()["organization_id"]]
+        schema = await client.get("/openapi.json")
     assert schema.status_code == 200
     assert "/v2/organizations/{organization_id}/clean_expenses" in schema.json()["paths"]
