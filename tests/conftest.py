@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -12,6 +13,10 @@ from k8scost.stores.mongo import connect
 from tests import helpers
 
 
+# Accounts the tests create stay out of the demo's database: the demo's supervisor starts
+# an actor for every account it finds. Set before any store settings are read.
+os.environ.setdefault("MONGODB_DATABASE", "cloudtuner_tests")
+
 # What the Serve applications run with in tests: short caches so deletions are seen fast.
 TEST_SERVE_ENV = {
     "INGRESS_AUTH_CACHE_SECONDS": "1",
@@ -19,6 +24,7 @@ TEST_SERVE_ENV = {
     "INGRESS_TENANT_BURST_SAMPLES": "100000",
     "METROCULUS_RESOLUTION_SECONDS": "15",
     "CLUSTER_SECRET": "test-secret",
+    "MONGODB_DATABASE": os.environ["MONGODB_DATABASE"],
 }
 
 
