@@ -1,0 +1,565 @@
+"""cluster_config/ validates offline: KubeRay manifests against the KubeRay CRD schemas,
+plain Kubernetes manifests with kubernetes-validate, the alert rules with promtool, the
+RayService's serveConfigV2 against serve_config.yaml. No services, no Ray cluster.
+
+Every check is a function that returns its problems; each test also feeds it a broken
+copy and expects a complaint, so no check passes by checking nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import re
+import shutil
+import subprocess
+import uuid
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from k8scost.settings import ALL_SETTINGS
+
+# Ray Serve's schemas still use pydantic v1-style Field extras.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "cluster_config"
+CRD_DIR = ROOT.parent / "shared" / "fixtures" / "kuberay"
+RULES = CONFIG / "alerts" / "cloudtuner.rules.yaml"
+RULES_TEST = CONFIG / "alerts" / "cloudtuner.rules.test.yaml"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+# A release kubernetes-validate ships schemas for (offline); strict: unknown fields refused.
+KUBERNETES_VERSION = "1.33.0"
+# YAML under cluster_config/ that is not a Kubernetes object.
+NOT_MANIFESTS = {
+    "serve_config.yaml",
+    "customer/prometheus-remote-write.yaml",
+    "alerts/cloudtuner.rules.yaml",
+    "alerts/cloudtuner.rules.test.yaml",
+}
+SETTINGS_ENV = {f.metadata["env"] for cls in ALL_SETTINGS for f in cls.__dataclass_fields__.values()}
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+@cache
+def _manifests() -> tuple[tuple[str, dict[str, Any]], ...]:
+    """(file relative to cluster_config, document) for every Kubernetes object there."""
+    found = []
+    for path in sorted(CONFIG.rglob("*.yaml")):
+        rel = path.relative_to(CONFIG).as_posix()
+        if rel in NOT_MANIFESTS:
+            continue
+        for doc in _documents(path):
+            found.append((rel, doc))
+    return tuple(found)
+
+
+def _kuberay() -> list[tuple[str, dict[str, Any]]]:
+    return [(rel, doc) for rel, doc in _manifests() if doc["apiVersion"].startswith("ray.io/")]
+
+
+def _plain() -> list[tuple[str, dict[str, Any]]]:
+    return [(rel, doc) for rel, doc in _manifests() if not doc["apiVersion"].startswith("ray.io/")]
+
+
+def _one(kind: str, name: str) -> dict[str, Any]:
+    hits = [doc for _, doc in _manifests() if doc["kind"] == kind and doc["metadata"]["name"] == name]
+    assert len(hits) == 1, f"expected one {kind} {name}, found {len(hits)}"
+    return copy.deepcopy(hits[0])
+
+
+def _id(item: tuple[str, dict[str, Any]]) -> str:
+    rel, doc = item
+    return f"{rel}:{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+def test_every_yaml_under_cluster_config_is_checked() -> None:
+    """A new YAML file is either a manifest (validated below) or listed in NOT_MANIFESTS."""
+    for path in CONFIG.rglob("*.yaml"):
+        rel = path.relative_to(CONFIG).as_posix()
+        if rel in NOT_MANIFESTS:
+            assert not any("kind" in doc for doc in _documents(path)), f"{rel} holds Kubernetes objects"
+            continue
+        docs = _documents(path)
+        assert docs, f"{rel}: no document"
+        for doc in docs:
+            assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{rel}: not a Kubernetes object"
+    kinds = {doc["kind"] for _, doc in _manifests()}
+    assert {"RayService", "RayCluster", "RayJob", "RayCronJob", "Deployment", "StatefulSet", "Service",
+            "NetworkPolicy", "ConfigMap", "Secret"} <= kinds
+
+
+# --- KubeRay CRDs -------------------------------------------------------------------------
+
+
+@cache
+def _crds() -> dict[str, dict[str, Any]]:
+    assert CRD_DIR.is_dir(), f"KubeRay CRD fixtures missing: {CRD_DIR}"
+    crds = {}
+    for path in sorted(CRD_DIR.glob("ray.io_*.yaml")):
+        # The C loader if PyYAML has it: the four CRDs are ~1 MB of YAML.
+        crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        crds[crd["spec"]["names"]["kind"]] = crd
+    assert {"RayService", "RayCluster", "RayJob", "RayCronJob"} <= crds.keys()
+    return crds
+
+
+def _strict(schema: Any) -> Any:
+    """The schema with unknown fields refused, as `kubectl apply --validate=strict` does
+    (the API server would otherwise prune a misspelt field silently)."""
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _strict(value) for key, value in schema.items()}
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+@cache
+def _crd_validator(kind: str, version: str) -> jsonschema.Validator:
+    crd = _crds()[kind]
+    served = {v["name"]: v for v in crd["spec"]["versions"] if v.get("served")}
+    assert version in served, f"{kind}: version {version} not served (served: {sorted(served)})"
+    schema = _strict(served[version]["schema"]["openAPIV3Schema"])
+    return jsonschema.Draft7Validator(schema)
+
+
+def kuberay_problems(doc: dict[str, Any]) -> list[str]:
+    """What the KubeRay CRD of the document's kind refuses in it ([] if valid)."""
+    crd = _crds().get(doc.get("kind", ""))
+    if crd is None:
+        return [f"no KubeRay CRD for kind {doc.get('kind')!r}"]
+    group, _, version = doc.get("apiVersion", "").partition("/")
+    if group != crd["spec"]["group"]:
+        return [f"apiVersion {doc.get('apiVersion')!r} is not of group {crd['spec']['group']}"]
+    storage = next(v["name"] for v in crd["spec"]["versions"] if v.get("storage"))
+    if version != storage:
+        return [f"apiVersion {doc['apiVersion']!r}: use the storage version {group}/{storage}"]
+    problems = [
+        f"{'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
+        for error in _crd_validator(doc["kind"], version).iter_errors(doc)
+    ]
+    if not doc.get("metadata", {}).get("name"):
+        problems.append("metadata.name missing")
+    return problems
+
+
+@pytest.mark.parametrize("item", _kuberay(), ids=_id)
+def test_kuberay_manifest_valid_against_crd(item: tuple[str, dict[str, Any]]) -> None:
+    assert kuberay_problems(item[1]) == []
+
+
+def _pod_templates(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = doc["spec"]
+    if doc["kind"] == "RayService":
+        cluster = spec["rayClusterConfig"]
+    elif doc["kind"] == "RayCluster":
+        cluster = spec
+    elif doc["kind"] == "RayJob":
+        cluster = spec.get("rayClusterSpec")
+    else:  # RayCronJob
+        cluster = spec["jobTemplate"].get("rayClusterSpec")
+    if not cluster:
+        return []
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    return [group["template"] for group in groups]
+
+
+@pytest.mark.parametrize("item", _kuberay(), ids=_id)
+def test_kuberay_pod_templates_valid_kubernetes(item: tuple[str, dict[str, Any]]) -> None:
+    """The CRDs embed the PodTemplateSpec; check it against Kubernetes' own schema too."""
+    for template in _pod_templates(item[1]):
+        assert kubernetes_problems(
+            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template}
+        ) == []
+
+
+def test_kuberay_broken_copies_refused() -> None:
+    service = _one("RayService", "cloudtuner")
+    assert kuberay_problems(service) == []
+
+    wrong_group = copy.deepcopy(service)
+    wrong_group["apiVersion"] = "ray.io/v1alpha1"
+    assert kuberay_problems(wrong_group)
+
+    typo = copy.deepcopy(service)
+    typo["spec"]["rayClusterConfig"]["enableInTreeAutoscalling"] = True
+    assert any("enableInTreeAutoscalling" in p for p in kuberay_problems(typo))
+
+    no_max = _one("RayCluster", "cloudtuner-jobs")
+    del no_max["spec"]["workerGroupSpecs"][0]["maxReplicas"]
+    assert any("maxReplicas" in p for p in kuberay_problems(no_max))
+
+    not_string = _one("RayCluster", "cloudtuner-jobs")
+    not_string["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0
+    assert any("rayStartParams" in p for p in kuberay_problems(not_string))
+
+    cron = _one("RayCronJob", "rightsizing")
+    del cron["spec"]["schedule"]
+    assert any("schedule" in p for p in kuberay_problems(cron))
+
+
+# --- plain Kubernetes ---------------------------------------------------------------------
+
+
+def kubernetes_problems(doc: dict[str, Any]) -> list[str]:
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        return [f"{'.'.join(map(str, error.path)) or '<root>'}: {error.message}"]
+    except kubernetes_validate.SchemaNotFoundError as error:
+        return [str(error)]
+    return []
+
+
+@pytest.mark.parametrize("item", _plain(), ids=_id)
+def test_kubernetes_manifest_valid(item: tuple[str, dict[str, Any]]) -> None:
+    assert kubernetes_problems(item[1]) == []
+
+
+def test_kubernetes_broken_copies_refused() -> None:
+    receive = _one("StatefulSet", "thanos-receive")
+    assert kubernetes_problems(receive) == []
+    receive["spec"]["replicas"] = "three"
+    assert kubernetes_problems(receive)
+
+    policy = _one("NetworkPolicy", "thanos-receive")
+    policy["spec"]["ingress"][0]["ports"][0]["protocl"] = "TCP"
+    assert kubernetes_problems(policy)
+
+    service = _one("Service", "thanos-query")
+    service["kind"] = "Servise"
+    assert kubernetes_problems(service)
+
+
+# --- settings, services and wiring --------------------------------------------------------
+
+
+def settings_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Keys of the settings ConfigMap/Secret that no component reads."""
+    problems = []
+    for doc in docs:
+        keys = {**doc.get("data", {}), **doc.get("stringData", {})}
+        problems += [f"{doc['kind']} {doc['metadata']['name']}: {key} is no setting" for key in keys
+                     if key not in SETTINGS_ENV]
+    return problems
+
+
+def test_settings_are_real_settings() -> None:
+    docs = [_one("ConfigMap", "cloudtuner-settings"), _one("Secret", "cloudtuner-secrets")]
+    assert settings_problems(docs) == []
+    secret = docs[1]["stringData"]
+    assert {"CLUSTER_SECRET", "RESTAPI_JWT_SECRET"} <= secret.keys()
+    docs[0]["data"]["TSBD_URL"] = "http://typo"
+    assert settings_problems(docs) == ["ConfigMap cloudtuner-settings: TSBD_URL is no setting"]
+
+
+def test_ray_pods_load_the_settings() -> None:
+    names = {(doc["kind"], doc["metadata"]["name"]) for _, doc in _manifests()}
+    for _, doc in _kuberay():
+        for template in _pod_templates(doc):
+            for container in template["spec"]["containers"]:
+                refs = {("ConfigMap", r["configMapRef"]["name"]) if "configMapRef" in r
+                        else ("Secret", r["secretRef"]["name"]) for r in container.get("envFrom", [])}
+                assert refs == {("ConfigMap", "cloudtuner-settings"), ("Secret", "cloudtuner-secrets")}
+                assert refs <= names
+
+
+def service_for(url: str) -> tuple[str, int] | None:
+    """(Service name, port) the in-cluster URL reaches, if a Service here exposes it."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    name, _, rest = host.partition(".")
+    namespace = rest.split(".")[0]
+    for _, doc in _manifests():
+        if doc["kind"] == "Service" and doc["metadata"]["name"] == name and doc["metadata"]["namespace"] == namespace:
+            if any(port["port"] == parts.port for port in doc["spec"]["ports"]):
+                return name, parts.port
+    return None
+
+
+def test_tsdb_urls_point_at_thanos() -> None:
+    data = _one("ConfigMap", "cloudtuner-settings")["data"]
+    assert service_for(data["TSDB_URL"]) == ("thanos-query", 9090)
+    assert service_for(data["TSDB_REMOTE_WRITE_URL"]) == ("thanos-receive", 19291)
+    assert urlsplit(data["TSDB_REMOTE_WRITE_URL"]).path == "/api/v1/receive"
+    assert service_for("http://thanos-query.cloudtuner.svc:9091") is None
+
+
+def _container_args(kind: str, name: str) -> list[str]:
+    return _one(kind, name)["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def thanos_receive_problems(args: list[str], tenant_header: str) -> list[str]:
+    flags = dict(arg.split("=", 1) for arg in args if arg.startswith("--") and "=" in arg)
+    problems = []
+    if flags.get("--receive.tenant-header") != tenant_header:
+        problems.append(f"tenant header is not {tenant_header}")
+    if flags.get("--receive.tenant-label-name") != "tenant_id":
+        problems.append("tenant label is not tenant_id")
+    default = flags.get("--receive.default-tenant-id", "default-tenant")
+    try:
+        uuid.UUID(default)
+        problems.append("the default tenant could be an account id (a UUID)")
+    except ValueError:
+        pass
+    if default == "default-tenant":
+        problems.append("no explicit --receive.default-tenant-id")
+    if any(arg.startswith("--receive.split-tenant-label-name") for arg in args):
+        problems.append("split-tenant label: senders would choose their tenant")
+    return problems
+
+
+def test_thanos_receive_tenancy() -> None:
+    header = _one("ConfigMap", "cloudtuner-settings")["data"]["TSDB_TENANT_HEADER"]
+    args = _container_args("StatefulSet", "thanos-receive")
+    assert thanos_receive_problems(args, header) == []
+    assert thanos_receive_problems([*args, "--receive.split-tenant-label-name=tenant_id"], header)
+    assert thanos_receive_problems(
+        [a for a in args if not a.startswith("--receive.default-tenant-id")]
+        + [f"--receive.default-tenant-id={uuid.uuid4()}"], header)
+
+
+def test_thanos_query_reads_receive() -> None:
+    args = _container_args("Deployment", "thanos-query")
+    endpoints = [a.split("=", 1)[1] for a in args if a.startswith(("--endpoint=", "--store="))]
+    assert endpoints == ["dnssrv+_grpc._tcp.thanos-receive-headless.cloudtuner.svc.cluster.local"]
+    headless = _one("Service", "thanos-receive-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert any(p["name"] == "grpc" and p["port"] == 10901 for p in headless["spec"]["ports"])
+    assert "--query.replica-label=replica" in args
+
+
+def remote_write_senders(policy: dict[str, Any]) -> list[dict[str, str]]:
+    """Pod label selectors allowed to reach Receive's remote-write port 19291."""
+    return [peer.get("podSelector", {}).get("matchLabels", {}) for rule in policy["spec"]["ingress"]
+            if any(p["port"] == 19291 for p in rule.get("ports", [])) for peer in rule.get("from", [])]
+
+
+def test_receive_writable_only_from_the_serve_pods() -> None:
+    senders = remote_write_senders(_one("NetworkPolicy", "thanos-receive"))
+    assert senders == [{"cloudtuner.io/remote-write-sender": "true"}]
+
+    def labelled(doc: dict[str, Any]) -> list[bool]:
+        return [all(t["metadata"]["labels"].get(k) == v for k, v in senders[0].items()) for t in _pod_templates(doc)]
+
+    assert all(labelled(_one("RayService", "cloudtuner")))
+    assert not any(labelled(_one("RayCluster", "cloudtuner-jobs")))
+    open_policy = _one("NetworkPolicy", "thanos-receive")
+    open_policy["spec"]["ingress"][0]["from"] = [{}]
+    assert remote_write_senders(open_policy) != senders
+
+
+def test_jobs_cluster_autoscaler_and_tenant_slots() -> None:
+    jobs = _one("RayCluster", "cloudtuner-jobs")["spec"]
+    assert jobs["enableInTreeAutoscaling"] is True
+    groups = {g["groupName"]: g for g in jobs["workerGroupSpecs"]}
+    resources = json.loads(json.loads(groups["tenants"]["rayStartParams"]["resources"]))
+    assert resources == {"tenant_slots": 200}
+    assert _one("RayService", "cloudtuner")["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+    for kind, name in (("RayJob", "backfill"), ("RayJob", "tenant-supervisor")):
+        assert _one(kind, name)["spec"]["clusterSelector"] == {"ray.io/cluster": "cloudtuner-jobs"}
+    cron = _one("RayCronJob", "rightsizing")["spec"]
+    assert cron["jobTemplate"]["clusterSelector"] == {"ray.io/cluster": "cloudtuner-jobs"}
+    assert cron["jobTemplate"]["entrypoint"] == "python -m jobs.rightsizing"
+    assert _one("RayJob", "backfill")["spec"]["entrypoint"].startswith("python -m jobs.backfill --cloud-account-id ")
+
+
+# --- serveConfigV2 == serve_config.yaml ---------------------------------------------------
+
+
+def _serve_config_v2() -> dict[str, Any]:
+    return yaml.safe_load(_one("RayService", "cloudtuner")["spec"]["serveConfigV2"])
+
+
+def serve_config_mismatches(local: dict[str, Any], kuberay: dict[str, Any]) -> list[str]:
+    """Where the RayService's applications differ from serve_config.yaml's."""
+
+    def shape(config: dict[str, Any]) -> dict[str, Any]:
+        return {
+            app["name"]: {
+                "route_prefix": app.get("route_prefix"),
+                "import_path": app["import_path"],
+                "deployments": {d["name"]: d.get("max_ongoing_requests") for d in app.get("deployments", [])},
+            }
+            for app in config["applications"]
+        }
+
+    problems = []
+    a, b = shape(local), shape(kuberay)
+    for name in a.keys() | b.keys():
+        if a.get(name) != b.get(name):
+            problems.append(f"application {name}: serve_config.yaml {a.get(name)} != serveConfigV2 {b.get(name)}")
+    if [app["name"] for app in local["applications"]] != [app["name"] for app in kuberay["applications"]]:
+        problems.append("applications in another order")
+    for key in ("proxy_location", "logging_config"):
+        if local.get(key) != kuberay.get(key):
+            problems.append(f"{key} differs")
+    return problems
+
+
+def test_serve_config_v2_matches_serve_config() -> None:
+    local = yaml.safe_load((CONFIG / "serve_config.yaml").read_text())
+    kuberay = _serve_config_v2()
+    assert serve_config_mismatches(local, kuberay) == []
+
+    renamed = copy.deepcopy(kuberay)
+    renamed["applications"][1]["deployments"][0]["name"] = "Metroculus2"
+    assert serve_config_mismatches(local, renamed)
+    moved = copy.deepcopy(kuberay)
+    moved["applications"][0]["route_prefix"] = "/write"
+    assert serve_config_mismatches(local, moved)
+    missing = copy.deepcopy(kuberay)
+    missing["applications"].pop()
+    assert serve_config_mismatches(local, missing)
+
+
+def serve_schema_problems(config: dict[str, Any]) -> list[str]:
+    """What Ray Serve's own schemas refuse in a serve config. ServeDeploySchema lets unknown
+    deployment fields through, so deployments and their autoscaling_config are checked
+    field by field too."""
+    from ray.serve.config import AutoscalingConfig  # the schemas only: no Ray started
+    from ray.serve.schema import DeploymentSchema, ServeDeploySchema
+
+    problems = []
+    try:
+        ServeDeploySchema.model_validate(config)
+    except Exception as error:  # pydantic.ValidationError
+        problems.append(str(error))
+    for app in config.get("applications", []):
+        for deployment in app.get("deployments", []):
+            where = f"{app.get('name')}/{deployment.get('name')}"
+            problems += [f"{where}: unknown field {key}" for key in deployment.keys() - DeploymentSchema.model_fields.keys()]
+            autoscaling = deployment.get("autoscaling_config") or {}
+            problems += [f"{where}: unknown autoscaling field {key}"
+                         for key in autoscaling.keys() - AutoscalingConfig.model_fields.keys()]
+            try:
+                AutoscalingConfig(**autoscaling)
+            except Exception as error:
+                problems.append(f"{where}: {error}")
+    return problems
+
+
+def test_serve_config_v2_is_a_valid_serve_config_with_autoscaling() -> None:
+    config = _serve_config_v2()
+    assert serve_schema_problems(config) == []
+    assert config["http_options"]["host"] == "0.0.0.0"
+    max_replicas = {}
+    for app in config["applications"]:
+        for deployment in app["deployments"]:
+            autoscaling = deployment["autoscaling_config"]
+            assert deployment.get("num_replicas", "auto") == "auto"
+            assert 1 <= autoscaling["min_replicas"] <= autoscaling["max_replicas"]
+            assert autoscaling["target_ongoing_requests"] <= deployment["max_ongoing_requests"]
+            max_replicas[deployment["name"]] = autoscaling["max_replicas"]
+    assert max(max_replicas, key=max_replicas.get) == "RemoteWriteIngress"  # sized for throughput
+
+    def broken(change: Any) -> dict[str, Any]:
+        copied = copy.deepcopy(config)
+        change(copied["applications"][0]["deployments"][0])
+        return copied
+
+    assert serve_schema_problems(broken(lambda d: d["autoscaling_config"].update(min_replicas=30)))
+    assert serve_schema_problems(broken(lambda d: d["autoscaling_config"].update(target_ongoing_request=8)))
+    assert serve_schema_problems(broken(lambda d: d.update(num_replicas=3)))
+    assert serve_schema_problems(broken(lambda d: d.update(max_ongoing_request=3)))
+
+
+# --- alert rules --------------------------------------------------------------------------
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_promtool_check_rules(tmp_path: Path) -> None:
+    ok = _promtool("check", "rules", str(RULES))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    broken = tmp_path / "broken.rules.yaml"
+    broken.write_text(RULES.read_text().replace("> 0.05", "> > 0.05", 1))
+    assert _promtool("check", "rules", str(broken)).returncode != 0
+
+
+def test_promtool_rule_unit_tests(tmp_path: Path) -> None:
+    """Each alert fires on Ray-shaped series (cloudtuner.rules.test.yaml)."""
+    ok = _promtool("test", "rules", str(RULES_TEST))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    # The same tests against rules that name a counter without Ray's _total: they fail.
+    (tmp_path / "cloudtuner.rules.yaml").write_text(
+        RULES.read_text().replace("ray_cloudtuner_ledger_failing", "cloudtuner_ledger_failing"))
+    (tmp_path / "cloudtuner.rules.test.yaml").write_text(RULES_TEST.read_text())
+    assert _promtool("test", "rules", str(tmp_path / "cloudtuner.rules.test.yaml")).returncode != 0
+
+
+def exported_metric_names() -> set[str]:
+    """What Prometheus scrapes for every ray.util.metrics the code defines."""
+    suffixes = {"Counter": ["_total"], "Gauge": [""], "Histogram": ["_bucket", "_count", "_sum"]}
+    names = set()
+    for path in [ROOT / "actors" / "metrics.py", *sorted((ROOT / "serve_apps").glob("*/metrics.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in suffixes and node.args and isinstance(node.args[0], ast.Constant)):
+                names |= {f"ray_{node.args[0].value}{s}" for s in suffixes[node.func.attr]}
+    return names
+
+
+def unknown_metrics(rules_text: str) -> set[str]:
+    return set(re.findall(r"\b(?:ray_)?cloudtuner_\w+", rules_text)) - exported_metric_names()
+
+
+def test_rules_use_the_metric_names_ray_exports() -> None:
+    exported = exported_metric_names()
+    assert {"ray_cloudtuner_ingress_requests_total", "ray_cloudtuner_ledger_lag_seconds",
+            "ray_cloudtuner_ingress_forward_seconds_count"} <= exported
+    rules = yaml.safe_load(RULES.read_text())
+    exprs = "\n".join(rule["expr"] for group in rules["groups"] for rule in group["rules"])
+    assert unknown_metrics(exprs) == set()
+    assert unknown_metrics("rate(ray_cloudtuner_ingress_requests[5m])") == {"ray_cloudtuner_ingress_requests"}
+    assert unknown_metrics("cloudtuner_ledger_failing == 1") == {"cloudtuner_ledger_failing"}
+
+
+# --- the image ----------------------------------------------------------------------------
+
+
+def dockerfile_problems(text: str) -> list[str]:
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    problems = []
+    if not lines or lines[0] != "FROM python:3.11-slim":
+        problems.append("base is not python:3.11-slim")
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    if not users or not users[-1].isdigit() or users[-1] == "0":
+        problems.append("does not end as a numeric non-root USER")
+    body = " ".join(lines)
+    for needle in ("pip install .", "npm ci", "apt-get install", "nodejs", "npm"):
+        if needle not in body:
+            problems.append(f"missing {needle!r}")
+    return problems
+
+
+def test_dockerfile() -> None:
+    text = (CONFIG / "Dockerfile").read_text()
+    assert dockerfile_problems(text) == []
+    assert dockerfile_problems(text.replace("USER 10001", "USER root"))
+    assert dockerfile_problems(text.replace("npm ci", "npm install"))
