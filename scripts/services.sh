@@ -155,6 +155,11 @@ tsdb_start() {
 # The SaaS TSDB: it scrapes nothing, it only receives remote writes.
 global:
   evaluation_interval: 1m
+# Writes older than the newest sample are accepted for a month: replayed history (the demo,
+# backfills) ends at "now", and a sender retrying after an outage sends older samples.
+storage:
+  tsdb:
+    out_of_order_time_window: 30d
 YML
     spawn tsdb prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
         --web.listen-address="127.0.0.1:$TSDB_PORT" --web.enable-remote-write-receiver \
