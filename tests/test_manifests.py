@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import gzip
 import json
 import re
 import shutil
@@ -32,7 +33,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "cluster_config"
-CRD_DIR = ROOT.parent / "shared" / "fixtures" / "kuberay"
+# The KubeRay operator's CRDs, verbatim and gzipped (see SOURCES.md there).
+CRD_DIR = ROOT / "tests" / "fixtures" / "kuberay"
 RULES = CONFIG / "alerts" / "cloudtuner.rules.yaml"
 RULES_TEST = CONFIG / "alerts" / "cloudtuner.rules.test.yaml"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -110,9 +112,9 @@ def test_every_yaml_under_cluster_config_is_checked() -> None:
 def _crds() -> dict[str, dict[str, Any]]:
     assert CRD_DIR.is_dir(), f"KubeRay CRD fixtures missing: {CRD_DIR}"
     crds = {}
-    for path in sorted(CRD_DIR.glob("ray.io_*.yaml")):
-        # The C loader if PyYAML has it: the four CRDs are ~1 MB of YAML.
-        crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    for path in sorted(CRD_DIR.glob("ray.io_*.yaml.gz")):
+        # The C loader if PyYAML has it: the four CRDs are ~1 MB of YAML each.
+        crd = yaml.load(gzip.decompress(path.read_bytes()), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         crds[crd["spec"]["names"]["kind"]] = crd
     assert {"RayService", "RayCluster", "RayJob", "RayCronJob"} <= crds.keys()
     return crds
