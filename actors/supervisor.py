@@ -29,6 +29,20 @@ def tenant_actor_name(account_id: str) -> str:
     return f"tenant-{account_id}"
 
 
+def tenant_actor(account_id: str, organization_id: str, config: TenantConfig) -> Any:
+    """The tenant's actor: the running one, or a new one (the supervisor's, or a backfill's before it)."""
+    slot = config.ledger.actor_slot_resource
+    return TenantActor.options(
+        name=tenant_actor_name(account_id),
+        namespace=config.ledger.ray_namespace,
+        lifetime="detached",
+        get_if_exists=True,  # after a supervisor restart: adopt the running actor
+        # Reserved resources are what Ray's autoscaler sees: a new tenant can add a node.
+        memory=config.ledger.actor_memory_mb * 1024 * 1024,
+        resources={slot: 1} if slot else None,
+    ).remote(account_id, organization_id, config)
+
+
 @ray.remote(num_cpus=0, max_restarts=-1)
 class TenantSupervisor:
     def __init__(self, config: TenantConfig) -> None:
@@ -57,13 +71,7 @@ class TenantSupervisor:
             self.report.pop(account_id, None)
             log.info("tenant %s: account deleted, actor stopped", account_id)
         for account_id in accounts.keys() - self.actors.keys():
-            self.actors[account_id] = TenantActor.options(
-                name=tenant_actor_name(account_id),
-                namespace=self.settings.ray_namespace,
-                lifetime="detached",
-                get_if_exists=True,  # after a supervisor restart: adopt the running actor
-                memory=self.settings.actor_memory_mb * 1024 * 1024,
-            ).remote(account_id, accounts[account_id].organization_id, self.config)
+            self.actors[account_id] = tenant_actor(account_id, accounts[account_id].organization_id, self.config)
         await asyncio.gather(*(self._check(account_id, actor) for account_id, actor in self.actors.items()))
         metrics.TENANTS.set(len(self.actors))
         self.last_error = None

@@ -18,7 +18,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,6 +49,22 @@ def _release_memory() -> None:
     trim = getattr(_LIBC, "malloc_trim", None)  # glibc only
     if trim is not None:
         trim(0)
+
+
+async def query_daily_costs(
+    metroculus: MetroculusClient, account_id: str, days: Sequence[datetime], settings: LedgerSettings
+) -> ledger.DailyCosts:
+    """The costs per resource-day of ``days`` as the TSDB has them now (a cycle's, or a backfill task's, read)."""
+    # A day per query: the TSDB bounds the samples one query may touch (Prometheus'
+    # --query.max-samples, 50 M), and 20,000 pods over two days at 60 s go past it.
+    answers = await asyncio.gather(*(
+        metroculus.kubecost_metrics(
+            account_id, ledger.LEDGER_METRICS, int(day.timestamp()), int(day.timestamp()) + ledger.DAY,
+            step=ledger.DAY, lag=settings.rate_lag_seconds,
+        )
+        for day in days
+    ))
+    return ledger.daily_costs(account_id, answers, days)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,9 +134,20 @@ class TenantActor:
     async def cycle(self, days: Sequence[datetime] | None = None) -> CycleReport:
         """Bring the ledger of ``days`` (default: the open days) in line with the TSDB."""
         days = sorted(days or ledger.open_days(time.time(), self.settings.open_days))
+        return await self._locked(self._cycle(days))
+
+    async def write(self, days: Sequence[datetime], daily: ledger.DailyCosts) -> CycleReport:
+        """Bring the ledger of ``days`` in line with ``daily``, costs a backfill task read from the TSDB.
+
+        The same write as a cycle's, under the same lock: a backfill and the live cycle
+        never write this tenant's ledger at once.
+        """
+        return await self._locked(self._write(sorted(days), daily, query_seconds=0.0))
+
+    async def _locked(self, work: Awaitable[CycleReport]) -> CycleReport:
         async with self.lock:
             try:
-                report = await self._cycle(days)
+                report = await work
             except Exception as exc:
                 # Whatever was written is read back before the next write.
                 self.loaded_days.clear()
@@ -137,26 +164,19 @@ class TenantActor:
             return report
 
     async def _cycle(self, days: list[datetime]) -> CycleReport:
+        started = time.perf_counter()
+        daily = await query_daily_costs(self.metroculus, self.account_id, days, self.settings)
+        self._maybe_crash("after_query")
+        return await self._write(days, daily, query_seconds=time.perf_counter() - started)
+
+    async def _write(self, days: list[datetime], daily: ledger.DailyCosts, query_seconds: float) -> CycleReport:
         if not self.migrated:
             # Idempotent: whichever actor starts first creates the table and the indexes.
             await self.expenses.migrate()
             await self.resources.ensure_indexes()
             self.migrated = True
         started = time.perf_counter()
-        # A day per query: the TSDB bounds the samples one query may touch (Prometheus'
-        # --query.max-samples, 50 M), and 20,000 pods over two days at 60 s go past it.
-        answers = await asyncio.gather(*(
-            self.metroculus.kubecost_metrics(
-                self.account_id, ledger.LEDGER_METRICS, int(day.timestamp()), int(day.timestamp()) + ledger.DAY,
-                step=ledger.DAY, lag=self.settings.rate_lag_seconds,
-            )
-            for day in days
-        ))
-        self._maybe_crash("after_query")
-        queried = time.perf_counter()
-
         reload_seconds = await self._load(days)
-        daily = ledger.daily_costs(self.account_id, answers, days)
         rows, changed = ledger.corrections(self.account_id, self.written, daily)
         computed = time.perf_counter()
 
@@ -194,8 +214,8 @@ class TenantActor:
             days=[day.date().isoformat() for day in days],
             rows_written=len(rows),
             resources_upserted=sum(len(r) for r in touched.values()),
-            query_seconds=queried - started,
-            compute_seconds=computed - queried - reload_seconds,
+            query_seconds=query_seconds,
+            compute_seconds=computed - started - reload_seconds,
             mongodb_seconds=upserted - computed,
             clickhouse_seconds=inserted - upserted + reload_seconds,
             rebuilt=reload_seconds > 0,

@@ -190,6 +190,12 @@ class LedgerSettings:
     actor_memory_mb: int = setting(
         "TENANT_ACTOR_MEMORY_MB", 64, "Memory each tenant actor reserves, so Ray's autoscaler sees tenants."
     )
+    actor_slot_resource: str = setting(
+        "TENANT_ACTOR_SLOT_RESOURCE",
+        "",
+        "Custom Ray resource each tenant actor takes one unit of (`tenant_slots` on KubeRay, which only the "
+        "tenants group offers); empty: none.",
+    )
     reconcile_seconds: float = setting(
         "SUPERVISOR_RECONCILE_SECONDS", 15.0, "Seconds between two reconciliations of actors with accounts."
     )

@@ -28,6 +28,11 @@ DEFAULT_SERVICES=(clickhouse mongodb tsdb)
 
 log() { echo "services: $*" >&2; }
 mkdir -p "$RUN" "$LOGS"
+# One invocation at a time (test sessions, the demo and an operator may overlap): two
+# concurrent starts would both launch a server, and the loser's pid would hide the winner
+# from `stop`. Servers are started without this descriptor, so they never hold the lock.
+exec 9>"$RUN/services.lock"
+flock 9
 
 pid_alive() { local f="$RUN/$1.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
 tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -45,9 +50,19 @@ wait_until() {  # NAME SECONDS COMMAND...
     done
 }
 
+# Daemons must not inherit the caller's descriptors: a lock the caller holds (flock(1),
+# our own services.lock) would be held for the daemon's whole life.
+close_inherited_fds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+    done
+}
+
 spawn() {  # NAME COMMAND... : runs in the background, pid to $RUN/NAME.pid
     local name=$1; shift
-    setsid nohup "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+    (close_inherited_fds; exec setsid nohup "$@" >>"$LOGS/$name.log" 2>&1 </dev/null) &
     echo $! >"$RUN/$name.pid"
 }
 
@@ -74,7 +89,7 @@ ensure_installed() {
 # --- ClickHouse ---------------------------------------------------------------------
 clickhouse_ready() { curl -sf "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/ping"; }
 clickhouse_start() {
-    if pid_alive clickhouse && clickhouse_ready >/dev/null; then return; fi
+    if pid_alive clickhouse; then wait_until clickhouse 600 clickhouse_ready; return; fi  # still starting: wait (see tsdb_start)
     local dir=$DATA/clickhouse
     mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas"
     cat >"$dir/config.xml" <<XML
@@ -148,7 +163,9 @@ mongodb_status() {
 # --- TSDB (Prometheus with the remote-write receiver) ---------------------------------
 tsdb_ready() { curl -sf "http://127.0.0.1:$TSDB_PORT/-/ready"; }
 tsdb_start() {
-    if pid_alive tsdb && tsdb_ready >/dev/null; then return; fi
+    # Alive but not ready yet is a server still starting (a large WAL to replay): wait for
+    # it, never start a second one over the same data.
+    if pid_alive tsdb; then wait_until tsdb 600 tsdb_ready; return; fi
     local dir=$DATA/tsdb
     mkdir -p "$dir/data"
     cat >"$dir/prometheus.yml" <<YML
@@ -164,7 +181,7 @@ YML
     spawn tsdb prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
         --web.listen-address="127.0.0.1:$TSDB_PORT" --web.enable-remote-write-receiver \
         --web.enable-admin-api --storage.tsdb.retention.time=400d --log.level=warn
-    wait_until tsdb 60 tsdb_ready
+    wait_until tsdb 600 tsdb_ready
     log "tsdb (prometheus) ready on 127.0.0.1:$TSDB_PORT"
 }
 tsdb_stop() { stop_pid tsdb; }
@@ -184,6 +201,9 @@ ray_start() {
     # Serve's throughput mode (user code on the replica's own loop, gRPC from proxy to
     # replica, buffered request logs) cuts the ingress's CPU per sample by a fifth; direct
     # ingress stays off, since several applications share the proxy's port.
+    # The venv first on PATH: `ray job submit -- python -m jobs...` entrypoints and the
+    # workers then run the project's Python, as they run the image's on KubeRay.
+    (close_inherited_fds; exec env PATH="$ROOT/.venv/bin:$PATH" \
     RAY_metrics_report_interval_ms=${RAY_metrics_report_interval_ms:-2000} \
     RAY_SERVE_THROUGHPUT_OPTIMIZED=${RAY_SERVE_THROUGHPUT_OPTIMIZED:-1} \
     RAY_SERVE_ENABLE_DIRECT_INGRESS=${RAY_SERVE_ENABLE_DIRECT_INGRESS:-0} \
@@ -193,7 +213,7 @@ ray_start() {
         --object-manager-port=25002 --dashboard-agent-listen-port=25003 \
         --dashboard-agent-grpc-port=25004 --runtime-env-agent-port=25005 \
         --ray-client-server-port=25006 --metrics-export-port="$RAY_METRICS_PORT" \
-        >>"$LOGS/ray.log" 2>&1
+        >>"$LOGS/ray.log" 2>&1)
     wait_until ray 60 ray_ready
     log "ray ready: 127.0.0.1:$RAY_GCS_PORT, dashboard http://127.0.0.1:$RAY_DASHBOARD_PORT"
 }

@@ -1,0 +1,237 @@
+"""Backfill: recompute tenants' expenses over a range of UTC days from the TSDB.
+
+    ray job submit --working-dir . -- python -m jobs.backfill \\
+        --cloud-account-id ID [--cloud-account-id ID ...] --start 2026-10-01 --end 2026-11-01
+    ray job submit --working-dir . -- python -m jobs.backfill --organization-id ORG --start ... --end ...
+
+Every (account, day) is a Ray task that reads the day's costs through Metroculus, in
+parallel; the tenant's actor, the single writer of that tenant's ledger, writes them, so
+a backfill never races the live cycle. The actor writes only what differs from its ledger:
+rerunning changes nothing. Done days are checkpointed in MongoDB (``backfill_runs``): an
+interrupted run, started again with the same arguments, resumes where it stopped.
+Progress (days done/total, rows, ETA) goes to the job log, which the Ray dashboard shows.
+Exit status: 0 all days written, 1 some days failed (rerun to resume), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import ray
+
+from actors.supervisor import tenant_actor
+from actors.tenant import TenantConfig, query_daily_costs
+from k8scost.metroculus_client import MetroculusClient
+from k8scost.stores.accounts import Account, AccountStore
+from k8scost.stores.backfills import BackfillStore, run_id, task_key
+from k8scost.stores.mongo import connect
+
+log = logging.getLogger("jobs.backfill")
+
+MAX_DAYS = 400  # a bound on typos (a year in the end date), above any TSDB's usual retention
+
+
+class BackfillError(Exception):
+    """The backfill cannot start as asked; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DayReport:
+    """What one task did for one account's day."""
+
+    account_id: str
+    day: str
+    rows_written: int
+    resources_upserted: int
+    query_seconds: float
+    write_seconds: float
+
+
+@ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=True)
+def backfill_day(actor: Any, account_id: str, day: datetime, config: TenantConfig) -> DayReport:
+    """Read ``day``'s costs of ``account_id`` from the TSDB and have its actor write them.
+
+    A fraction of a CPU: the task waits on the TSDB and the actor far more than it computes.
+    Retried on errors (a TSDB or store outage); the actor's write is idempotent.
+    """
+
+    async def run() -> DayReport:
+        async with MetroculusClient(config.ledger.metroculus_url, config.cluster_secret) as metroculus:
+            started = time.perf_counter()
+            daily = await query_daily_costs(metroculus, account_id, [day], config.ledger)
+            queried = time.perf_counter()
+            report = await actor.write.remote([day], daily)
+            return DayReport(account_id, day.date().isoformat(), report.rows_written, report.resources_upserted,
+                             queried - started, time.perf_counter() - queried)
+
+    return asyncio.run(run())
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jobs.backfill", description=__doc__.splitlines()[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cloud-account-id", action="append", metavar="ID", help="an account to backfill (repeatable)")
+    which.add_argument("--organization-id", metavar="ID", help="backfill every Kubernetes account of the organization")
+    parser.add_argument("--start", required=True, type=_day, help="first UTC day, YYYY-MM-DD (included)")
+    parser.add_argument("--end", required=True, type=_day, help="UTC day after the last, YYYY-MM-DD (excluded)")
+    parser.add_argument("--parallel", type=_positive, default=8, help="days read at once (default 8)")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "auto"),
+                        help="Ray cluster (default: $RAY_ADDRESS, as `ray job submit` sets it, else auto)")
+    args = parser.parse_args(argv)
+    if args.start >= args.end:
+        parser.error(f"--start {args.start} must be before --end {args.end}")
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    if args.end > tomorrow:
+        parser.error(f"--end {args.end} is after tomorrow ({tomorrow}): days that have not begun have no costs")
+    if (args.end - args.start).days > MAX_DAYS:
+        parser.error(f"--start to --end spans {(args.end - args.start).days} days, over the limit of {MAX_DAYS}")
+    return args
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day in the form YYYY-MM-DD") from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+async def resolve_accounts(store: AccountStore, account_ids: list[str] | None, organization_id: str | None) -> list[Account]:
+    """The live Kubernetes accounts asked for; BackfillError naming any that is not one."""
+    if organization_id is not None:
+        accounts = await store.list(organization_id)
+        if not accounts:
+            raise BackfillError(f"organization {organization_id!r} has no live Kubernetes cloud account")
+        return accounts
+    accounts = []
+    for account_id in dict.fromkeys(account_ids or []):
+        account = await store.get(account_id)
+        if account is None:
+            raise BackfillError(f"cloud account {account_id!r} does not exist or was deleted")
+        accounts.append(account)
+    return accounts
+
+
+class Progress:
+    """Days done out of the total, rows written, and an ETA from this run's pace."""
+
+    def __init__(self, total: int, already_done: int) -> None:
+        self.total = total
+        self.done = already_done
+        self.resumed_from = already_done
+        self.rows = 0
+        self.query_seconds = 0.0
+        self.write_seconds = 0.0
+        self.started = time.perf_counter()
+
+    def add(self, report: DayReport) -> None:
+        self.done += 1
+        self.rows += report.rows_written
+        self.query_seconds += report.query_seconds
+        self.write_seconds += report.write_seconds
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        ran = self.done - self.resumed_from
+        eta = elapsed / ran * (self.total - self.done) if ran else float("nan")
+        return (f"backfill: {self.done}/{self.total} days ({100 * self.done / self.total:.0f} %), "
+                f"{self.rows} rows written, {elapsed:.1f} s elapsed, ETA {eta:.0f} s")
+
+
+async def backfill(accounts: list[Account], start: date, end: date, parallel: int, config: TenantConfig) -> dict[str, Any]:
+    """Write every day of [start, end) of ``accounts``; the run's summary."""
+    store = BackfillStore(connect(config.stores))
+    run = run_id((a.id for a in accounts), start, end)
+    done = await store.begin(run, [a.id for a in accounts], start, end)
+    days = [datetime.combine(start + timedelta(days=n), datetime.min.time(), UTC) for n in range((end - start).days)]
+    work = [(a, day) for day in days for a in accounts if task_key(a.id, day.date()) not in done]
+    progress = Progress(len(days) * len(accounts), len(days) * len(accounts) - len(work))
+    if done:
+        log.info("backfill %s: resuming, %d of %d days already done", run, progress.done, progress.total)
+    actors = {a.id: tenant_actor(a.id, a.organization_id, config) for a in accounts}
+    failed: list[str] = []
+    in_flight: dict[asyncio.Future[DayReport], tuple[Account, datetime]] = {}
+    while work or in_flight:
+        while work and len(in_flight) < parallel:
+            account, day = work.pop(0)
+            ref = backfill_day.options(name=f"backfill {account.id} {day.date()}").remote(
+                actors[account.id], account.id, day, config
+            )
+            in_flight[asyncio.ensure_future(_result(ref))] = (account, day)
+        finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        for future in finished:
+            account, day = in_flight.pop(future)
+            try:
+                report = future.result()
+            except Exception as exc:  # retried by Ray already; left for the next run
+                failed.append(task_key(account.id, day.date()))
+                log.error("backfill: %s %s failed: %s", account.id, day.date(), exc)
+                continue
+            await store.mark_done(run, task_key(account.id, day.date()))
+            progress.add(report)
+            log.info("%s", progress.line())
+    if not failed:
+        await store.finish(run)
+    return {
+        "run": run,
+        "accounts": [a.id for a in accounts],
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "days": progress.total,
+        "resumed_with_done": progress.resumed_from,
+        "written_days": progress.done - progress.resumed_from,
+        "failed": failed,
+        "rows_written": progress.rows,
+        "seconds": round(time.perf_counter() - progress.started, 3),
+        "query_seconds": round(progress.query_seconds, 3),  # summed over tasks, which overlap
+        "write_seconds": round(progress.write_seconds, 3),
+    }
+
+
+async def _result(ref: Any) -> DayReport:
+    return await ref
+
+
+async def main_async(args: argparse.Namespace, config: TenantConfig) -> dict[str, Any]:
+    accounts = await resolve_accounts(AccountStore(connect(config.stores)), args.cloud_account_id, args.organization_id)
+    return await backfill(accounts, args.start, args.end, args.parallel, config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    config = TenantConfig.from_env()
+    try:
+        ray.init(address=args.address, namespace=config.ledger.ray_namespace, logging_level="warning")
+    except ConnectionError as exc:
+        print(f"error: no Ray cluster at {args.address}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary = asyncio.run(main_async(args, config))
+    except BackfillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    if summary["failed"]:
+        print(f"error: {len(summary['failed'])} days failed; run the same command again to resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
