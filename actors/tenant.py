@@ -18,12 +18,13 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import ray
 
+from actors import metrics
 from k8scost import ledger
 from k8scost.metroculus_client import MetroculusClient
 from k8scost.settings import LedgerSettings, MetroculusSettings, StoreSettings, from_env
@@ -136,13 +137,19 @@ class TenantActor:
         days = sorted(days or ledger.open_days(time.time(), self.settings.open_days))
         return await self._locked(self._cycle(days))
 
-    async def write(self, days: Sequence[datetime], daily: ledger.DailyCosts) -> CycleReport:
+    async def write(
+        self, days: Sequence[datetime], daily: ledger.DailyCosts,
+        seen: Mapping[str, tuple[datetime, datetime]] | None = None,
+    ) -> CycleReport:
         """Bring the ledger of ``days`` in line with ``daily``, costs a backfill task read from the TSDB.
 
         The same write as a cycle's, under the same lock: a backfill and the live cycle
-        never write this tenant's ledger at once.
+        never write this tenant's ledger at once. ``seen``: per resource id, the first and
+        last day it has cost in the whole backfill, so its document is written once for
+        the range, not once more for each day that extends it (an update per resource per
+        day is minutes on FerretDB).
         """
-        return await self._locked(self._write(sorted(days), daily, query_seconds=0.0))
+        return await self._locked(self._write(sorted(days), daily, query_seconds=0.0, seen=seen or {}))
 
     async def _locked(self, work: Awaitable[CycleReport]) -> CycleReport:
         async with self.lock:
@@ -152,6 +159,7 @@ class TenantActor:
                 # Whatever was written is read back before the next write.
                 self.loaded_days.clear()
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                metrics.CYCLE_FAILURES.inc(tags={"tenant": self.account_id, "error": type(exc).__name__})
                 log.warning("tenant %s: cycle failed: %s", self.account_id, self.last_error)
                 raise
             finally:
@@ -169,7 +177,10 @@ class TenantActor:
         self._maybe_crash("after_query")
         return await self._write(days, daily, query_seconds=time.perf_counter() - started)
 
-    async def _write(self, days: list[datetime], daily: ledger.DailyCosts, query_seconds: float) -> CycleReport:
+    async def _write(
+        self, days: list[datetime], daily: ledger.DailyCosts, query_seconds: float,
+        seen: Mapping[str, tuple[datetime, datetime]] | None = None,
+    ) -> CycleReport:
         if not self.migrated:
             # Idempotent: whichever actor starts first creates the table and the indexes.
             await self.expenses.migrate()
@@ -189,6 +200,8 @@ class TenantActor:
         touched: dict[tuple[datetime, datetime], dict[str, Resource]] = {}
         for rid, days_seen in seen_days.items():
             resource, first, last = daily.resources[rid], min(days_seen), max(days_seen)
+            if seen and rid in seen:
+                first, last = min(first, seen[rid][0]), max(last, seen[rid][1])
             known = self.upserted.get(rid)
             if known is not None and known[0] == resource and known[1] <= first and last <= known[2]:
                 continue

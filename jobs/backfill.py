@@ -5,11 +5,14 @@
     ray job submit --working-dir . -- python -m jobs.backfill --organization-id ORG --start ... --end ...
 
 Every (account, day) is a Ray task that reads the day's costs through Metroculus, in
-parallel; the tenant's actor, the single writer of that tenant's ledger, writes them, so
-a backfill never races the live cycle. The actor writes only what differs from its ledger:
-rerunning changes nothing. Done days are checkpointed in MongoDB (``backfill_runs``): an
-interrupted run, started again with the same arguments, resumes where it stopped.
-Progress (days done/total, rows, ETA) goes to the job log, which the Ray dashboard shows.
+parallel. Then the tenant's actor, the single writer of that tenant's ledger, writes the
+days one by one, so a backfill never races the live cycle; it is told each resource's
+first and last day in the range, so each resource document is written once, not once per
+day. The actor writes only what differs from its ledger: rerunning changes nothing. Each
+written day is checkpointed in MongoDB (``backfill_runs``): an interrupted run, started
+again with the same arguments, resumes with the days not written yet. Progress (days
+read and written out of the total, rows, ETA) goes to the job log, which the Ray
+dashboard shows.
 Exit status: 0 all days written, 1 some days failed (rerun to resume), 2 bad arguments.
 """
 
@@ -31,6 +34,7 @@ import ray
 
 from actors.supervisor import tenant_actor
 from actors.tenant import TenantConfig, query_daily_costs
+from k8scost import ledger
 from k8scost.metroculus_client import MetroculusClient
 from k8scost.stores.accounts import Account, AccountStore
 from k8scost.stores.backfills import BackfillStore, run_id, task_key
@@ -46,33 +50,28 @@ class BackfillError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class DayReport:
-    """What one task did for one account's day."""
+class DayRead:
+    """One account's day as the TSDB has it, and how long reading it took."""
 
     account_id: str
-    day: str
-    rows_written: int
-    resources_upserted: int
-    query_seconds: float
-    write_seconds: float
+    day: datetime
+    daily: ledger.DailyCosts
+    seconds: float
 
 
 @ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=True)
-def backfill_day(actor: Any, account_id: str, day: datetime, config: TenantConfig) -> DayReport:
-    """Read ``day``'s costs of ``account_id`` from the TSDB and have its actor write them.
+def read_day(account_id: str, day: datetime, config: TenantConfig) -> DayRead:
+    """``day``'s costs of ``account_id`` per resource, read through Metroculus.
 
-    A fraction of a CPU: the task waits on the TSDB and the actor far more than it computes.
-    Retried on errors (a TSDB or store outage); the actor's write is idempotent.
+    A fraction of a CPU: the task waits on the TSDB far more than it computes. Retried on
+    errors (a TSDB outage); reading changes nothing.
     """
 
-    async def run() -> DayReport:
+    async def run() -> DayRead:
         async with MetroculusClient(config.ledger.metroculus_url, config.cluster_secret) as metroculus:
             started = time.perf_counter()
             daily = await query_daily_costs(metroculus, account_id, [day], config.ledger)
-            queried = time.perf_counter()
-            report = await actor.write.remote([day], daily)
-            return DayReport(account_id, day.date().isoformat(), report.rows_written, report.resources_upserted,
-                             queried - started, time.perf_counter() - queried)
+            return DayRead(account_id, day, daily, time.perf_counter() - started)
 
     return asyncio.run(run())
 
@@ -84,7 +83,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     which.add_argument("--organization-id", metavar="ID", help="backfill every Kubernetes account of the organization")
     parser.add_argument("--start", required=True, type=_day, help="first UTC day, YYYY-MM-DD (included)")
     parser.add_argument("--end", required=True, type=_day, help="UTC day after the last, YYYY-MM-DD (excluded)")
-    parser.add_argument("--parallel", type=_positive, default=8, help="days read at once (default 8)")
+    parser.add_argument("--parallel", type=_positive, default=8, help="days read at once, as Ray tasks (default 8)")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "auto"),
                         help="Ray cluster (default: $RAY_ADDRESS, as `ray job submit` sets it, else auto)")
     args = parser.parse_args(argv)
@@ -128,29 +127,35 @@ async def resolve_accounts(store: AccountStore, account_ids: list[str] | None, o
 
 
 class Progress:
-    """Days done out of the total, rows written, and an ETA from this run's pace."""
+    """Days read and written out of the total, rows written, and an ETA from this run's pace."""
 
     def __init__(self, total: int, already_done: int) -> None:
         self.total = total
-        self.done = already_done
         self.resumed_from = already_done
+        self.read = self.written = already_done
         self.rows = 0
-        self.query_seconds = 0.0
+        self.read_seconds = 0.0
         self.write_seconds = 0.0
         self.started = time.perf_counter()
 
-    def add(self, report: DayReport) -> None:
-        self.done += 1
-        self.rows += report.rows_written
-        self.query_seconds += report.query_seconds
-        self.write_seconds += report.write_seconds
-
-    def line(self) -> str:
+    def line(self, phase: str) -> str:
         elapsed = time.perf_counter() - self.started
-        ran = self.done - self.resumed_from
-        eta = elapsed / ran * (self.total - self.done) if ran else float("nan")
-        return (f"backfill: {self.done}/{self.total} days ({100 * self.done / self.total:.0f} %), "
-                f"{self.rows} rows written, {elapsed:.1f} s elapsed, ETA {eta:.0f} s")
+        done = self.read if phase == "read" else self.written
+        ran = done - self.resumed_from
+        eta = elapsed / ran * (self.total - done) if ran else float("nan")
+        what = f"read {done}/{self.total} days" if phase == "read" else f"{done}/{self.total} days"
+        return (f"backfill: {what} ({100 * done / self.total:.0f} %), {self.rows} rows written, "
+                f"{elapsed:.1f} s elapsed, ETA of this phase {eta:.0f} s")
+
+
+def seen_ranges(reads: list[DayRead]) -> dict[str, tuple[datetime, datetime]]:
+    """Per resource id, the first and last day it has a cost among ``reads``."""
+    seen: dict[str, tuple[datetime, datetime]] = {}
+    for read in reads:
+        for rid, day in read.daily.costs:
+            first, last = seen.get(rid, (day, day))
+            seen[rid] = (min(first, day), max(last, day))
+    return seen
 
 
 async def backfill(accounts: list[Account], start: date, end: date, parallel: int, config: TenantConfig) -> dict[str, Any]:
@@ -162,29 +167,51 @@ async def backfill(accounts: list[Account], start: date, end: date, parallel: in
     work = [(a, day) for day in days for a in accounts if task_key(a.id, day.date()) not in done]
     progress = Progress(len(days) * len(accounts), len(days) * len(accounts) - len(work))
     if done:
-        log.info("backfill %s: resuming, %d of %d days already done", run, progress.done, progress.total)
+        log.info("backfill %s: resuming, %d of %d days already done", run, progress.written, progress.total)
     actors = {a.id: tenant_actor(a.id, a.organization_id, config) for a in accounts}
     failed: list[str] = []
-    in_flight: dict[asyncio.Future[DayReport], tuple[Account, datetime]] = {}
+
+    # Read: every day of every account, PARALLEL tasks at a time.
+    reads: dict[str, list[DayRead]] = {a.id: [] for a in accounts}
+    in_flight: dict[asyncio.Future[DayRead], tuple[Account, datetime]] = {}
     while work or in_flight:
         while work and len(in_flight) < parallel:
             account, day = work.pop(0)
-            ref = backfill_day.options(name=f"backfill {account.id} {day.date()}").remote(
-                actors[account.id], account.id, day, config
-            )
+            ref = read_day.options(name=f"backfill read {account.id} {day.date()}").remote(account.id, day, config)
             in_flight[asyncio.ensure_future(_result(ref))] = (account, day)
         finished, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
         for future in finished:
             account, day = in_flight.pop(future)
             try:
-                report = future.result()
+                read = future.result()
             except Exception as exc:  # retried by Ray already; left for the next run
                 failed.append(task_key(account.id, day.date()))
-                log.error("backfill: %s %s failed: %s", account.id, day.date(), exc)
+                log.error("backfill: reading %s %s failed: %s", account.id, day.date(), exc)
                 continue
-            await store.mark_done(run, task_key(account.id, day.date()))
-            progress.add(report)
-            log.info("%s", progress.line())
+            reads[account.id].append(read)
+            progress.read += 1
+            progress.read_seconds += read.seconds
+            log.info("%s", progress.line("read"))
+
+    # Write: each account's days in order through its actor; accounts side by side.
+    async def write(account: Account) -> None:
+        seen = seen_ranges(reads[account.id])
+        for read in sorted(reads[account.id], key=lambda r: r.day):
+            key = task_key(account.id, read.day.date())
+            started = time.perf_counter()
+            try:
+                report = await actors[account.id].write.remote([read.day], read.daily, seen)
+            except Exception as exc:  # the actor names the store that failed; left for the next run
+                failed.append(key)
+                log.error("backfill: writing %s %s failed: %s", account.id, read.day.date(), exc)
+                continue
+            await store.mark_done(run, key)
+            progress.written += 1
+            progress.rows += report.rows_written
+            progress.write_seconds += time.perf_counter() - started
+            log.info("%s", progress.line("write"))
+
+    await asyncio.gather(*(write(account) for account in accounts))
     if not failed:
         await store.finish(run)
     return {
@@ -194,16 +221,16 @@ async def backfill(accounts: list[Account], start: date, end: date, parallel: in
         "end": end.isoformat(),
         "days": progress.total,
         "resumed_with_done": progress.resumed_from,
-        "written_days": progress.done - progress.resumed_from,
-        "failed": failed,
+        "written_days": progress.written - progress.resumed_from,
+        "failed": sorted(failed),
         "rows_written": progress.rows,
         "seconds": round(time.perf_counter() - progress.started, 3),
-        "query_seconds": round(progress.query_seconds, 3),  # summed over tasks, which overlap
+        "read_seconds": round(progress.read_seconds, 3),  # summed over the tasks, which overlap
         "write_seconds": round(progress.write_seconds, 3),
     }
 
 
-async def _result(ref: Any) -> DayReport:
+async def _result(ref: Any) -> DayRead:
     return await ref
 
 
