@@ -84,6 +84,12 @@ def services(*args: str) -> None:
     subprocess.run([str(SERVICES), *args], check=True, cwd=ROOT)
 
 
+def services_up(*names: str) -> list[str]:
+    """Which of ``names`` (clickhouse, mongodb, tsdb, ray) answer now."""
+    status = subprocess.run([str(SERVICES), "status", *names], check=True, cwd=ROOT, capture_output=True, text=True)
+    return [line.split(":")[0] for line in status.stdout.splitlines() if line.endswith(": up")]
+
+
 def deploy_serve(env_vars: dict[str, str] | None = None, *, fresh: bool = True) -> None:
     """Deploy the Serve config with ``env_vars`` added to each application; wait until it runs.
 

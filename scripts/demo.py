@@ -1,18 +1,22 @@
-"""The main job on local defaults: simulated customer clusters flowing into the cost ledger.
+"""The main command on local defaults: simulated customer clusters flowing into the cost ledger.
 
-    .venv/bin/python scripts/demo.py [--clusters 3] [--history-days 2] [--seed 42]
+    .venv/bin/python scripts/demo.py [--clusters 3] [--history-days 30] [--seed 42]
                                      [--scrape-interval 5] [--cycle-seconds 30] [--once]
+    .venv/bin/python scripts/demo.py stop
 
 Starts the real servers and a local Ray (scripts/services.sh), deploys every Serve
 application of cluster_config/serve_config.yaml, gives each simulated cluster its own
 cloud account (two organizations), replays the clusters' past days into the TSDB, and
 runs per cluster a Kubecost simulator, the allocation-exporter and a real Prometheus
 remote-writing through the ingress. The tenant supervisor then runs one actor per
-account, which turns the TSDB's rates into the per-day ledger (MongoDB + ClickHouse).
-It prints what landed and the per-namespace daily costs from the ledger, then again
-every cycle until Ctrl-C, which stops every process it started (the servers, Ray and
-the detached actors keep running: `scripts/services.sh stop ray clickhouse mongodb tsdb`).
-State (accounts, estate, loaded history) lives in .data/demo/, so a second run reuses it.
+account, which turns the TSDB's rates into the per-day ledger (MongoDB + ClickHouse),
+and the backfill job (jobs/backfill.py) writes the replayed days through those actors.
+It prints what landed, the per-namespace daily costs, the URLs and the sign-ins, then
+again every minute. Ctrl-C, or `demo.py stop` from another shell, stops everything the
+demo started, by PID: the simulated clusters, the tenant actors, and Ray and the servers
+if they were not running before. `--once` prints once and leaves the servers, Ray and the
+dashboard up. State (accounts, estate, loaded history, PIDs) lives in .data/demo/, so a
+second run reuses it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
+import subprocess
 import sys
 import time
 from datetime import timedelta
@@ -45,6 +51,9 @@ from k8scost.stores.mongo import connect
 from k8scost.stores.resources import ResourceStore
 
 DEMO_DIR = devstack.ROOT / ".data" / "demo"
+# What the running demo started: its customer processes (by process group) and the servers.
+RUNNING_FILE = DEMO_DIR / "running.json"
+SERVICES = ("clickhouse", "mongodb", "tsdb", "ray")
 # The demo's users (organization, email, password, name): printed at the end to sign in.
 DEMO_USERS = (
     ("Acme", "alice@acme.example", "acme-demo-password", "Alice"),
@@ -124,24 +133,25 @@ def start_supervisor(cycle_seconds: float) -> None:
 
 
 async def ledger_summary(credentials: dict[str, Credentials], days: int) -> str:
-    """Per cluster, the daily cost of each namespace as the ledger holds it."""
+    """Per cluster, each namespace's cost over the last ``days`` days and today, and its last days one by one."""
     stores = from_env(StoreSettings)
     expenses, resources = ExpenseStore(stores), ResourceStore(connect(stores))
     today = ledger.day_start(time.time())
     first = today - timedelta(days=days)
+    shown = [today - timedelta(days=k) for k in range(min(days, 6), -1, -1)]
     lines = []
     for cluster, cred in credentials.items():
         namespaces = {doc["_id"]: doc["k8s_namespace"]
                       for doc in await resources.find(cred.account_id, resource_type="K8s Namespace")}
         costs = await expenses.daily_costs(cred.account_id, first, today + timedelta(days=1))
-        columns = [first + timedelta(days=k) for k in range(days + 1)]
         lines.append(f"cluster {cluster}  (account {cred.account_id})")
-        lines.append("  " + f"{'namespace':<28}" + "".join(f"{d:%Y-%m-%d}".rjust(12) for d in columns))
-        for rid, namespace in sorted(namespaces.items(), key=lambda item: item[1]):
-            row = [costs.get((rid, day), 0.0) for day in columns]
-            lines.append("  " + f"{namespace:<28}" + "".join(f"{cost:12.4f}" for cost in row))
-        totals = [sum(costs.get((rid, day), 0.0) for rid in namespaces) for day in columns]
-        lines.append("  " + f"{'(namespaces + idle)':<28}" + "".join(f"{cost:12.4f}" for cost in totals))
+        lines.append("  " + f"{'namespace':<28}" + f"{days + 1} days".rjust(12)
+                     + "".join(f"{d:%m-%d}".rjust(10) for d in shown))
+        for rid, namespace in [("", "(namespaces + idle)"), *sorted(namespaces.items(), key=lambda item: item[1])]:
+            ids = [rid] if rid else list(namespaces)
+            total = sum(cost for (key, _), cost in costs.items() if key in ids)
+            row = [sum(costs.get((key, day), 0.0) for key in ids) for day in shown]
+            lines.append("  " + f"{namespace:<28}" + f"{total:12.2f}" + "".join(f"{cost:10.2f}" for cost in row))
     await expenses.close()
     return "\n".join(lines)
 
@@ -164,14 +174,40 @@ def landed_summary(customers: list[CustomerCluster]) -> str:
 
 
 def backfill(credentials: dict[str, Credentials], days: int) -> None:
-    """The replayed days older than the open ones, written by each tenant's own actor (its single writer)."""
-    settings = from_env(LedgerSettings)
-    oldest_open = ledger.open_days(time.time(), settings.open_days)[0]
-    older = [oldest_open - timedelta(days=k) for k in range(days + 1 - settings.open_days, 0, -1)]
-    if not older:
-        return
-    print(f"writing {len(older)} older day(s) into the ledger through the tenant actors ...", flush=True)
-    ray.get([ray.get_actor(tenant_actor_name(cred.account_id)).cycle.remote(older) for cred in credentials.values()])
+    """The replayed days before today, written by the backfill job through each tenant's actor."""
+    today = ledger.day_start(time.time())
+    command = [sys.executable, "-m", "jobs.backfill", "--start", (today - timedelta(days=days)).date().isoformat(),
+               "--end", today.date().isoformat()]
+    for cred in credentials.values():
+        command += ["--cloud-account-id", cred.account_id]
+    print(f"backfilling {days} days of {len(credentials)} clusters: {' '.join(command[1:])}", flush=True)
+    env = {**os.environ, "RAY_ADDRESS": devstack.RAY_ADDRESS}
+    subprocess.run(command, cwd=devstack.ROOT, env=env, check=True)
+
+
+def record_running(customers: list[CustomerCluster], started: list[str]) -> None:
+    RUNNING_FILE.write_text(json.dumps({
+        "customers": [process.pid for c in customers for process in c.processes.values()],
+        "services": started,
+    }))
+
+
+def stop_everything() -> None:
+    """Stop what the recorded demo started: customer processes, tenant actors, then Ray and the servers."""
+    running = json.loads(RUNNING_FILE.read_text()) if RUNNING_FILE.exists() else {"customers": [], "services": []}
+    for pgid in running["customers"]:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    if "ray" in devstack.services_up("ray"):
+        subprocess.run([sys.executable, "-m", "actors", "stop"], cwd=devstack.ROOT, capture_output=True)
+    if running["services"]:
+        # Ray first: its actors write to the servers.
+        devstack.services("stop", *sorted(running["services"], key=lambda name: name != "ray"))
+    RUNNING_FILE.unlink(missing_ok=True)
+    print(f"stopped: {len(running['customers'])} customer processes, the tenant actors, "
+          f"servers started by the demo: {', '.join(running['services']) or 'none'}")
 
 
 def _all_cycled(credentials: dict[str, Credentials]) -> bool:
@@ -195,10 +231,17 @@ def main() -> int:
     parser.add_argument("--clusters", type=int, default=3, help="simulated clusters, one account each (default 3)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the simulated estate (default 42)")
     parser.add_argument("--scrape-interval", type=float, default=5.0, help="exporter poll and scrape interval, s")
-    parser.add_argument("--history-days", type=int, default=2, help="past days replayed into the TSDB (default 2)")
+    parser.add_argument("--history-days", type=int, default=30,
+                        help="past days replayed into the TSDB and backfilled into the ledger (default 30)")
     parser.add_argument("--cycle-seconds", type=float, default=30.0, help="ledger cycle of the tenant actors, s")
-    parser.add_argument("--once", action="store_true", help="print the results once, then stop")
+    parser.add_argument("--once", action="store_true",
+                        help="print the results once, then stop the simulated clusters; the servers stay up")
+    parser.add_argument("command", nargs="?", choices=("run", "stop"), default="run",
+                        help="stop: stop everything a running or earlier demo started")
     args = parser.parse_args()
+    if args.command == "stop":
+        stop_everything()
+        return 0
     if not 1 <= args.clusters <= 20:
         parser.error("--clusters must be between 1 and 20")
     if args.scrape_interval < 1:
@@ -209,7 +252,15 @@ def main() -> int:
         parser.error("--cycle-seconds must be at least 5")
 
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
-    devstack.services("start", "clickhouse", "mongodb", "tsdb", "ray")
+    previous = json.loads(RUNNING_FILE.read_text()) if RUNNING_FILE.exists() else {"customers": [], "services": []}
+    for pgid in previous["customers"]:  # an earlier demo that did not stop: its clusters, not its servers
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    started = sorted(set(previous["services"]) | (set(SERVICES) - set(devstack.services_up(*SERVICES))))
+    record_running([], started)
+    devstack.services("start", *SERVICES)
     print("deploying the Serve applications ...", flush=True)
     devstack.deploy_serve()
     estate, estate_file = load_estate(args.seed, args.clusters)
@@ -222,11 +273,12 @@ def main() -> int:
                         workdir=DEMO_DIR / cluster.name, scrape_interval=args.scrape_interval)
         for cluster in estate.clusters
     ]
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a TERM stops everything, as Ctrl-C does
     try:
         for customer in customers:
             print(f"starting cluster {customer.cluster}: Kubecost simulator, exporter, Prometheus ...", flush=True)
             customer.start()
+            record_running(customers, started)
         for customer in customers:
             # Live samples, not the replayed ones: those carry the exporter's in-cluster address.
             live = f'kubecost_cluster_cpu_cost{{tenant_id="{customer.account_id}",instance="127.0.0.1:{customer.exporter_port}"}}'
@@ -247,14 +299,18 @@ def main() -> int:
                 print(f"  sign in as {email} / {password} ({organization})")
             if args.once:
                 return 0
-            print("`python -m actors status` shows the tenant actors.   Ctrl-C stops the demo.", flush=True)
+            print("`python -m actors status` shows the tenant actors.   Ctrl-C (or `scripts/demo.sh stop`) stops "
+                  "everything the demo started.", flush=True)
             time.sleep(max(60.0, args.cycle_seconds))
     except KeyboardInterrupt:
+        stop_everything()
         return 0
     finally:
         for customer in customers:
             customer.stop()
-        print("stopped the simulated clusters; `scripts/services.sh stop ray clickhouse mongodb tsdb` stops the servers")
+        if RUNNING_FILE.exists():
+            record_running([], started)
+            print("stopped the simulated clusters; `scripts/demo.sh stop` stops the servers, Ray and the actors")
 
 
 if __name__ == "__main__":
