@@ -110,22 +110,6 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-async def resolve_accounts(store: AccountStore, account_ids: list[str] | None, organization_id: str | None) -> list[Account]:
-    """The live Kubernetes accounts asked for; BackfillError naming any that is not one."""
-    if organization_id is not None:
-        accounts = await store.list(organization_id)
-        if not accounts:
-            raise BackfillError(f"organization {organization_id!r} has no live Kubernetes cloud account")
-        return accounts
-    accounts = []
-    for account_id in dict.fromkeys(account_ids or []):
-        account = await store.get(account_id)
-        if account is None:
-            raise BackfillError(f"cloud account {account_id!r} does not exist or was deleted")
-        accounts.append(account)
-    return accounts
-
-
 class Progress:
     """Days read and written out of the total, rows written, and an ETA from this run's pace."""
 
@@ -235,7 +219,10 @@ async def _result(ref: Any) -> DayRead:
 
 
 async def main_async(args: argparse.Namespace, config: TenantConfig) -> dict[str, Any]:
-    accounts = await resolve_accounts(AccountStore(connect(config.stores)), args.cloud_account_id, args.organization_id)
+    try:
+        accounts = await AccountStore(connect(config.stores)).select(args.cloud_account_id, args.organization_id)
+    except LookupError as exc:
+        raise BackfillError(str(exc)) from None
     return await backfill(accounts, args.start, args.end, args.parallel, config)
 
 

@@ -117,3 +117,14 @@ def deploy_serve(env_vars: dict[str, str] | None = None, *, fresh: bool = True) 
         return wanted <= set(apps) and all(apps[name]["status"] == "RUNNING" for name in wanted)
 
     wait_for("Serve applications to run", running, timeout=180, interval=1)
+
+
+def load_blocks(blocks_dir: Path) -> None:
+    """Move the TSDB blocks of ``blocks_dir`` into the local TSDB, which is stopped meanwhile."""
+    from k8scost.simulator.history import load_into  # the simulator imports this module
+
+    services("stop", "tsdb")
+    try:
+        load_into(ROOT / ".data" / "tsdb" / "data", blocks_dir)
+    finally:
+        services("start", "tsdb")

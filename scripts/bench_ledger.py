@@ -34,7 +34,7 @@ from actors.tenant import TenantActor, TenantConfig
 from k8scost import ledger
 from k8scost.promql import CLUSTER_COST_METRICS
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
-from k8scost.simulator.history import SCRAPE_LABELS, load_into
+from k8scost.simulator.history import SCRAPE_LABELS
 from k8scost.stores.accounts import AccountStore
 from k8scost.stores.mongo import connect
 
@@ -82,11 +82,7 @@ def load_history(tenant: str, namespaces: int, pods: int, start: int, end: int) 
             samples += write_openmetrics(text, tenant, namespaces, pods, chunk_start, min(end, chunk_start + chunk))
             subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(blocks)],
                            check=True, capture_output=True)
-        devstack.services("stop", "tsdb")
-        try:
-            load_into(devstack.ROOT / ".data" / "tsdb" / "data", blocks)
-        finally:
-            devstack.services("start", "tsdb")
+        devstack.load_blocks(blocks)
     return samples
 
 

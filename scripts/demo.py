@@ -37,12 +37,12 @@ import httpx
 from k8scost import devstack  # noqa: I001  (before ray)
 import ray
 
-from actors.supervisor import SUPERVISOR_NAME, TenantSupervisor, tenant_actor_name
+from actors.supervisor import SUPERVISOR_NAME, TenantSupervisor
 from actors.tenant import TenantConfig
 from k8scost import ledger
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.simulator.customer import CustomerCluster
-from k8scost.simulator.history import load_into, write_blocks
+from k8scost.simulator.history import write_blocks
 from k8scost.simulator.spec import Estate, from_json, generate_estate, to_json
 from k8scost.stores.accounts import AccountStore, Credentials
 from k8scost.stores.clickhouse import ExpenseStore
@@ -110,11 +110,7 @@ def load_history(estate: Estate, estate_file: Path, tenants: dict[str, str], day
     blocks.mkdir(exist_ok=True)
     print(f"replaying {days} days of history into the TSDB ...", flush=True)
     write_blocks(estate, tenants, start, now - now % 300, blocks)
-    devstack.services("stop", "tsdb")
-    try:
-        load_into(devstack.ROOT / ".data" / "tsdb" / "data", blocks)
-    finally:
-        devstack.services("start", "tsdb")
+    devstack.load_blocks(blocks)
     marker.write_text(json.dumps(tenants))
 
 

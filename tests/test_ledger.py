@@ -17,10 +17,10 @@ import ray
 
 from actors.tenant import TenantActor, TenantConfig
 from k8scost import ledger
-from k8scost.devstack import ROOT
+from k8scost import devstack
 from k8scost.metroculus_client import MetroculusClient
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
-from k8scost.simulator.history import load_into, write_blocks
+from k8scost.simulator.history import write_blocks
 from k8scost.simulator.model import cluster_management_cost, ground_truth
 from k8scost.simulator.spec import PV, Cluster, Container, Estate, LoadBalancer, Namespace, Node, Pod
 from k8scost.stores.clickhouse import ExpenseStore
@@ -84,11 +84,7 @@ def history(serve_apps: str, accounts, tmp_path_factory: pytest.TempPathFactory)
     start, end = first_day.timestamp() - 2 * HOUR, (last_day + timedelta(days=1)).timestamp() + 2 * HOUR
     write_blocks(estate, {c.name: tenant_a.id for c in estate.clusters}, start, end, blocks)
     write_blocks(estate, {"prod-eu": tenant_b.id}, start, end, blocks)
-    helpers.services("stop", "tsdb")
-    try:
-        load_into(ROOT / ".data" / "tsdb" / "data", blocks)
-    finally:
-        helpers.services("start", "tsdb")
+    devstack.load_blocks(blocks)
     days = [first_day + timedelta(days=k) for k in range(DAYS_OF_HISTORY)]
     return estate, tenant_a, tenant_b, days
 

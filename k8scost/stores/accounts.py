@@ -13,6 +13,7 @@ import hmac
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
@@ -115,6 +116,24 @@ class AccountStore:
         if organization_id is not None:
             query["organization_id"] = organization_id
         return [Account.from_document(doc) async for doc in self._collection.find(query).sort("_id", 1)]
+
+    async def select(self, account_ids: Sequence[str] | None, organization_id: str | None = None) -> list[Account]:
+        """The live Kubernetes accounts a job is asked for: these ids, else the organization's, else all.
+
+        LookupError names an id that is not a live account, or an organization without one.
+        """
+        if account_ids:
+            accounts = []
+            for account_id in dict.fromkeys(account_ids):
+                account = await self.get(account_id)
+                if account is None:
+                    raise LookupError(f"cloud account {account_id!r} does not exist or was deleted")
+                accounts.append(account)
+            return accounts
+        accounts = await self.list(organization_id)
+        if organization_id is not None and not accounts:
+            raise LookupError(f"organization {organization_id!r} has no live Kubernetes cloud account")
+        return accounts
 
     async def authenticate(self, credentials: Credentials) -> Account | None:
         """The live account these credentials open, or None."""

@@ -14,15 +14,15 @@ import dataclasses
 import enum
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
 from pymongo import ASCENDING, UpdateOne
-from pymongo.errors import BulkWriteError, ConnectionFailure
+from pymongo.errors import BulkWriteError
 
-from k8scost.stores import StoreUnavailable
+from k8scost.stores.mongo import reachable
+
 
 COLLECTION = "cloud_resource"
 _DUPLICATE_KEY = 11000
@@ -128,14 +128,6 @@ def _new_document(resource_id: str, changes: dict[str, dict[str, Any]]) -> dict[
     return {"_id": resource_id, **changes["$setOnInsert"], **changes["$set"], **changes["$min"], **changes["$max"]}
 
 
-@asynccontextmanager
-async def _reachable() -> AsyncIterator[None]:
-    try:
-        yield
-    except ConnectionFailure as exc:  # ServerSelectionTimeoutError, AutoReconnect, NetworkTimeout
-        raise StoreUnavailable(f"MongoDB: {exc}") from exc
-
-
 class ResourceStore:
     """Reads and writes ``cloud_resource``."""
 
@@ -143,7 +135,7 @@ class ResourceStore:
         self._collection = db[COLLECTION]
 
     async def ensure_indexes(self) -> None:
-        async with _reachable():
+        async with reachable():
             await self._collection.create_index(
                 [("cloud_account_id", ASCENDING), ("cloud_resource_id", ASCENDING)], unique=True
             )
@@ -171,7 +163,7 @@ class ResourceStore:
         }
         if not changes:
             return
-        async with _reachable():
+        async with reachable():
             fresh = [_new_document(rid, change) for rid, change in changes.items()]
             existing: set[str] = set()
             try:
@@ -194,5 +186,5 @@ class ResourceStore:
         if any(not isinstance(v, str | bool | None) for v in filters.values()):
             raise ValueError("resource filters take str, bool or None values")
         query = {"cloud_account_id": cloud_account_id, **filters}
-        async with _reachable():
+        async with reachable():
             return await self._collection.find(query).sort("cloud_resource_id", ASCENDING).to_list(None)
