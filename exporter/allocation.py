@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 IDLE = "__idle__"
+GIB = 1024**3
 
 # Properties that become labels; the aggregate's own fields (namespace, pod, ...) are
 # also recoverable from the key, which is the aggregate's values joined by "/".
@@ -43,6 +44,13 @@ class Usage(NamedTuple):
     memory_usage_max: float | None
 
 
+class Prices(NamedTuple):
+    """What the allocated resources cost per unit (a node's prices, for a node aggregate); None without hours."""
+
+    cpu_per_core_hour: float | None
+    ram_per_gib_hour: float | None
+
+
 @dataclass(frozen=True)
 class Allocation:
     """One entry of an accumulated allocation set."""
@@ -51,6 +59,7 @@ class Allocation:
     labels: dict[str, str]
     rates: Rates
     usage: Usage
+    prices: Prices
 
     @property
     def idle(self) -> bool:
@@ -77,7 +86,8 @@ def parse_allocations(body: object, aggregate: str) -> list[Allocation]:
     allocations = []
     for name, entry in running.items():
         rates = Rates(*(_cost(entry, field, name) / hours for field in _RATE_FIELDS))
-        allocations.append(Allocation(name, _labels(name, entry, aggregate), rates, _usage(entry, name)))
+        labels = _labels(name, entry, aggregate)
+        allocations.append(Allocation(name, labels, rates, _usage(entry, name), _prices(entry, name)))
     return allocations
 
 
@@ -147,6 +157,21 @@ def _usage(entry: dict[str, Any], name: str) -> Usage:
         memory_request=_number(entry, "ramByteRequestAverage", name),
         memory_usage_average=memory_average,
         memory_usage_max=memory_average if memory_max is None else memory_max,
+    )
+
+
+def _prices(entry: dict[str, Any], name: str) -> Prices:
+    """Cost ÷ allocated quantity: ``cpuCost / cpuCoreHours`` and ``ramCost / ramByteHours`` per GiB.
+
+    Kubecost prices every allocated core-hour and byte-hour of a node at the node's rate,
+    so for ``aggregate=node`` these are the node's prices (its ``node_cpu_hourly_cost`` and
+    ``node_ram_hourly_cost``). Absent or zero hours give None: nothing to divide by.
+    """
+    core_hours = _number(entry, "cpuCoreHours", name)
+    byte_hours = _number(entry, "ramByteHours", name)
+    return Prices(
+        cpu_per_core_hour=_cost(entry, "cpuCost", name) / core_hours if core_hours else None,
+        ram_per_gib_hour=_cost(entry, "ramCost", name) / (byte_hours / GIB) if byte_hours else None,
     )
 
 

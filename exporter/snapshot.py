@@ -59,6 +59,16 @@ NODE_GAUGES = {
     field: CostMetric(f"cloudtuner_kubecost_node_{field}_cost", f"{what} cost allocated on the node, {_RATE}.", _NODE)
     for field, what in (("total", "Total"), ("cpu", "CPU"), ("ram", "Memory"))
 }
+# The node's own prices, keyed by the Prices field they export: what a change of requests
+# on the node saves or costs (rightsizing). Kubecost calls them node_cpu_hourly_cost and
+# node_ram_hourly_cost; here they come from the allocation API, so no second API is asked.
+NODE_PRICE_GAUGES = {
+    field: CostMetric(f"cloudtuner_kubecost_node_{name}", f"{what}, allocated cost ÷ allocated {unit}.", _NODE)
+    for field, name, what, unit in (
+        ("cpu_per_core_hour", "cpu_price_per_core_hour", "CPU price of the node per core-hour", "core-hours"),
+        ("ram_per_gib_hour", "ram_price_per_gib_hour", "Memory price of the node per GiB-hour", "GiB-hours"),
+    )
+}
 IDLE_GAUGE = CostMetric(
     "cloudtuner_kubecost_idle_cost", f"Cost of the cluster's unallocated (idle) capacity, {_RATE}.", _CLUSTER
 )
@@ -94,6 +104,7 @@ COST_METRICS: tuple[CostMetric, ...] = (
     MANAGEMENT_GAUGE,
     IDLE_GAUGE,
     *NODE_GAUGES.values(),
+    *NODE_PRICE_GAUGES.values(),
     *NAMESPACE_GAUGES.values(),
     *POD_GAUGES.values(),
     *CONTAINER_GAUGES.values(),
@@ -108,7 +119,8 @@ def build_snapshot(
 ) -> Snapshot:
     """Every cost series of one poll; ``allocations`` maps each of AGGREGATES to its answer.
 
-    Entries whose labels coincide are summed, so a series is never written twice.
+    Entries whose labels coincide are summed, so a series is never written twice; node
+    prices are set, not summed (a node is one entry of ``aggregate=node``).
     """
     snapshot: Snapshot = {metric: {} for metric in COST_METRICS}
 
@@ -131,8 +143,12 @@ def build_snapshot(
             add(metric, (*base, a.labels.get("namespace", "")), getattr(a.rates, field))
 
     for a in _allocated(allocations["node"]):
+        node = (*base, a.labels.get("node", ""))
         for field, metric in NODE_GAUGES.items():
-            add(metric, (*base, a.labels.get("node", "")), getattr(a.rates, field))
+            add(metric, node, getattr(a.rates, field))
+        for field, metric in NODE_PRICE_GAUGES.items():
+            if (price := getattr(a.prices, field)) is not None:
+                snapshot[metric][node] = price  # a price is never summed: one node, one entry
 
     for a in _allocated(allocations["namespace,pod"]):
         labels = (*base, *(a.labels.get(key, "") for key in ("namespace", "pod", "node", "controllerKind", "controller")))

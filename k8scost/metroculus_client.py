@@ -50,6 +50,26 @@ class MetroculusClient:
             "/v2/kubecost_cluster_costs", {"cloud_account_id": cloud_account_id, "start_date": start, "end_date": end}
         )
 
+    async def k8s_live(
+        self, cloud_account_id: str, query: str, start: int | str, end: int | str, step: int | str, *,
+        timeout: float | None = None, **filters: str,
+    ) -> dict[str, Any]:
+        """Live query ``query`` (a name of ``k8scost.promql.LIVE_QUERIES``) over [start, end],
+        a point every ``step`` seconds; ``filters``: cluster, namespace (equality).
+
+        Numbers may come as the strings a user gave: Metroculus checks every value.
+        ``timeout``: seconds for this call, instead of the client's.
+        """
+        params: dict[str, Any] = {
+            "cloud_account_id": cloud_account_id,
+            "query": query,
+            "start_date": start,
+            "end_date": end,
+            "step": step,
+            **filters,
+        }
+        return await self._get("/v2/k8s_live", params, timeout)
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -59,8 +79,10 @@ class MetroculusClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
-        answer = await self._http.get(path, params=params)
+    async def _get(self, path: str, params: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        answer = await self._http.get(
+            path, params=params, timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
+        )
         if not answer.is_success:
             raise MetroculusError(answer.status_code, _error_text(answer))
         return answer.json()

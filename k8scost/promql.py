@@ -7,6 +7,7 @@ unchecked, whatever validation happened before.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 TENANT_LABEL = "tenant_id"
@@ -53,13 +54,18 @@ def selector(metric: str, tenant_id: str, **matchers: str) -> str:
     """
     if metric not in COST_METRICS:
         raise ValueError(f"unknown cost metric {metric!r}")
+    return metric + "{" + _matchers(tenant_id, matchers) + "}"
+
+
+def _matchers(tenant_id: str, matchers: dict[str, str]) -> str:
+    """``tenant_id="<tenant_id>", name="value", ...``, values escaped, label names checked."""
     if not tenant_id:
         raise ValueError("tenant_id must not be empty")
     for name in matchers:
         if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
             raise ValueError(f"invalid label name {name!r}")
     pairs = {TENANT_LABEL: tenant_id, **matchers}
-    return metric + "{" + ", ".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs.items()) + "}"
+    return ", ".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs.items())
 
 
 def window(seconds: int) -> str:
@@ -88,3 +94,214 @@ def integral(expr: str, range_seconds: int, resolution_seconds: int) -> str:
     if range_seconds <= 0 or resolution_seconds <= 0 or range_seconds % resolution_seconds:
         raise ValueError(f"range {range_seconds}s must be a positive multiple of the resolution {resolution_seconds}s")
     return f"sum_over_time(({expr})[{window(range_seconds)}:{resolution_seconds}s]) * {resolution_seconds} / 3600"
+
+
+# --- the live view: allow-listed range queries (Metroculus k8s_live, the Grafana dashboard) ---
+
+# The exporter's container gauges the live view reads beside the cost rates: requests and
+# average usage, in cores and bytes. They are not costs and are never integrated, so they
+# have their own list; COST_METRICS stays what cost queries may read.
+USAGE_METRICS: tuple[str, ...] = (
+    "cloudtuner_kubecost_container_cpu_request_cores",
+    "cloudtuner_kubecost_container_cpu_usage_average_cores",
+    "cloudtuner_kubecost_container_memory_request_bytes",
+    "cloudtuner_kubecost_container_memory_usage_average_bytes",
+)
+# Groups (pods, namespaces, nodes, clusters) one live answer holds at most: those with the
+# largest sum over the range, so a tenant of 20,000 pods gets its 50 heaviest, not 20,000 series.
+LIVE_MAX_SERIES = 50
+# Label that tells a live answer's parts apart (usage and request), set with label_replace.
+PART_LABEL = "part"
+# Labels a live request may filter on (equality), where the query groups by them.
+LIVE_FILTERS: tuple[str, ...] = ("cluster", "namespace")
+# Kubecost's idle capacity, shown as a namespace as the ledger does (no real namespace has
+# an underscore: Kubernetes names are DNS labels).
+IDLE_NAMESPACE = "__idle__"
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveSource:
+    """Series summed into one part of a live query: one metric, or several summed (a
+    cluster's cost components), and labels it lacks but the group has, set to a constant."""
+
+    metrics: tuple[str, ...]
+    constant: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveQuery:
+    """One allow-listed live query: per group of ``group_by`` labels, a time series per part."""
+
+    group_by: tuple[str, ...]
+    parts: tuple[tuple[str, tuple[LiveSource, ...]], ...]  # (part name, its sources), in answer order
+    unit: str
+    description: str
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.parts)
+
+    @property
+    def filters(self) -> tuple[str, ...]:
+        return tuple(name for name in LIVE_FILTERS if name in self.group_by)
+
+
+@dataclasses.dataclass(frozen=True)
+class LivePromql:
+    """The PromQL of one live request: the range query, and the count of all its groups."""
+
+    range: str
+    count: str
+
+
+def _usage_vs_requests(resource: str, unit: str, group_by: tuple[str, ...]) -> LiveQuery:
+    per = group_by[-1]
+    return LiveQuery(
+        group_by,
+        (
+            ("usage", (LiveSource((f"cloudtuner_kubecost_container_{resource}_usage_average_{unit}",)),)),
+            ("request", (LiveSource((f"cloudtuner_kubecost_container_{resource}_request_{unit}",)),)),
+        ),
+        unit,
+        f"{resource.upper() if resource == 'cpu' else resource.title()} usage (average over the exporter's "
+        f"window) and requests per {per}, summed over its containers",
+    )
+
+
+LIVE_QUERIES: dict[str, LiveQuery] = {
+    "cpu_usage_vs_requests_by_namespace": _usage_vs_requests("cpu", "cores", ("cluster", "namespace")),
+    "cpu_usage_vs_requests_by_pod": _usage_vs_requests("cpu", "cores", ("cluster", "namespace", "pod")),
+    "memory_usage_vs_requests_by_namespace": _usage_vs_requests("memory", "bytes", ("cluster", "namespace")),
+    "memory_usage_vs_requests_by_pod": _usage_vs_requests("memory", "bytes", ("cluster", "namespace", "pod")),
+    "cost_rate_by_namespace": LiveQuery(
+        ("cluster", "namespace"),
+        (
+            (
+                "cost_rate",
+                (
+                    LiveSource(("cloudtuner_kubecost_namespace_total_cost",)),
+                    LiveSource(("cloudtuner_kubecost_idle_cost",), (("namespace", IDLE_NAMESPACE),)),
+                ),
+            ),
+        ),
+        "USD/hour",
+        f"Cost rate per namespace, idle capacity as namespace {IDLE_NAMESPACE}",
+    ),
+    "cost_rate_by_node": LiveQuery(
+        ("cluster", "node"),
+        (("cost_rate", (LiveSource(("cloudtuner_kubecost_node_total_cost",)),)),),
+        "USD/hour",
+        "Cost rate allocated on each node (idle capacity excluded)",
+    ),
+    "cost_rate_by_cluster": LiveQuery(
+        ("cluster",),
+        (("cost_rate", (LiveSource(CLUSTER_COST_METRICS),)),),
+        "USD/hour",
+        "Cost rate of each whole cluster: its components, idle included, and the management fee",
+    ),
+}
+
+
+def live_selector(metrics: tuple[str, ...], tenant_id: str, **matchers: str) -> str:
+    """The series of one tenant of any of ``metrics`` (cost or usage gauges), equality matchers only.
+
+    One metric is named as such; several by an alternation of their names, which only
+    ever holds names of the allow-lists. Raises ValueError as ``selector`` does.
+    """
+    unknown = [metric for metric in metrics if metric not in COST_METRICS and metric not in USAGE_METRICS]
+    if not metrics or unknown:
+        raise ValueError(f"unknown live metric(s) {unknown!r}")
+    inner = _matchers(tenant_id, matchers)
+    if len(metrics) == 1:
+        return metrics[0] + "{" + inner + "}"
+    return "{" + f'__name__=~"{"|".join(metrics)}", ' + inner + "}"
+
+
+def live_promql(
+    name: str, tenant_id: str, range_window: str, filters: dict[str, str] | None = None,
+    max_series: int = LIVE_MAX_SERIES,
+) -> LivePromql:
+    """PromQL of live query ``name`` for one tenant; ``filters``: label → value, equality.
+
+    Each part is summed per group and labelled ``part``. The range query keeps the
+    ``max_series`` groups whose largest part has the largest sum of samples over
+    ``range_window`` (a PromQL duration: the API's range, Grafana's ``$__range``), read
+    from the raw samples where it can (``_source_sum``): a subquery of the per-pod sums
+    took a 2,000-pod tenant's TSDB 10 s, the raw samples 0.1 s. ``@ end()`` pins the choice
+    to the range's end: every step shows the same groups, and the TSDB ranks once per
+    query. Raises ValueError for an unknown query or filter.
+    """
+    query = LIVE_QUERIES.get(name)
+    if query is None:
+        raise ValueError(f"unknown live query {name!r}")
+    filters = filters or {}
+    for label in filters:
+        if label not in query.filters:
+            raise ValueError(f"live query {name} cannot filter on {label!r}")
+    by = ", ".join(query.group_by)
+
+    def parts(rank_window: str) -> str:
+        labelled = []
+        for part, sources in query.parts:
+            summed = [
+                expr for source in sources
+                if (expr := _source_sum(source, query.group_by, tenant_id, filters, rank_window))
+            ]
+            labelled.append(f'label_replace({" or ".join(summed)}, "{PART_LABEL}", "{part}", "", "")')
+        return " or ".join(labelled)
+
+    # A filter can rule out a constant-labelled source only; the first source of each part
+    # carries every label, so no part is ever empty.
+    rank = f"max by ({by}) ({parts(range_window)})"
+    return LivePromql(range=f"({parts('')}) and on ({by}) topk({max_series}, {rank})", count=f"count({rank})")
+
+
+def _source_sum(
+    source: LiveSource, group_by: tuple[str, ...], tenant_id: str, filters: dict[str, str], rank_window: str
+) -> str | None:
+    """``source`` summed per group, its constant labels added; None if a filter rules it out.
+
+    With ``rank_window``, the group's sum of samples over that window up to the range's end
+    instead: from the raw samples for one metric; for several (a cluster's components, a few
+    series per cluster) from a subquery of their sum, as functions of several metric names
+    give series that only their names told apart, which Prometheus refuses.
+    """
+    constant = dict(source.constant)
+    if any(constant[label] != value for label, value in filters.items() if label in constant):
+        return None
+    matchers = {label: value for label, value in filters.items() if label not in constant}
+    by = ", ".join(label for label in group_by if label not in constant)
+    series = live_selector(source.metrics, tenant_id, **matchers)
+    if not rank_window:
+        expr = f"sum by ({by}) ({series})"
+    elif len(source.metrics) == 1:
+        expr = f"sum by ({by}) (sum_over_time({series}[{rank_window}] @ end()))"
+    else:
+        expr = f"sum_over_time((sum by ({by}) ({series}))[{rank_window}:] @ end())"
+    for label, value in source.constant:
+        expr = f'label_replace({expr}, "{label}", "{escape_label_value(value)}", "", "")'
+    return expr
+
+
+# --- rightsizing: the container requests and usage, and the node prices (jobs/rightsizing.py) ---
+
+# What the rightsizing job reads: every container gauge (peaks included) and the nodes'
+# prices. Neither is a cost rate, so they have their own list: COST_METRICS stays what cost
+# queries may read, and Metroculus never integrates these.
+RIGHTSIZING_METRICS: tuple[str, ...] = (
+    "cloudtuner_kubecost_container_cpu_request_cores",
+    "cloudtuner_kubecost_container_cpu_usage_average_cores",
+    "cloudtuner_kubecost_container_cpu_usage_max_cores",
+    "cloudtuner_kubecost_container_memory_request_bytes",
+    "cloudtuner_kubecost_container_memory_usage_average_bytes",
+    "cloudtuner_kubecost_container_memory_usage_max_bytes",
+    "cloudtuner_kubecost_node_cpu_price_per_core_hour",
+    "cloudtuner_kubecost_node_ram_price_per_gib_hour",
+)
+
+
+def rightsizing_selector(metric: str, tenant_id: str, **matchers: str) -> str:
+    """``metric{tenant_id="<tenant_id>", ...}`` for a metric of ``RIGHTSIZING_METRICS``; ValueError as ``selector``."""
+    if metric not in RIGHTSIZING_METRICS:
+        raise ValueError(f"unknown rightsizing metric {metric!r}")
+    return metric + "{" + _matchers(tenant_id, matchers) + "}"

@@ -131,6 +131,12 @@ class IngressSettings:
         600.0,
         "Samples further ahead than this are refused: one blocks all later writes to a Prometheus TSDB.",
     )
+    max_past_seconds: float = setting(
+        "INGRESS_MAX_PAST_SECONDS",
+        29 * 86_400.0,
+        "Samples older than this are refused (400); keep it under the TSDB's out-of-order window (30 days) less "
+        "INGRESS_MAX_FUTURE_SECONDS: the TSDB answers older ones 500, which senders retry forever.",
+    )
     tenant_samples_per_second: float = setting(
         "INGRESS_TENANT_SAMPLES_PER_SECOND", 200_000.0, "Sustained samples/s one tenant may send to one replica."
     )
@@ -237,6 +243,11 @@ class RestApiSettings:
         5.0,
         "Seconds to wait for Metroculus's cost breakdown; past it the breakdown is null, the answer still comes.",
     )
+    live_timeout: float = setting(
+        "RESTAPI_LIVE_TIMEOUT",
+        30.0,
+        "Seconds to wait for Metroculus's `k8s_live` answer (a day of a big tenant's pods takes seconds); past it 503.",
+    )
     resource_lookup: bool = setting(
         "RESTAPI_RESOURCE_LOOKUP",
         True,
@@ -251,7 +262,40 @@ class RestApiSettings:
     )
 
 
-ALL_SETTINGS: tuple[type, ...] = (ExporterSettings, StoreSettings, IngressSettings, LedgerSettings, MetroculusSettings, RestApiSettings)
+@dataclasses.dataclass(frozen=True)
+class RightsizingSettings:
+    """The rightsizing job (`python -m jobs.rightsizing`, a Ray task per tenant).
+
+    It reads the TSDB and writes MongoDB named by `StoreSettings`; its flags override the
+    defaults below (k8scost/rightsizing.py documents the formulas).
+    """
+
+    window_days: int = setting(
+        "RIGHTSIZING_WINDOW_DAYS", 7, "Days of usage a recommendation is computed over (`--window-days`)."
+    )
+    algorithm: str = setting(
+        "RIGHTSIZING_ALGORITHM", "max", "`max` (peak usage) or `quantile` (of the usage samples) (`--algorithm`)."
+    )
+    quantile: float = setting("RIGHTSIZING_QUANTILE", 0.95, "Quantile the `quantile` algorithm sizes on (`--quantile`).")
+    target_cpu_utilization: float = setting(
+        "RIGHTSIZING_TARGET_CPU_UTILIZATION",
+        0.7,
+        "Share of the recommended CPU request the sized usage fills (`--target-cpu-utilization`).",
+    )
+    target_memory_utilization: float = setting(
+        "RIGHTSIZING_TARGET_MEMORY_UTILIZATION",
+        0.7,
+        "Share of the recommended memory request the sized usage fills (`--target-memory-utilization`).",
+    )
+    tsdb_timeout: float = setting(
+        "RIGHTSIZING_TSDB_TIMEOUT", 300.0, "Seconds to wait for one TSDB query over a tenant's whole window."
+    )
+    task_cpus: float = setting(
+        "RIGHTSIZING_TASK_CPUS", 0.5, "CPUs each tenant's Ray task reserves (KubeRay's batch group scales on them)."
+    )
+
+
+ALL_SETTINGS: tuple[type, ...] = (ExporterSettings, StoreSettings, IngressSettings, LedgerSettings, MetroculusSettings, RestApiSettings, RightsizingSettings)
 
 
 def settings_table() -> str:

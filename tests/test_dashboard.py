@@ -436,3 +436,70 @@ def test_a_wrong_password_is_refused_on_the_page(browser: Any, tenant: Tenant) -
 
 def _organizations(answer: Any) -> list[dict[str, Any]]:
     return answer if isinstance(answer, list) else answer["organizations"]
+
+
+# ---- the live tab -------------------------------------------------------------------------
+
+
+def test_the_live_tab_shows_what_k8s_live_answers_and_refreshes_itself(browser: Any, tenant: Tenant) -> None:
+    """Gauges of tests/test_live.py for the "prod" account, up to now; the tab's table must be
+    the REST answer to the page's own query, at its last point, and refresh within 30 s."""
+    import re
+
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from tests.test_live import Span, tenant_a
+    from tests.test_metroculus import write
+
+    account = tenant.accounts["prod"]
+    write(tenant_a(account, Span(align=15)))
+    browser.get_log("browser")  # the earlier tests' entries (a refused sign-in is one): only this test's count
+    sign_in(browser, tenant.email, tenant.password)
+    browser.find_element("id", "tab-live").click()
+    assert not browser.find_element("id", "trend").is_displayed()
+    wait(browser, "the account picker", lambda d: account in [
+        o.get_attribute("value") for o in Select(d.find_element("id", "live-account")).options])
+    Select(browser.find_element("id", "live-account")).select_by_value(account)
+
+    def showing(query: str) -> Any:
+        return lambda d: (("query", query) in page_query(d, "live") and ("cloud_account_id", account) in page_query(d, "live")
+                          and attribute(d, "live", "data-state") == "ready")
+
+    wait(browser, "the CPU usage per namespace", showing("cpu_usage_vs_requests_by_namespace"))
+    query = page_query(browser, "live")
+    assert ("step", "15") in query and int(dict(query)["end_date"]) - int(dict(query)["start_date"]) == 3600
+    answer = ok(call("GET", f"/organizations/{tenant.organization_id}/k8s_live", tenant.token, params=query))
+    rows = table(browser, "live-table")
+    # Latest values, the largest first: db uses more than it requests, shop's job pod is gone.
+    assert [(r["key"], r["cells"]["usage"], r["cells"]["request"], r["cells"]["ratio"]) for r in rows] == [
+        ("c1 / db", "2.000 cores", "1.500 cores", "133 %"),
+        ("c1 / shop", "1.500 cores", "1.625 cores", "92 %"),
+        ("c2 / shop", "0.063 cores", "0.250 cores", "25 %"),
+    ]
+    shown_values = browser.execute_script(
+        "return [...document.querySelectorAll('#live-table tbody tr')].map((r) => [r.dataset.key,"
+        " r.querySelector('[data-field=usage]').dataset.value, r.querySelector('[data-field=request]').dataset.value]);")
+    at_end = {" / ".join(s["labels"].values()): (s["usage"][-1], s["request"][-1]) for s in answer["series"]}
+    assert {key: (float(u), float(r)) for key, u, r in shown_values} == {
+        key: (usage[1], request[1]) for key, (usage, request) in at_end.items()
+    }
+    assert all(usage[0] == request[0] == answer["end_date"] for usage, request in at_end.values())
+    assert browser.find_element("id", "live-count").text == "3 namespaces."
+
+    Select(browser.find_element("id", "live-query")).select_by_value("cost_rate_by_node")
+    wait(browser, "the cost rate per node", showing("cost_rate_by_node"))
+    assert [(r["key"], r["cells"]["cost_rate"]) for r in table(browser, "live-table")] == [
+        ("c1 / n1", "$4.00/h"), ("c2 / m1", "$1.00/h"), ("c1 / n2", "–"),  # n2 went at mid-window
+    ]
+
+    refreshed = attribute(browser, "live-refreshed", "data-value")
+    assert re.fullmatch(r"Last refreshed \d\d:\d\d:\d\d UTC; again every 30 s\.", browser.find_element("id", "live-refreshed").text)
+    WebDriverWait(browser, 45, poll_frequency=0.5).until(
+        lambda d: attribute(d, "live-refreshed", "data-value") != refreshed, "no refresh within 45 s")
+    assert attribute(browser, "live", "data-state") == "ready"
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "dashboard-live.png"))
+    browser.find_element("id", "tab-live").click()  # closed: the cost sections are back
+    assert browser.find_element("id", "trend").is_displayed() and not browser.find_element("id", "live").is_displayed()
+    assert severe_console_errors(browser) == []

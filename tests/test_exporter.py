@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.__main__ import parse_settings
 from exporter.allocation import BadResponse, parse_allocations, parse_management_rate
 from exporter.server import running
-from k8scost.settings import ExporterSettings, from_env
+from k8scost.settings import ExporterSettings, IngressSettings, from_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CUSTOMER = ROOT / "cluster_config" / "customer"
@@ -33,6 +33,7 @@ FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "opencost" / "allocat
 FIXTURE_MINUTES = 10079.22199
 TENANT, CLUSTER = "acct-1", "c1"
 PROMTOOL = "/usr/bin/promtool"
+GIB = 2**30
 
 
 def _alloc(minutes: float | None, properties: dict[str, str], **costs: float | None) -> dict[str, Any]:
@@ -66,8 +67,10 @@ ANSWERS = {
     ),
     "node": _answer(
         {
-            "node-a": _alloc(55, {"node": "node-a"}, cpu=0.44, ram=0.11),
-            "node-b": _alloc(30, {}, cpu=0.1, ram=0.05),  # label from the key
+            # Allocated core-hours and byte-hours: the node's prices are cost ÷ those.
+            "node-a": _alloc(55, {"node": "node-a"}, cpu=0.44, ram=0.11, cpuCoreHours=11.0, ramByteHours=22 * GIB),
+            # label from the key; no core-hours: no CPU price
+            "node-b": _alloc(30, {}, cpu=0.1, ram=0.05, cpuCoreHours=0, ramByteHours=10 * GIB),
             "node-gone": _alloc(0, {"node": "node-gone"}, cpu=1.0),  # did not run: skipped
             "__idle__": _alloc(55, {}, cpu=0.33),
         }
@@ -136,7 +139,8 @@ ASSETS_ANSWER = _answer(
         "Node": {"type": "Node", "minutes": 55, "totalCost": 3.0},
     }
 )
-COST_SERIES = 12 + 1 + 6 + 9 + 6 + 16  # namespace, idle, node, pod, cluster (with management), container
+# namespace, idle, node, node prices, pod, cluster (with management), container
+COST_SERIES = 12 + 1 + 6 + 3 + 9 + 6 + 16
 
 
 def _free_port() -> int:
@@ -301,6 +305,13 @@ async def test_exports_hourly_rates_with_the_right_labels(kubecost: FakeKubecost
     assert _get(s, node + "ram_cost", **C, node="node-b") == 0.05 / hours
     assert _get(s, node + "total_cost", **C, node="node-gone") is None
     assert _get(s, node + "total_cost", **C, node="__idle__") is None
+    # Prices: USD per allocated core-hour and GiB-hour, whatever share of the window ran.
+    assert _get(s, node + "cpu_price_per_core_hour", **C, node="node-a") == 0.44 / 11.0 == 0.04
+    assert _get(s, node + "ram_price_per_gib_hour", **C, node="node-a") == 0.11 / 22.0 == 0.005
+    assert _get(s, node + "cpu_price_per_core_hour", **C, node="node-b") is None  # zero hours
+    assert _get(s, node + "ram_price_per_gib_hour", **C, node="node-b") == 0.05 / 10.0 == 0.005
+    assert _get(s, node + "cpu_price_per_core_hour", **C, node="node-gone") is None
+    assert _get(s, node + "cpu_price_per_core_hour", **C, node="__idle__") is None
 
     pod = "cloudtuner_kubecost_pod_"
     owner = {"controller_kind": "deployment", "controller": "opencost"}
@@ -596,6 +607,9 @@ async def test_remote_write_relabel_keeps_every_exported_metric_and_nothing_else
         names = {name for name, _ in _scrape(settings)}
     assert len(names) > 30
     assert all(re.fullmatch(keep["regex"], name) for name in names)  # Prometheus anchors the regex
+    assert "cloudtuner_kubecost_node_cpu_price_per_core_hour" in names
+    # ... and the SaaS ingress keeps them all too (its allow-list is a full match as well).
+    assert all(re.fullmatch(from_env(IngressSettings, {}).allowed_metrics, name) for name in names)
     assert not any(re.fullmatch(keep["regex"], name) for name in ("up", "process_cpu_seconds_total", "kube_pod_info"))
 
 

@@ -3,6 +3,8 @@
 The TSDB holds hourly-rate gauges (USD per hour); a cost over a range is their integral
 (``k8scost.promql.integral``), computed by the TSDB at the configured resolution. Every
 query is built by ``k8scost.promql.selector``, so it reads the asked tenant's series only.
+``k8s_live`` (the live view) runs one of the allow-listed range queries of
+``k8scost.promql.LIVE_QUERIES`` as is, without integrating: callers name a query, never PromQL.
 Answers: 400 for a request that can never succeed, 401/403 for a missing/wrong secret,
 503 when the TSDB is unreachable (retry), 502 when it refuses a query.
 """
@@ -20,11 +22,11 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from k8scost.promql import integral, selector, window
+from k8scost.promql import LIVE_MAX_SERIES, LIVE_QUERIES, PART_LABEL, integral, live_promql, selector, window
 from k8scost.settings import MetroculusSettings, StoreSettings, from_env
 from k8scost.tsdb import TsdbClient, TsdbQueryError, TsdbUnavailable
 from serve_apps.metroculus import metrics
-from serve_apps.metroculus.params import BadRequest, Span, parse_metrics_request, parse_span
+from serve_apps.metroculus.params import BadRequest, Span, parse_live_request, parse_metrics_request, parse_span
 
 log = logging.getLogger("ray.serve")
 
@@ -70,6 +72,7 @@ class Metroculus:
         self.routes: dict[str, Callable[[QueryItems], Awaitable[dict[str, Any]]]] = {
             "/v2/kubecost_cluster_costs": self.cluster_costs,
             "/v2/kubecost_metrics": self.kubecost_metrics,
+            "/v2/k8s_live": self.k8s_live,
         }
 
     async def __call__(self, request: Request) -> JSONResponse:
@@ -173,6 +176,45 @@ class Metroculus:
                 "missing_hours": [hour for hour in hours if hour not in reported],
             }
         return coverage
+
+    async def k8s_live(self, items: QueryItems) -> dict[str, Any]:
+        """One live query's series over [start, end], a point every ``step``: per group, each part.
+
+        At most LIVE_MAX_SERIES groups, those whose largest part sums highest over the
+        range (``k8scost.promql.live_promql``); ``series_total`` counts them all, so a capped
+        answer says so.
+        """
+        asked = parse_live_request(items, self.settings)
+        query = LIVE_QUERIES[asked.query]
+        promql = live_promql(asked.query, asked.cloud_account_id, window(asked.end - asked.start), asked.filters)
+        matrix = await self._range(promql.range, asked.start, asked.end, asked.step)
+        groups: dict[tuple[str, ...], dict[str, Any]] = {}
+        for series in matrix["result"]:
+            labels = series["metric"]
+            key = tuple(labels.get(name, "") for name in query.group_by)
+            group = groups.setdefault(
+                key, {"labels": dict(zip(query.group_by, key)), **{part: [] for part in query.part_names}}
+            )
+            group[labels[PART_LABEL]] = [[at, float(value)] for at, value in series["values"]]
+        total = len(groups)
+        if total >= LIVE_MAX_SERIES:  # maybe capped: only then count them all, which reads the range again
+            counted = (await self._instant(promql.count, asked.end))["result"]
+            total = max(total, int(float(counted[0]["value"][1]))) if counted else total
+        return {
+            "cloud_account_id": asked.cloud_account_id,
+            "query": asked.query,
+            "start_date": asked.start,
+            "end_date": asked.end,
+            "step": asked.step,
+            "filters": asked.filters,
+            "unit": query.unit,
+            "description": query.description,
+            "group_by": list(query.group_by),
+            "parts": list(query.part_names),
+            "series_limit": LIVE_MAX_SERIES,
+            "series_total": total,
+            "series": [groups[key] for key in sorted(groups)],
+        }
 
     def _integral(self, expr: str, range_seconds: int) -> str:
         return integral(expr, range_seconds, self.settings.resolution_seconds)

@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
-from k8scost.promql import COST_METRICS
+from k8scost.promql import COST_METRICS, LIVE_FILTERS, LIVE_QUERIES
 from k8scost.settings import MetroculusSettings
 
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
@@ -85,9 +85,27 @@ def _single_values(items: Iterable[tuple[str, str]], allowed: frozenset[str]) ->
 
 
 def _span(values: dict[str, str], settings: MetroculusSettings) -> Span:
+    account = _account_id(values)
+    start, end = _range(values, settings)
+    resolution = settings.resolution_seconds
+    lag = _timestamp(values, "lag") if "lag" in values else 0
+    if lag > MAX_LAG_SECONDS:
+        raise BadRequest(f"lag: {lag} s is more than the maximum of {MAX_LAG_SECONDS} s")
+    for name, value in (("start_date", start), ("end_date", end), ("lag", lag)):
+        if value % resolution:
+            raise BadRequest(f"{name}: {value} is not a multiple of the resolution, {resolution} s")
+    return Span(account, start, end, lag)
+
+
+def _account_id(values: dict[str, str]) -> str:
     account = _required(values, "cloud_account_id")
     if not _ACCOUNT_ID.fullmatch(account):  # fullmatch: "$" alone would let a trailing newline pass
         raise BadRequest(f"cloud_account_id: must match {ACCOUNT_ID_PATTERN}")
+    return account
+
+
+def _range(values: dict[str, str], settings: MetroculusSettings) -> tuple[int, int]:
+    """start_date and end_date, in order and at most ``max_range_days`` apart."""
     start = _timestamp(values, "start_date")
     end = _timestamp(values, "end_date")
     if start >= end:
@@ -97,14 +115,7 @@ def _span(values: dict[str, str], settings: MetroculusSettings) -> Span:
         raise BadRequest(
             f"end_date - start_date: {end - start} s is longer than the maximum of {settings.max_range_days} days"
         )
-    resolution = settings.resolution_seconds
-    lag = _timestamp(values, "lag") if "lag" in values else 0
-    if lag > MAX_LAG_SECONDS:
-        raise BadRequest(f"lag: {lag} s is more than the maximum of {MAX_LAG_SECONDS} s")
-    for name, value in (("start_date", start), ("end_date", end), ("lag", lag)):
-        if value % resolution:
-            raise BadRequest(f"{name}: {value} is not a multiple of the resolution, {resolution} s")
-    return Span(account, start, end, lag)
+    return start, end
 
 
 def _required(values: dict[str, str], name: str) -> str:
@@ -149,3 +160,49 @@ def _step(raw: str, span: Span, settings: MetroculusSettings) -> int:
     if span.seconds // step > MAX_BUCKETS:
         raise BadRequest(f"step: {span.seconds // step} buckets, over the limit of {MAX_BUCKETS}; use a larger step")
     return step
+
+
+# --- k8s_live -----------------------------------------------------------------------------
+
+LIVE_PARAMS = frozenset({"cloud_account_id", "query", "start_date", "end_date", "step", *LIVE_FILTERS})
+# Longest filter value: Kubernetes names are far shorter; this only bounds the query text.
+MAX_FILTER_LENGTH = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveRequest:
+    """A ``k8s_live`` request: one allow-listed query over [start, end], a point every ``step`` s."""
+
+    cloud_account_id: str
+    query: str
+    start: int
+    end: int
+    step: int
+    filters: dict[str, str]  # label → value (equality), among the query's filters
+
+
+def parse_live_request(items: Iterable[tuple[str, str]], settings: MetroculusSettings) -> LiveRequest:
+    """A ``k8s_live`` request. Unlike the cost endpoints, nothing is integrated: dates and
+    step need not be multiples of the resolution, only give at most MAX_BUCKETS points."""
+    values = _single_values(items, LIVE_PARAMS)
+    account = _account_id(values)
+    name = values.get("query", "")
+    if name not in LIVE_QUERIES:
+        shown = "missing" if not name else f"unknown query {name[:128]!r}"
+        raise BadRequest(f"query: {shown}; allowed: {', '.join(LIVE_QUERIES)}")
+    start, end = _range(values, settings)
+    raw = _required(values, "step")
+    if not _UNSIGNED.fullmatch(raw) or int(raw) == 0:
+        raise BadRequest(f"step: {raw[:64]!r} is not a whole number of seconds, at least 1")
+    step = int(raw)
+    points = (end - start) // step + 1
+    if points > MAX_BUCKETS:
+        raise BadRequest(f"step: {points} points per series, over the limit of {MAX_BUCKETS}; use a larger step")
+    filters = {label: values[label] for label in LIVE_FILTERS if label in values}
+    allowed = LIVE_QUERIES[name].filters
+    for label, value in filters.items():
+        if label not in allowed:
+            raise BadRequest(f"{label}: {name} does not filter on {label}; its filters: {', '.join(allowed)}")
+        if not 0 < len(value) <= MAX_FILTER_LENGTH:
+            raise BadRequest(f"{label}: must be 1 to {MAX_FILTER_LENGTH} characters")
+    return LiveRequest(account, name, start, end, step, filters)

@@ -30,7 +30,9 @@ from k8scost.stores.expense_queries import ExpenseQueries
 from k8scost.stores.mongo import connect
 from k8scost.stores.organizations import EmailTaken, Organization, OrganizationStore
 from k8scost.stores.resources import COLLECTION as RESOURCES
-from serve_apps.restapi import errors, metrics, onboarding, params
+from k8scost.stores.rightsizing import RightsizingStore
+from serve_apps.restapi import errors, live, metrics, onboarding, params
+from serve_apps.restapi import rightsizing as rightsizing_api
 from serve_apps.restapi.auth import SECRET_HEADER, Caller, Tokens
 from serve_apps.restapi.errors import ApiError, bad_request, not_found
 from serve_apps.restapi.expenses import ClusterCostSource, ExpenseService, check_clean_request
@@ -66,6 +68,7 @@ class _Open:
         self.accounts = AccountStore(db)
         self.organizations = OrganizationStore(db)
         self.tasks = TaskStore(db, config.api.task_timeout_seconds)
+        self.rightsizing = RightsizingStore(db)
         self.metroculus = cluster_costs or MetroculusClient(
             config.metroculus_url, config.cluster_secret, timeout=config.api.metroculus_timeout
         )
@@ -411,6 +414,32 @@ def create_api(config: RestApiConfig, cluster_costs: ClusterCostSource | None = 
         if found is None:
             raise not_found("task", task_id)
         return JSONAnswer(found)
+
+    # --- live view (Metroculus k8s_live) ---------------------------------------------
+
+    @router.get(
+        "/organizations/{organization_id}/k8s_live",
+        summary="An account's live series (usage vs requests, cost rates) from an allow-listed query",
+        openapi_extra=live.OPENAPI,
+    )
+    async def k8s_live(request: Request, organization_id: str) -> JSONAnswer:
+        _, opened = await organization_of(request, organization_id)
+        values = live.parse(request.query_params.multi_items())
+        await opened.expenses.scope_accounts(organization_id, [values["cloud_account_id"]])  # 404 if not ours
+        return JSONAnswer(await live.live(opened.metroculus, values, config.api.live_timeout))
+
+    # --- rightsizing (the rightsizing job's recommendations) ---------------------------
+
+    @router.get(
+        "/organizations/{organization_id}/k8s_rightsizing",
+        summary="Recommended container requests, their efficiency and monthly savings, the largest savings first",
+        openapi_extra=rightsizing_api.OPENAPI,
+    )
+    async def k8s_rightsizing(request: Request, organization_id: str) -> JSONAnswer:
+        _, opened = await organization_of(request, organization_id)
+        asked = rightsizing_api.parse(request.query_params.multi_items())
+        accounts = await opened.expenses.scope_accounts(organization_id, asked.accounts)  # 404 if not ours
+        return JSONAnswer(await rightsizing_api.answer(opened.rightsizing, accounts, asked))
 
     api.include_router(public)
     api.include_router(router)

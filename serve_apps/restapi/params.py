@@ -13,6 +13,7 @@ import dataclasses
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from k8scost.stores.expense_queries import BREAKDOWN_COLUMNS, FILTER_COLUMNS
@@ -98,24 +99,34 @@ def items_from_body(body: Any) -> list[tuple[str, str]]:
     return items
 
 
-def parse(items: Iterable[tuple[str, str]], allowed: frozenset[str], settings: RestApiSettings) -> ExpenseRequest:
-    """The checked request, or ``ApiError`` 400 naming the first parameter at fault."""
+def split_query(
+    items: Iterable[tuple[str, str]], allowed: AbstractSet[str], repeatable: Iterable[str]
+) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """The single-valued parameters, and the values of each ``repeatable`` one given; 400 for
+    an unknown parameter, a single one given twice, or a malformed value."""
     pairs = list(items)
+    repeatable = tuple(repeatable)
     counts = Counter(name for name, _ in pairs)
-    unknown = sorted(set(counts) - allowed)
+    unknown = sorted(set(counts) - set(allowed))
     if unknown:
         shown = ", ".join(name[:64] for name in unknown)
         raise bad_request(f"unknown query parameter(s): {shown}; allowed: {', '.join(sorted(allowed))}")
-    repeated = sorted(name for name, count in counts.items() if count > 1 and name not in FILTER_PARAMS)
+    repeated = sorted(name for name, count in counts.items() if count > 1 and name not in repeatable)
     if repeated:
         raise bad_request(f"query parameter(s) given more than once: {', '.join(repeated)}")
-    single = {name: value for name, value in pairs if name not in FILTER_PARAMS}
+    single = {name: value for name, value in pairs if name not in repeatable}
     multi: dict[str, tuple[str, ...]] = {}
-    for name in FILTER_PARAMS:
+    for name in repeatable:
         values = tuple(dict.fromkeys(value for key, value in pairs if key == name))  # deduplicated, in order
         _check_values(name, values)
         if values:
             multi[name] = values
+    return single, multi
+
+
+def parse(items: Iterable[tuple[str, str]], allowed: frozenset[str], settings: RestApiSettings) -> ExpenseRequest:
+    """The checked request, or ``ApiError`` 400 naming the first parameter at fault."""
+    single, multi = split_query(items, allowed, FILTER_PARAMS)
 
     start, end = _timestamp(single, "start_date"), _timestamp(single, "end_date")
     if start >= end:

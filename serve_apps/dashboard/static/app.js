@@ -585,6 +585,353 @@ async function onboard(form, button) {
   }
 }
 
+// ---- rightsizing tab ----------------------------------------------------------------------
+// The rightsizing job's recommendations (GET k8s_rightsizing), in the API's order: the
+// largest monthly savings first. The tab shows them in place of the cost sections; the
+// filters stay, since their cluster, namespace and cloud account apply (the dates do not:
+// a recommendation covers the job's own window, shown above the table).
+
+const RIGHTSIZING_LIMIT = 500;
+const RIGHTSIZING_FILTERS = ["k8s_cluster", "k8s_namespace", "cloud_account_id"];
+const rightsizing = { active: false, hidden: [], generation: 0 };
+
+function millicores(cores) {
+  return cores === null || cores === undefined ? "–" : `${Math.round(cores * 1000)}m`;
+}
+
+function mebibytes(bytes) {
+  return bytes === null || bytes === undefined ? "–" : `${Math.ceil(bytes / 1048576)}Mi`;
+}
+
+function share(value) {
+  return value === null || value === undefined ? "–" : `${Math.round(value * 100)} %`;
+}
+
+function showRightsizing(on) {
+  // One tab at a time: another open tab (Live) is closed by its own toggle first.
+  if (on && $("tab-live")?.getAttribute("aria-pressed") === "true") $("tab-live").click();
+  rightsizing.active = on;
+  $("tab-rightsizing").setAttribute("aria-pressed", String(on));
+  if (on) {
+    rightsizing.hidden = [...$("dashboard").children].filter((el) => el.id !== "filters" && el.id !== "rightsizing" && !el.hidden);
+    for (const el of rightsizing.hidden) el.hidden = true;
+    $("rightsizing").hidden = false;
+    loadRightsizing();
+  } else {
+    for (const el of rightsizing.hidden) el.hidden = false;
+    rightsizing.hidden = [];
+    $("rightsizing").hidden = true;
+  }
+}
+
+async function loadRightsizing() {
+  if (!state.session || !rightsizing.active) return;
+  const element = $("rightsizing");
+  const generation = ++rightsizing.generation;
+  const query = new URLSearchParams({ limit: String(RIGHTSIZING_LIMIT) });
+  for (const name of RIGHTSIZING_FILTERS) {
+    const value = $(`filter-${name}`).value;
+    if (value !== "") query.append(name, value);
+  }
+  element.dataset.state = "loading";
+  try {
+    const answer = await api("GET", orgPath("/k8s_rightsizing"), { query });
+    if (generation !== rightsizing.generation) return;
+    renderRightsizing(answer);
+    element.dataset.query = query.toString();
+    element.dataset.state = "ready";
+  } catch (error) {
+    if (generation === rightsizing.generation) element.dataset.state = "error";
+    if (state.session) showError(error.message);
+  }
+}
+
+function rightsizingCell(text, field, value, numeric = false) {
+  const cell = document.createElement("td");
+  cell.textContent = text;
+  cell.dataset.field = field;
+  if (value !== undefined) cell.dataset.value = String(value);
+  if (numeric) cell.className = "num";
+  return cell;
+}
+
+function renderRightsizing(answer) {
+  const items = answer.k8s_rightsizing ?? [];
+  const total = answer.total_count ?? items.length;
+  $("rightsizing-count").textContent = items.length < total ? `${items.length} of ${total} containers` : `${total} containers`;
+  $("rightsizing-count").dataset.value = String(total);
+  setMoney($("rightsizing-savings"), answer.monthly_savings ?? 0);
+  setMoney($("rightsizing-extra"), answer.extra_monthly_cost ?? 0);
+  const run = items[0]?.run;
+  $("rightsizing-run").textContent = run
+    ? `Computed ${new Date(run.computed_at * 1000).toISOString().slice(0, 16).replace("T", " ")} UTC over ${run.window_days} days `
+      + `of usage: ${run.algorithm === "quantile" ? `quantile ${run.quantile}` : "peak"} ÷ target utilization `
+      + `(CPU ${share(run.target_cpu_utilization)}, memory ${share(run.target_memory_utilization)}); savings at each node's prices, 730 h a month.`
+    : "No recommendations yet: the rightsizing job has not run for these accounts.";
+  const rows = items.map((item) => {
+    const row = document.createElement("tr");
+    row.dataset.testid = "rightsizing-row";
+    row.dataset.id = item.id;
+    const workload = item.controller
+      ? `${item.namespace}/${item.controller_kind}/${item.controller}`
+      : `${item.namespace}/pod/${item.pod}`;
+    const savings = document.createElement("td");
+    savings.dataset.field = "monthly_savings";
+    setMoney(savings, item.monthly_savings ?? 0);
+    if (item.monthly_savings === null || item.monthly_savings === undefined) {
+      savings.textContent = "–"; // unknown: a node without price, or no usage seen
+      savings.dataset.value = "";
+    }
+    savings.className = `num ${(item.monthly_savings ?? 0) < 0 ? "up" : "down"}`;
+    const status = rightsizingCell(item.status, "status");
+    if (item.status === "under-provisioned") status.title = `the recommended requests cost ${formatMoney(item.extra_monthly_cost)} more a month`;
+    row.append(
+      rightsizingCell(workload, "workload"),
+      rightsizingCell(item.container, "container"),
+      rightsizingCell(item.cluster, "cluster"),
+      rightsizingCell(String(item.replicas), "replicas", item.replicas, true),
+      rightsizingCell(`${millicores(item.current_cpu_cores)} → ${millicores(item.recommended_cpu_cores)}`, "cpu",
+        item.recommended_cpu_cores, true),
+      rightsizingCell(`${mebibytes(item.current_memory_bytes)} → ${mebibytes(item.recommended_memory_bytes)}`, "memory",
+        item.recommended_memory_bytes, true),
+      rightsizingCell(share(item.total_efficiency), "total_efficiency", item.total_efficiency, true),
+      savings,
+      status,
+    );
+    return row;
+  });
+  $("rightsizing-table").tBodies[0].replaceChildren(...rows);
+}
+
+function wireRightsizing() {
+  $("tab-rightsizing").addEventListener("click", () => showRightsizing(!rightsizing.active));
+  // Listeners added after the page's own: the organization and filters are already set.
+  $("org-select").addEventListener("change", () => loadRightsizing());
+  for (const name of RIGHTSIZING_FILTERS) $(`filter-${name}`).addEventListener("change", () => loadRightsizing());
+  $("filters-reset").addEventListener("click", () => loadRightsizing());
+  // Signed out (the dashboard hidden): back to the cost sections, nothing of the organization kept.
+  new MutationObserver(() => {
+    if (!$("dashboard").hidden) return;
+    rightsizing.generation += 1;
+    if (rightsizing.active) showRightsizing(false);
+    $("rightsizing-table").tBodies[0].replaceChildren();
+    $("rightsizing-run").textContent = "";
+  }).observe($("dashboard"), { attributes: true, attributeFilter: ["hidden"] });
+}
+
+// ---- live tab -----------------------------------------------------------------------------
+// The last hours of one cloud account (GET k8s_live: Metroculus's allow-listed range queries
+// over the TSDB): usage against requests per namespace or pod, cost rates per namespace,
+// node or cluster. The tab shows them in place of the other sections and asks again every
+// 30 s while it is open and the page is visible; it says when it last got an answer.
+
+const LIVE_REFRESH_MS = 30000;
+// range → [seconds, step]: about 240–360 points a series, whatever the range.
+const LIVE_RANGES = { "1h": [3600, 15], "6h": [21600, 60], "24h": [86400, 300] };
+const LIVE_LEGEND_MAX = 12; // more groups than this: the table names them, the legend would not fit
+const live = { active: false, hidden: [], generation: 0, timer: null, chart: null, unit: "" };
+const liveTime = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", timeZone: "UTC" });
+
+function liveValue(value, unit = live.unit) {
+  if (value === null || value === undefined) return "–";
+  if (unit === "USD/hour") return `${formatMoney(value)}/h`;
+  if (unit === "bytes") return value >= 2 ** 30 ? `${(value / 2 ** 30).toFixed(2)} GiB` : `${(value / 2 ** 20).toFixed(1)} MiB`;
+  return `${Number(value).toFixed(3)} cores`;
+}
+
+function rightsizingOpen() {
+  return $("tab-rightsizing")?.getAttribute("aria-pressed") === "true";
+}
+
+function showLive(on) {
+  if (on === live.active) return;
+  if (on && rightsizingOpen()) $("tab-rightsizing").click(); // one tab at a time: its own toggle closes it
+  live.active = on;
+  $("tab-live").setAttribute("aria-pressed", String(on));
+  if (on) {
+    live.hidden = [...$("dashboard").children].filter((el) => el.id !== "live" && !el.hidden);
+    for (const el of live.hidden) el.hidden = true;
+    $("live").hidden = false;
+    live.timer = setInterval(() => { if (!document.hidden) refreshLive(); }, LIVE_REFRESH_MS);
+    loadLiveAccounts();
+  } else {
+    clearInterval(live.timer);
+    live.timer = null;
+    live.generation += 1; // an answer still on its way is dropped
+    for (const el of live.hidden) el.hidden = false;
+    live.hidden = [];
+    $("live").hidden = true;
+  }
+}
+
+// The organization's accounts in the picker (the chosen one kept), then the series.
+async function loadLiveAccounts() {
+  const generation = ++live.generation;
+  try {
+    const answer = await api("GET", orgPath("/cloud_accounts"));
+    if (generation !== live.generation) return;
+    const accounts = answer.cloud_accounts ?? [];
+    const select = $("live-account");
+    const kept = select.value;
+    select.replaceChildren(...accounts.map((a) => new Option(a.name ?? a.id, a.id)));
+    if (accounts.some((a) => a.id === kept)) select.value = kept;
+    $("live-no-account").hidden = accounts.length > 0;
+  } catch (error) {
+    if (generation === live.generation) $("live").dataset.state = "error";
+    if (state.session) showError(error.message);
+    return;
+  }
+  await refreshLive();
+}
+
+async function refreshLive() {
+  if (!state.session || !live.active || !$("live-account").value) return;
+  const [seconds, step] = LIVE_RANGES[$("live-range").value];
+  const end = Math.floor(Date.now() / 1000 / step) * step;
+  const query = new URLSearchParams({
+    cloud_account_id: $("live-account").value, query: $("live-query").value,
+    start_date: String(end - seconds), end_date: String(end), step: String(step),
+  });
+  const element = $("live");
+  const generation = ++live.generation;
+  element.dataset.state = "loading";
+  try {
+    const answer = await api("GET", orgPath("/k8s_live"), { query });
+    if (generation !== live.generation) return;
+    renderLive(answer);
+    element.dataset.query = query.toString();
+    element.dataset.state = "ready";
+    const now = new Date();
+    $("live-refreshed").textContent = `Last refreshed ${now.toISOString().slice(11, 19)} UTC; again every ${LIVE_REFRESH_MS / 1000} s.`;
+    $("live-refreshed").dataset.value = String(now.getTime());
+    clearError();
+  } catch (error) {
+    if (generation === live.generation) element.dataset.state = "error";
+    if (state.session) showError(error.message); // the last answer stays on screen, with its time
+  }
+}
+
+// The value at the range's end; none for a series that stopped before (a pod gone, a node removed).
+function liveLatest(points, end) {
+  const last = points?.at(-1);
+  return last && last[0] === end ? last[1] : null;
+}
+
+function renderLive(answer) {
+  const groupBy = answer.group_by ?? [];
+  const parts = answer.parts ?? [];
+  const series = answer.series ?? [];
+  live.unit = answer.unit ?? "";
+  const keyOf = (s) => groupBy.map((label) => s.labels?.[label] ?? "").join(" / ");
+  const noun = `${groupBy.at(-1)}s`;
+  const total = answer.series_total ?? series.length;
+  const ratio = parts.includes("usage") && parts.includes("request");
+  $("live-description").textContent = `${answer.description ?? ""} (${live.unit})${ratio ? "; requests dashed" : ""}.`;
+  $("live-count").textContent = series.length < total ? `The ${series.length} largest of ${total} ${noun}.` : `${total} ${noun}.`;
+  $("live-count").dataset.value = String(total);
+
+  // The table: each group's latest values, the largest first.
+  const latest = (s) => Math.max(...parts.map((part) => liveLatest(s[part], answer.end_date) ?? -Infinity));
+  const sorted = [...series].sort((a, b) => latest(b) - latest(a) || keyOf(a).localeCompare(keyOf(b)));
+  const head = document.createElement("tr");
+  for (const text of [groupBy.join(" / "), ...parts.map((p) => `${p.replace("_", " ")} now`), ...(ratio ? ["usage ÷ request"] : [])]) {
+    const th = document.createElement("th");
+    th.textContent = text;
+    if (head.children.length) th.className = "num";
+    head.append(th);
+  }
+  $("live-table").tHead.replaceChildren(head);
+  const rows = sorted.map((s) => {
+    const row = document.createElement("tr");
+    row.dataset.testid = "live-row";
+    row.dataset.key = keyOf(s);
+    const name = document.createElement("td");
+    name.textContent = keyOf(s);
+    row.append(name);
+    for (const part of parts) {
+      const cell = document.createElement("td");
+      cell.className = "num";
+      cell.dataset.field = part;
+      const value = liveLatest(s[part], answer.end_date);
+      cell.textContent = liveValue(value);
+      cell.dataset.value = value === null ? "" : String(value);
+      row.append(cell);
+    }
+    if (ratio) {
+      const [usage, request] = [liveLatest(s.usage, answer.end_date), liveLatest(s.request, answer.end_date)];
+      const cell = document.createElement("td");
+      cell.className = "num";
+      cell.dataset.field = "ratio";
+      cell.textContent = usage !== null && request ? `${Math.round((usage / request) * 100)} %` : "–";
+      row.append(cell);
+    }
+    return row;
+  });
+  $("live-table").tBodies[0].replaceChildren(...rows);
+
+  if (typeof window.Chart !== "function") return; // the table holds every figure
+  const times = [];
+  for (let t = answer.start_date; t <= answer.end_date; t += answer.step) times.push(t);
+  const index = new Map(times.map((t, i) => [t, i]));
+  const datasets = [];
+  series.forEach((s, i) => {
+    const color = PALETTE[i % PALETTE.length];
+    for (const part of parts) {
+      const data = new Array(times.length).fill(null); // no sample at a point: a gap, not a zero
+      for (const [t, value] of s[part] ?? []) if (index.has(t)) data[index.get(t)] = value;
+      datasets.push({
+        label: parts.length > 1 ? `${keyOf(s)} ${part}` : keyOf(s), data, borderColor: color, backgroundColor: color,
+        borderDash: part === "request" ? [6, 4] : [], borderWidth: 1.5, pointRadius: 0, spanGaps: false,
+      });
+    }
+  });
+  const data = { labels: times.map((t) => liveTime.format(new Date(t * 1000))), datasets };
+  const legend = series.length <= LIVE_LEGEND_MAX;
+  if (live.chart) {
+    live.chart.data = data;
+    live.chart.options.plugins.legend.display = legend;
+    live.chart.update();
+    return;
+  }
+  live.chart = new window.Chart($("live-chart"), {
+    type: "line",
+    data,
+    options: {
+      animation: false, responsive: true, maintainAspectRatio: false, interaction: { mode: "nearest", intersect: false },
+      scales: {
+        x: { ticks: { maxTicksLimit: 12 }, title: { display: true, text: "UTC" } },
+        y: { beginAtZero: true, grace: "5%", ticks: { callback: (value) => liveValue(value) } },
+      },
+      plugins: {
+        legend: { display: legend, position: "bottom" },
+        tooltip: { callbacks: { label: (item) => `${item.dataset.label}: ${liveValue(item.raw)}` } },
+      },
+    },
+  });
+}
+
+function wireLive() {
+  $("tab-live").addEventListener("click", () => showLive(!live.active));
+  // Opening the rightsizing tab closes this one first (capture: before its own listener runs).
+  document.addEventListener("click", (event) => {
+    if (live.active && event.target instanceof Element && event.target.closest("#tab-rightsizing")) showLive(false);
+  }, true);
+  for (const id of ["live-account", "live-query", "live-range"]) $(id).addEventListener("change", () => refreshLive());
+  $("org-select").addEventListener("change", () => { if (live.active) loadLiveAccounts(); });
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshLive(); });
+  // Signed out (the dashboard hidden): the tab closes and nothing of the organization stays.
+  new MutationObserver(() => {
+    if (!$("dashboard").hidden) return;
+    showLive(false);
+    $("live-account").replaceChildren();
+    $("live-table").tBodies[0].replaceChildren();
+    if (live.chart) {
+      live.chart.data = { labels: [], datasets: [] };
+      live.chart.update();
+    }
+  }).observe($("dashboard"), { attributes: true, attributeFilter: ["hidden"] });
+}
+
 // ---- wiring -----------------------------------------------------------------------------
 
 function wire() {
@@ -642,3 +989,5 @@ function wire() {
 }
 
 wire();
+wireRightsizing();
+wireLive();

@@ -1,0 +1,369 @@
+"""Rightsizing: recommended container requests and what they save, per tenant, as Ray tasks.
+
+    ray job submit --working-dir . -- python -m jobs.rightsizing \\
+        [--organization-id ID | --cloud-account-id ID ...] [--window-days 7] [--algorithm max|quantile] \\
+        [--quantile 0.95] [--target-cpu-utilization 0.7] [--target-memory-utilization 0.7] [--end UNIX_SECONDS]
+
+Without an account or organization, every live Kubernetes account. Each tenant is one Ray
+task, all in parallel: it reads the tenant's container gauges and node prices over the
+window from the TSDB (PromQL that always carries ``tenant_id``), computes the
+recommendations (``k8scost.rightsizing`` holds the formulas) and replaces the tenant's
+documents in MongoDB ``k8s_rightsizing``. Each tenant's stage times (query, compute,
+MongoDB write) and the run's totals go to the job log, which the Ray dashboard shows.
+Exit status: 0 every tenant done, 1 some failed (run again: a run replaces, never adds),
+2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from pymongo.errors import ConnectionFailure
+from ray.util import metrics
+
+from k8scost import promql
+from k8scost.rightsizing import (
+    Algorithm,
+    GroupKey,
+    Observed,
+    Params,
+    ParamsError,
+    Replica,
+    Status,
+    group,
+    group_key,
+    recommend_all,
+)
+from k8scost.settings import RightsizingSettings, SettingsError, StoreSettings, from_env
+from k8scost.stores.accounts import Account, AccountStore
+from k8scost.stores.mongo import connect
+from k8scost.stores.rightsizing import RightsizingStore, document
+from k8scost.tsdb import TsdbClient
+
+log = logging.getLogger("jobs.rightsizing")
+
+DAY = 86_400
+CONTAINER_LABELS = ("cluster", "namespace", "pod", "container", "node", "controller_kind", "controller")
+NODE_LABELS = ("cluster", "node")
+_C = "cloudtuner_kubecost_container_"
+
+STAGE_SECONDS = metrics.Histogram(
+    "cloudtuner_rightsizing_stage_seconds",
+    description="Time of one stage (query, compute, write) of one tenant's rightsizing.",
+    boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
+    tag_keys=("stage",),
+)
+LAST_SUCCESS = metrics.Gauge(
+    "cloudtuner_rightsizing_last_success_timestamp_seconds",
+    description="When the tenant's recommendations were last written.",
+    tag_keys=("tenant",),
+)
+FAILURES = metrics.Counter(
+    "cloudtuner_rightsizing_failures", description="Tenants whose rightsizing failed (after Ray's retries)."
+)
+
+
+# --- one tenant --------------------------------------------------------------------------------
+
+
+def tenant_queries(tenant_id: str, params: Params) -> dict[str, str]:
+    """The instant PromQL queries of one tenant, evaluated at the window's end.
+
+    ``max by`` the identifying labels drops the scrape's own (job, instance, a Prometheus
+    replica's label), so a series written twice by an HA pair is counted once.
+    """
+    window = f"[{promql.window(params.window_days * DAY)}]"
+    by = f"max by ({', '.join(CONTAINER_LABELS)})"
+
+    def sel(metric: str) -> str:
+        return promql.rightsizing_selector(metric, tenant_id)
+
+    def statistic(resource: str, unit: str) -> str:
+        if params.algorithm is Algorithm.QUANTILE:
+            return f"{by} (quantile_over_time({params.quantile!r}, {sel(f'{_C}{resource}_usage_average_{unit}')}{window}))"
+        return f"{by} (max_over_time({sel(f'{_C}{resource}_usage_max_{unit}')}{window}))"
+
+    queries = {"running": f"{by} ({sel(_C + 'cpu_request_cores')})"}  # exported at the end (5-minute lookback)
+    for resource, unit in (("cpu", "cores"), ("memory", "bytes")):
+        usage, request = sel(f"{_C}{resource}_usage_average_{unit}"), sel(f"{_C}{resource}_request_{unit}")
+        queries[f"{resource}_statistic"] = statistic(resource, unit)
+        queries[f"{resource}_usage_sum"] = f"{by} (sum_over_time({usage}{window}))"
+        queries[f"{resource}_request_sum"] = f"{by} (sum_over_time({request}{window}))"
+        queries[f"{resource}_request"] = f"{by} (last_over_time({request}{window}))"
+    for resource, metric in (("cpu", "node_cpu_price_per_core_hour"), ("memory", "node_ram_price_per_gib_hour")):
+        node_by = f"max by ({', '.join(NODE_LABELS)})"
+        queries[f"{resource}_price"] = f"{node_by} (last_over_time({sel('cloudtuner_kubecost_' + metric)}{window}))"
+    return queries
+
+
+Vector = dict[tuple[str, ...], float]
+
+
+def _vector(answer: dict[str, Any], labels: tuple[str, ...]) -> Vector:
+    """An instant vector as label values → value; NaN and infinities (no data) left out."""
+    values: Vector = {}
+    for series in answer["result"]:
+        value = float(series["value"][1])
+        if math.isfinite(value):
+            values[tuple(series["metric"].get(label, "") for label in labels)] = value
+    return values
+
+
+async def query_tenant(tsdb: TsdbClient, tenant_id: str, params: Params, end: int) -> dict[str, Vector]:
+    """Every query's answer at ``end``, run concurrently."""
+    queries = tenant_queries(tenant_id, params)
+    answers = await asyncio.gather(*(tsdb.instant(query, end) for query in queries.values()))
+    return {
+        name: _vector(answer, NODE_LABELS if name.endswith("_price") else CONTAINER_LABELS)
+        for name, answer in zip(queries, answers)
+    }
+
+
+def replicas_by_group(answers: dict[str, Vector]) -> dict[GroupKey, list[Replica]]:
+    """The replicas (one per pod's container seen in any answer), gathered by group."""
+    seen = {labels for name, vector in answers.items() if not name.endswith("_price") for labels in vector}
+    running = answers["running"]
+
+    def observed(resource: str, labels: tuple[str, ...]) -> Observed:
+        cluster, node = labels[0], labels[4]
+        return Observed(
+            statistic=answers[f"{resource}_statistic"].get(labels),
+            usage_sum=answers[f"{resource}_usage_sum"].get(labels, 0.0),
+            request_sum=answers[f"{resource}_request_sum"].get(labels, 0.0),
+            request=answers[f"{resource}_request"].get(labels),
+            price=answers[f"{resource}_price"].get((cluster, node)),
+        )
+
+    pairs = []
+    for labels in sorted(seen):
+        cluster, namespace, pod, container, node, controller_kind, controller = labels
+        replica = Replica(pod, node, labels in running, observed("cpu", labels), observed("memory", labels))
+        pairs.append((group_key(cluster, namespace, pod, container, controller_kind, controller), replica))
+    return group(pairs)
+
+
+@dataclasses.dataclass(frozen=True)
+class TenantReport:
+    """What one tenant's run did, and how long each stage took."""
+
+    account_id: str
+    groups: int
+    replicas: int
+    over_provisioned: int
+    under_provisioned: int
+    monthly_savings: float  # summed over the over-provisioned groups
+    extra_monthly_cost: float  # summed over the under-provisioned groups
+    query_seconds: float
+    compute_seconds: float
+    write_seconds: float
+
+    @property
+    def total_seconds(self) -> float:
+        return self.query_seconds + self.compute_seconds + self.write_seconds
+
+
+async def rightsize_tenant(
+    account_id: str, organization_id: str, params: Params, end: int, tsdb: TsdbClient, store: RightsizingStore
+) -> TenantReport:
+    """Recommendations of one tenant over the window ending at ``end``, written to ``store``."""
+    started = time.perf_counter()
+    answers = await query_tenant(tsdb, account_id, params, end)
+    queried = time.perf_counter()
+    groups = replicas_by_group(answers)
+    recommendations = recommend_all(groups, params)
+    run = {
+        **params.document(),
+        "window_start": end - params.window_days * DAY,
+        "window_end": end,
+        "computed_at": int(time.time()),
+    }
+    documents = [document(account_id, organization_id, r, run) for r in recommendations]
+    computed = time.perf_counter()
+    await store.ensure_indexes()
+    await store.replace(account_id, documents)
+    written = time.perf_counter()
+    report = TenantReport(
+        account_id,
+        groups=len(recommendations),
+        replicas=sum(len(replicas) for replicas in groups.values()),
+        over_provisioned=sum(1 for r in recommendations if r.status is Status.OVER),
+        under_provisioned=sum(1 for r in recommendations if r.status is Status.UNDER),
+        monthly_savings=sum(r.monthly_savings or 0.0 for r in recommendations if r.status is Status.OVER),
+        extra_monthly_cost=sum(r.extra_monthly_cost for r in recommendations),
+        query_seconds=queried - started,
+        compute_seconds=computed - queried,
+        write_seconds=written - computed,
+    )
+    for stage, seconds in (("query", report.query_seconds), ("compute", report.compute_seconds),
+                           ("write", report.write_seconds)):
+        STAGE_SECONDS.observe(seconds, tags={"stage": stage})
+    LAST_SUCCESS.set(time.time(), tags={"tenant": account_id})
+    return report
+
+
+async def run_tenant(
+    account_id: str, organization_id: str, params: Params, end: int, stores: StoreSettings, settings: RightsizingSettings
+) -> TenantReport:
+    """``rightsize_tenant`` with its own TSDB client and MongoDB connection (one per event loop)."""
+    tsdb = TsdbClient(stores.tsdb_url, timeout=settings.tsdb_timeout, connections=16)
+    db = connect(stores)
+    try:
+        return await rightsize_tenant(account_id, organization_id, params, end, tsdb, RightsizingStore(db))
+    finally:
+        await tsdb.aclose()
+        db.client.close()
+
+
+@ray.remote(max_retries=2, retry_exceptions=True)
+def rightsize_task(
+    account_id: str, organization_id: str, params: Params, end: int, stores: StoreSettings, settings: RightsizingSettings
+) -> TenantReport:
+    """One tenant, on a Ray worker. Retried on errors (a TSDB or MongoDB outage): a run replaces."""
+    return asyncio.run(run_tenant(account_id, organization_id, params, end, stores, settings))
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+async def rightsize(
+    accounts: Sequence[Account], params: Params, end: int, stores: StoreSettings, settings: RightsizingSettings
+) -> dict[str, Any]:
+    """A Ray task per account, all submitted at once; the run's summary."""
+    started = time.perf_counter()
+    pending = {
+        asyncio.ensure_future(_result(
+            rightsize_task.options(num_cpus=settings.task_cpus, name=f"rightsizing {a.id}").remote(
+                a.id, a.organization_id, params, end, stores, settings
+            )
+        )): a
+        for a in accounts
+    }
+    reports: list[TenantReport] = []
+    failed: list[str] = []
+    while pending:
+        finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for future in finished:
+            account = pending.pop(future)
+            try:
+                report = future.result()
+            except Exception as exc:  # Ray retried already; the next run tries again
+                failed.append(account.id)
+                FAILURES.inc()
+                log.error("rightsizing: tenant %s failed: %s", account.id, exc)
+                continue
+            reports.append(report)
+            log.info(
+                "rightsizing: tenant %s: %d groups (%d replicas), %d over- and %d under-provisioned, "
+                "savings %.2f USD/month, extra cost %.2f; query %.2f s, compute %.2f s, write %.2f s (%d/%d tenants)",
+                report.account_id, report.groups, report.replicas, report.over_provisioned, report.under_provisioned,
+                report.monthly_savings, report.extra_monthly_cost, report.query_seconds, report.compute_seconds,
+                report.write_seconds, len(reports) + len(failed), len(accounts),
+            )
+    return {
+        "accounts": len(accounts),
+        "done": len(reports),
+        "failed": failed,
+        "params": params.document(),
+        "window_end": end,
+        "groups": sum(r.groups for r in reports),
+        "replicas": sum(r.replicas for r in reports),
+        "monthly_savings": round(sum(r.monthly_savings for r in reports), 2),
+        "extra_monthly_cost": round(sum(r.extra_monthly_cost for r in reports), 2),
+        # Stage times are summed over tenants, whose tasks overlap; "seconds" is the run's wall time.
+        "query_seconds": round(sum(r.query_seconds for r in reports), 3),
+        "compute_seconds": round(sum(r.compute_seconds for r in reports), 3),
+        "write_seconds": round(sum(r.write_seconds for r in reports), 3),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+async def _result(ref: Any) -> TenantReport:
+    return await ref
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Params]:
+    """The arguments and checked parameters; exits 2 naming the flag at fault."""
+    parser = argparse.ArgumentParser(prog="python -m jobs.rightsizing", description=__doc__.splitlines()[0])
+    try:
+        defaults = from_env(RightsizingSettings)
+    except SettingsError as exc:
+        parser.error(str(exc))
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--cloud-account-id", action="append", metavar="ID", help="an account to rightsize (repeatable)")
+    which.add_argument("--organization-id", metavar="ID", help="every Kubernetes account of the organization")
+    parser.add_argument("--window-days", type=int, default=defaults.window_days,
+                        help=f"days of usage looked at (default {defaults.window_days})")
+    parser.add_argument("--algorithm", choices=[str(a) for a in Algorithm], default=defaults.algorithm,
+                        help=f"size on the peak usage or a quantile of it (default {defaults.algorithm})")
+    parser.add_argument("--quantile", type=float, default=defaults.quantile,
+                        help=f"quantile of the usage samples, for --algorithm quantile (default {defaults.quantile})")
+    parser.add_argument("--target-cpu-utilization", type=float, default=defaults.target_cpu_utilization,
+                        help=f"usage ÷ recommended CPU request (default {defaults.target_cpu_utilization})")
+    parser.add_argument("--target-memory-utilization", type=float, default=defaults.target_memory_utilization,
+                        help=f"usage ÷ recommended memory request (default {defaults.target_memory_utilization})")
+    parser.add_argument("--end", type=int, default=None, metavar="UNIX_SECONDS",
+                        help="end of the window (default: now), to compute as of a past instant")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "auto"),
+                        help="Ray cluster (default: $RAY_ADDRESS, as `ray job submit` sets it, else auto)")
+    args = parser.parse_args(argv)
+    now = int(time.time())
+    if args.end is None:
+        args.end = now
+    elif not 0 < args.end <= now + 60:
+        parser.error(f"--end: {args.end} is not a Unix time up to now ({now}): future usage is not known yet")
+    try:
+        params = Params(args.window_days, args.algorithm, args.quantile, args.target_cpu_utilization,
+                        args.target_memory_utilization)
+    except ParamsError as exc:
+        env = RightsizingSettings.__dataclass_fields__[exc.param].metadata["env"]
+        parser.error(f"--{exc.param.replace('_', '-')} / {env}: {exc.reason}")
+    return args, params
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, params = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    stores, settings = from_env(StoreSettings), from_env(RightsizingSettings)
+    started = time.perf_counter()
+    try:
+        accounts = asyncio.run(AccountStore(connect(stores)).select(args.cloud_account_id, args.organization_id))
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ConnectionFailure as exc:
+        print(f"error: MongoDB unreachable at {stores.mongodb_url}: {exc}", file=sys.stderr)
+        return 1
+    log.info("rightsizing: %d tenants, window %d days, algorithm %s; accounts read in %.2f s",
+             len(accounts), params.window_days, params.algorithm, time.perf_counter() - started)
+    if not accounts:
+        print(json.dumps({"accounts": 0, "done": 0, "failed": []}))
+        return 0
+    try:
+        ray.init(address=args.address, logging_level="warning")
+    except ConnectionError as exc:
+        print(f"error: no Ray cluster at {args.address}: {exc}", file=sys.stderr)
+        return 1
+    summary = asyncio.run(rightsize(accounts, params, args.end, stores, settings))
+    log.info("rightsizing: %d/%d tenants in %.2f s (stages summed over tenants: query %.2f s, compute %.2f s, "
+             "write %.2f s)", summary["done"], summary["accounts"], summary["seconds"], summary["query_seconds"],
+             summary["compute_seconds"], summary["write_seconds"])
+    print(json.dumps(summary))
+    if summary["failed"]:
+        print(f"error: {len(summary['failed'])} tenants failed; run again (a run replaces, never adds)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
