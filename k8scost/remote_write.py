@@ -54,6 +54,7 @@ class Limits:
     max_label_name_length: int = 1024
     max_label_value_length: int = 2048
     max_future_seconds: float = 600.0
+    max_past_seconds: float = 29 * 86_400.0
     max_decoded_bytes: int = 64 << 20
 
 
@@ -126,6 +127,7 @@ class TenantPolice:
         untouched = request.ByteSize() == len(raw)
 
         newest_ms = now_ms + int(self.limits.max_future_seconds * 1000)
+        oldest_ms = now_ms - int(self.limits.max_past_seconds * 1000)
         verdicts = self._verdicts
         rebuild = False  # some series or sample must go: rebuild the request without it
         samples = 0
@@ -141,13 +143,8 @@ class TenantPolice:
                 series.labels[:] = labels
                 untouched = False
             for sample in series.samples:
-                if sample.timestamp > newest_ms:
-                    raise WriteRejected(
-                        400,
-                        "future_timestamp",
-                        f"series {index}: sample at {sample.timestamp} ms is more than "
-                        f"{self.limits.max_future_seconds:g} s in the future",
-                    )
+                if not oldest_ms <= sample.timestamp <= newest_ms:
+                    raise self._out_of_range(index, sample.timestamp, newest_ms)
                 value = sample.value
                 # Finite and not negative passes at once; only the odd sample pays for the exact test.
                 if not 0.0 <= value < math.inf:
@@ -161,6 +158,20 @@ class TenantPolice:
             series=len(request.timeseries),
             samples=samples,
             dropped=dropped,
+        )
+
+    def _out_of_range(self, index: int, timestamp: int, newest_ms: int) -> WriteRejected:
+        if timestamp > newest_ms:
+            return WriteRejected(
+                400,
+                "future_timestamp",
+                f"series {index}: sample at {timestamp} ms is more than {self.limits.max_future_seconds:g} s in the future",
+            )
+        # The TSDB can never store it (it answers such a sample 500, which senders retry forever).
+        return WriteRejected(
+            400,
+            "past_timestamp",
+            f"series {index}: sample at {timestamp} ms is more than {self.limits.max_past_seconds / 86_400:g} days in the past",
         )
 
     def _judge(self, key: tuple[bytes, ...], index: int) -> _Verdict:

@@ -65,3 +65,15 @@ class SyncAccounts:
 @pytest.fixture(scope="session")
 def accounts(real_services: None) -> SyncAccounts:
     return SyncAccounts()
+
+
+# --- figures of the reliability and security suite (tests/figures.py) ---
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Every ``FIGURE Rn:`` line recorded in this run, again at the end: they show under -q."""
+    from tests import figures
+
+    lines = figures.recorded()
+    if lines:
+        terminalreporter.write_sep("-", "figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -127,6 +127,16 @@ def test_future_sample_rejects_the_body(police: TenantPolice) -> None:
     assert caught.value.reason == "future_timestamp" and "600 s in the future" in caught.value.message
 
 
+def test_sample_older_than_the_tsdb_takes_rejects_the_body(police: TenantPolice) -> None:
+    # Prometheus answers such a sample 500 ("too old sample"): a sender would retry it forever.
+    oldest = NOW_MS - 29 * 86_400_000
+    assert police.police(encode([(cost(), [(oldest, 1)])]), NOW_MS).samples == 1
+    with pytest.raises(WriteRejected) as caught:
+        police.police(encode([(cost(), [(NOW_MS, 1)]), (cost("b"), [(oldest - 1, 1)])]), NOW_MS)
+    assert caught.value.reason == "past_timestamp" and "series 1" in caught.value.message
+    assert "29 days in the past" in caught.value.message
+
+
 def test_bad_utf8_label_is_rejected(police: TenantPolice) -> None:
     request = WriteRequest()
     request.timeseries.add().samples.add(timestamp=NOW_MS, value=1)

@@ -56,6 +56,7 @@ class RemoteWriteIngress:
             max_label_name_length=s.max_label_name_length,
             max_label_value_length=s.max_label_value_length,
             max_future_seconds=s.max_future_seconds,
+            max_past_seconds=s.max_past_seconds,
             max_decoded_bytes=s.max_decoded_bytes,
         )
         self.credentials = CredentialCache(AccountStore(connect(from_env(StoreSettings))), s.auth_cache_seconds)
@@ -126,7 +127,10 @@ class RemoteWriteIngress:
             raise _Refused(429, f"tenant over {s.tenant_samples_per_second:g} samples/s", {"Retry-After": str(int(wait))})
         if policed.series:
             await self._forward(tenant, policed.body)
-        metrics.SAMPLES.inc(policed.samples, tags={"tenant": tenant, "outcome": "accepted", "reason": "ok"})
+        # Ray's counters refuse 0: a body whose samples were all dropped (or a metadata-only
+        # one, as Prometheus sends) would otherwise end in a 500.
+        if policed.samples:
+            metrics.SAMPLES.inc(policed.samples, tags={"tenant": tenant, "outcome": "accepted", "reason": "ok"})
         return Response(status_code=204)
 
     async def _forward(self, tenant: str, body: bytes) -> None:
