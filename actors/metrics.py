@@ -1,4 +1,5 @@
-"""Per-tenant ledger metrics, exported by the supervisor through Ray's metrics agent (prefix ``ray_``)."""
+"""Per-tenant ledger metrics, exported through Ray's metrics agent (prefix ``ray_``): the supervisor's
+view of each tenant, and the failed cycles each tenant actor counts itself."""
 
 from __future__ import annotations
 
@@ -23,4 +24,11 @@ RESTARTS = metrics.Counter(
     "cloudtuner_ledger_actor_restarts",
     description="Tenant actors the supervisor restarted for not answering or stalling.",
     tag_keys=("tenant",),
+)
+# Counted by the actor itself: the supervisor samples FAILING once a reconciliation and
+# misses a failure the next cycle repaired; a counter shows every one, e.g. a store outage.
+CYCLE_FAILURES = metrics.Counter(
+    "cloudtuner_ledger_cycle_failures",
+    description="Failed ledger cycles of the tenant actor, by error type (a store down: StoreUnavailable).",
+    tag_keys=("tenant", "error"),
 )
