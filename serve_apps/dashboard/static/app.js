@@ -729,7 +729,8 @@ const LIVE_REFRESH_MS = 30000;
 // range → [seconds, step]: about 240–360 points a series, whatever the range.
 const LIVE_RANGES = { "1h": [3600, 15], "6h": [21600, 60], "24h": [86400, 300] };
 const LIVE_LEGEND_MAX = 12; // more groups than this: the table names them, the legend would not fit
-const live = { active: false, hidden: [], generation: 0, timer: null, chart: null, unit: "" };
+// generation: of the series asked; listing: of the account list (each drops answers older than it)
+const live = { active: false, hidden: [], generation: 0, listing: 0, timer: null, chart: null, unit: "" };
 const liveTime = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", timeZone: "UTC" });
 
 function liveValue(value, unit = live.unit) {
@@ -757,7 +758,8 @@ function showLive(on) {
   } else {
     clearInterval(live.timer);
     live.timer = null;
-    live.generation += 1; // an answer still on its way is dropped
+    live.generation += 1; // answers still on their way are dropped
+    live.listing += 1;
     for (const el of live.hidden) el.hidden = false;
     live.hidden = [];
     $("live").hidden = true;
@@ -766,10 +768,10 @@ function showLive(on) {
 
 // The organization's accounts in the picker (the chosen one kept), then the series.
 async function loadLiveAccounts() {
-  const generation = ++live.generation;
+  const listing = ++live.listing;
   try {
     const answer = await api("GET", orgPath("/cloud_accounts"));
-    if (generation !== live.generation) return;
+    if (listing !== live.listing) return;
     const accounts = answer.cloud_accounts ?? [];
     const select = $("live-account");
     const kept = select.value;
@@ -777,15 +779,31 @@ async function loadLiveAccounts() {
     if (accounts.some((a) => a.id === kept)) select.value = kept;
     $("live-no-account").hidden = accounts.length > 0;
   } catch (error) {
-    if (generation === live.generation) $("live").dataset.state = "error";
+    if (listing === live.listing) $("live").dataset.state = "error";
     if (state.session) showError(error.message);
     return;
   }
   await refreshLive();
 }
 
+function clearLive() {
+  $("live-table").tBodies[0].replaceChildren();
+  for (const id of ["live-description", "live-count"]) $(id).textContent = "";
+  $("live-refreshed").textContent = "Not refreshed yet.";
+  $("live-refreshed").dataset.value = "";
+  if (live.chart) {
+    live.chart.data = { labels: [], datasets: [] };
+    live.chart.update();
+  }
+}
+
 async function refreshLive() {
-  if (!state.session || !live.active || !$("live-account").value) return;
+  if (!state.session || !live.active) return;
+  if (!$("live-account").value) { // no account (yet) in this organization: nothing of another's stays
+    live.generation += 1;
+    clearLive();
+    return;
+  }
   const [seconds, step] = LIVE_RANGES[$("live-range").value];
   const end = Math.floor(Date.now() / 1000 / step) * step;
   const query = new URLSearchParams({
@@ -917,18 +935,17 @@ function wireLive() {
     if (live.active && event.target instanceof Element && event.target.closest("#tab-rightsizing")) showLive(false);
   }, true);
   for (const id of ["live-account", "live-query", "live-range"]) $(id).addEventListener("change", () => refreshLive());
-  $("org-select").addEventListener("change", () => { if (live.active) loadLiveAccounts(); });
+  $("org-select").addEventListener("change", () => {
+    $("live-account").replaceChildren(); // the other organization's accounts are not asked for
+    if (live.active) loadLiveAccounts();
+  });
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshLive(); });
   // Signed out (the dashboard hidden): the tab closes and nothing of the organization stays.
   new MutationObserver(() => {
     if (!$("dashboard").hidden) return;
     showLive(false);
     $("live-account").replaceChildren();
-    $("live-table").tBodies[0].replaceChildren();
-    if (live.chart) {
-      live.chart.data = { labels: [], datasets: [] };
-      live.chart.update();
-    }
+    clearLive();
   }).observe($("dashboard"), { attributes: true, attributeFilter: ["hidden"] });
 }
 
