@@ -30,7 +30,7 @@ from k8scost.metroculus_client import MetroculusClient
 from k8scost.settings import LedgerSettings, MetroculusSettings, StoreSettings, from_env
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
 from k8scost.stores.mongo import connect
-from k8scost.stores.resources import Resource, ResourceStore
+from k8scost.stores.resources import Kind, Resource, ResourceStore
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,8 @@ class TenantActor:
         # changed, or seen on a day its document does not cover yet.
         seen_days: dict[str, list[datetime]] = {}
         for rid, day in changed:
-            seen_days.setdefault(rid, []).append(day)
+            if daily.resources[rid].kind is not Kind.CLUSTER_COST:  # a ledger row, not a document
+                seen_days.setdefault(rid, []).append(day)
         touched: dict[tuple[datetime, datetime], dict[str, Resource]] = {}
         for rid, days_seen in seen_days.items():
             resource, first, last = daily.resources[rid], min(days_seen), max(days_seen)

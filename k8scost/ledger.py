@@ -3,6 +3,17 @@
 Pure functions; the tenant actor does the I/O. A resource-day is written once as a +1
 row; when its cost changes, a −1 row repeating the written cost and a +1 row with the
 new one go out in the same INSERT, so the ledger never holds a half-made correction.
+
+Per cluster and day the namespaces add up to the cluster, to the cent:
+
+    cluster      = Σ components            (management, CPU, RAM, PV, network, load balancer)
+    __management__ = the management component (a fee Kubecost allocates to no workload)
+    __unallocated__ = cluster − Σ namespaces (idle included) − __management__,
+                      written when |·| ≥ UNALLOCATED_MIN_COST, else 0
+    Σ namespaces + __idle__ + __management__ + __unallocated__ = cluster
+
+``__unallocated__`` is every other cluster cost no namespace carries (an unmounted volume,
+a load balancer of no service); it is negative when allocations exceed the cluster's assets.
 """
 
 from __future__ import annotations
@@ -13,12 +24,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from k8scost.promql import CLUSTER_COST_METRICS
+from k8scost.promql import CLUSTER_COST_COMPONENTS, CLUSTER_COST_METRICS
 from k8scost.stores.clickhouse import ExpenseRow
 from k8scost.stores.resources import RESOURCE_TYPES, Kind, Resource
 
 DAY = 86400
 IDLE_NAMESPACE = "__idle__"
+# Cluster costs no namespace carries, shown as namespaces beside __idle__ (no real
+# namespace has an underscore: Kubernetes names are DNS labels).
+MANAGEMENT_NAMESPACE = "__management__"
+UNALLOCATED_NAMESPACE = "__unallocated__"
+# The lines a reader may share over the namespaces, as Kubecost's shareTenancyCosts does.
+TENANCY_NAMESPACES = (MANAGEMENT_NAMESPACE, UNALLOCATED_NAMESPACE)
+# Below this the cluster and its namespaces differ by float rounding only (the TSDB sums
+# them in its own order): a hundredth of a cent per cluster-day.
+UNALLOCATED_MIN_COST = 1e-4
+_COMPONENT_OF = {metric: name for name, metric in CLUSTER_COST_COMPONENTS.items()}
 
 # What the ledger reads from Metroculus, and the kind of resource each series costs.
 POD_METRIC = "cloudtuner_kubecost_pod_total_cost"
@@ -71,6 +92,16 @@ def resource_of(metric: str, labels: Mapping[str, str]) -> Resource | None:
     return None
 
 
+def _component_of(metric: str, labels: Mapping[str, str]) -> Resource | None:
+    """The cluster cost component a cluster gauge's series is, beside the cluster it adds to."""
+    component, cluster = _COMPONENT_OF.get(metric), labels.get("cluster")
+    return Resource(Kind.CLUSTER_COST, cluster, None, component) if component and cluster else None
+
+
+def _namespace(cluster: str, name: str) -> Resource:
+    return Resource(Kind.NAMESPACE, cluster, name, name)
+
+
 @dataclass
 class DailyCosts:
     """Cost per (resource, day) of one account, with the resources themselves."""
@@ -85,22 +116,46 @@ def daily_costs(
     """Turn ``kubecost_metrics`` answers with ``step`` = one day into costs per resource-day.
 
     Each value is the cost of the day that ends at its timestamp. Series of one resource
-    (a pod that moved node, the six cluster cost components) add up.
+    (a pod that moved node, the six cluster cost components) add up. Each cluster-day
+    also gets its components and the namespaces ``__management__`` and ``__unallocated__``
+    (module docstring), so namespaces add up to clusters.
     """
     wanted = set(days)
     costs: dict[ResourceDay, float] = {}
     resources: dict[str, Resource] = {}
+
+    def add(resource: Resource, day: datetime, cost: float) -> None:
+        rid = resource.id(cloud_account_id)
+        resources[rid] = resource
+        costs[(rid, day)] = costs.get((rid, day), 0.0) + cost
+
+    # Per (cluster, day): [cluster cost, namespaces' cost, management fee].
+    balance: dict[tuple[str, datetime], list[float]] = {}
     for metric, body in ((m, b) for answer in answers for m, b in answer["metrics"].items()):
         for series in body["data"]["result"]:
             resource = resource_of(metric, series["metric"])
             if resource is None:
                 continue
-            rid = resource.id(cloud_account_id)
-            resources[rid] = resource
+            component = _component_of(metric, series["metric"])
             for end, value in series["values"]:
-                day = day_start(float(end) - DAY)
-                if day in wanted:
-                    costs[(rid, day)] = costs.get((rid, day), 0.0) + float(value)
+                day, cost = day_start(float(end) - DAY), float(value)
+                if day not in wanted:
+                    continue
+                add(resource, day, cost)
+                sums = balance.setdefault((resource.cluster, day), [0.0, 0.0, 0.0])
+                if component is not None:
+                    add(component, day, cost)
+                    sums[0] += cost
+                    if component.name == "management_cost":
+                        sums[2] += cost
+                elif resource.kind is Kind.NAMESPACE:
+                    sums[1] += cost
+    for (cluster, day), (cluster_cost, allocated, management) in balance.items():
+        if cluster_cost == 0.0 and management == 0.0:
+            continue  # no cluster series that day: nothing to balance against
+        unallocated = cluster_cost - allocated - management
+        add(_namespace(cluster, MANAGEMENT_NAMESPACE), day, management)
+        add(_namespace(cluster, UNALLOCATED_NAMESPACE), day, unallocated if abs(unallocated) >= UNALLOCATED_MIN_COST else 0.0)
     return DailyCosts(costs, resources)
 
 

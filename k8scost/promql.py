@@ -12,15 +12,17 @@ import re
 
 TENANT_LABEL = "tenant_id"
 
-# The Phase 1 cluster gauges: together, with the management fee, a cluster's whole bill.
-CLUSTER_COST_METRICS: tuple[str, ...] = (
-    "kubecost_cluster_management_cost",
-    "kubecost_cluster_cpu_cost",
-    "kubecost_cluster_memory_cost",
-    "kubecost_cluster_storage_cost",
-    "kubecost_cluster_network_cost",
-    "kubecost_cluster_load_balancer_cost",
-)
+# The Phase 1 cluster gauges, each a component of a cluster's bill under the seed's
+# breakdown name: together, with the management fee, a cluster's whole bill.
+CLUSTER_COST_COMPONENTS: dict[str, str] = {
+    "management_cost": "kubecost_cluster_management_cost",
+    "cpu_cost": "kubecost_cluster_cpu_cost",
+    "ram_cost": "kubecost_cluster_memory_cost",
+    "pv_cost": "kubecost_cluster_storage_cost",
+    "network_cost": "kubecost_cluster_network_cost",
+    "load_balancer_cost": "kubecost_cluster_load_balancer_cost",
+}
+CLUSTER_COST_METRICS: tuple[str, ...] = tuple(CLUSTER_COST_COMPONENTS.values())
 # Every metric a cost query may read; each is an hourly rate in USD, labelled tenant_id.
 COST_METRICS: tuple[str, ...] = (
     "cloudtuner_kubecost_namespace_total_cost",

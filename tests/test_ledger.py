@@ -60,7 +60,7 @@ def ledger_estate(day: float) -> Estate:
     eu = Cluster("prod-eu", 0.10, [node("n1"), node("n2")],
                  [Namespace("default", {}, [web_eu, batch]), Namespace("shop", {}, [api], network_cost_per_hour=0.02)],
                  [LoadBalancer("lb-shop", "shop", 0.025)])
-    us = Cluster("prod-us", 0.10, [node("m1")],
+    us = Cluster("prod-us", 0.0, [node("m1")],  # no management fee
                  [Namespace("default", {}, [Pod("web-1", "m1", "deployment", "web", always, None, [container("web", 1, 2)])])])
     return Estate(seed=1, clusters=[eu, us])
 
@@ -158,8 +158,20 @@ def test_day_costs_match_the_ground_truth(history, actor_a) -> None:
         assert got[rid(a, Kind.NAMESPACE, cluster, "__idle__", "__idle__")] == pytest.approx(idle, rel=0.005)
         allocated = sum(got[rid(a, Kind.NAMESPACE, cluster, ns, ns)] for ns in namespaces | {"__idle__"})
         management = cluster_management_cost(estate, cluster, start, end)
-        assert got[rid(a, Kind.CLUSTER, cluster, None, cluster)] == pytest.approx(allocated + management, rel=0.005)
+        cluster_cost = got[rid(a, Kind.CLUSTER, cluster, None, cluster)]
+        assert cluster_cost == pytest.approx(allocated + management, rel=0.005)
         assert allocated == pytest.approx(truth(cluster=cluster, include_idle=True), rel=0.005)
+        # The fee is a namespace line of its own, and what no namespace carries (here only the
+        # allocation API's rounding, well under a cent) is __unallocated__: the namespaces add
+        # up to the cluster; so do the cluster's components.
+        line = {name: got.get(rid(a, Kind.NAMESPACE, cluster, name, name), 0.0)
+                for name in ("__management__", "__unallocated__")}
+        assert line["__management__"] == pytest.approx(management, rel=0.005)
+        assert abs(line["__unallocated__"]) < 0.001
+        assert abs(allocated + sum(line.values()) - cluster_cost) < ledger.UNALLOCATED_MIN_COST
+        components = [got.get(rid(a, Kind.CLUSTER_COST, cluster, None, name), 0.0)
+                      for name in ("management_cost", "cpu_cost", "ram_cost", "pv_cost", "network_cost", "load_balancer_cost")]
+        assert sum(components) == pytest.approx(cluster_cost, rel=1e-9)
     for node in ("n1", "n2"):
         assert got[rid(a, Kind.NODE, "prod-eu", None, node)] == pytest.approx(truth(cluster="prod-eu", node=node), rel=0.005)
 
@@ -176,7 +188,8 @@ def test_resources_carry_the_filter_fields(history, actor_a) -> None:
     assert eu["organization_id"] == tenant_a.organization_id
     assert eu["first_seen"] <= days[-1].timestamp() < eu["last_seen"]
     namespaces = {d["k8s_namespace"] for d in run(store.find(tenant_a.id, resource_type="K8s Namespace"))}
-    assert namespaces == {"default", "shop", "__idle__"}
+    # prod-eu's management fee, and prod-us's rounding residue (test_day_costs_match_the_ground_truth)
+    assert namespaces == {"default", "shop", "__idle__", "__management__", "__unallocated__"}
     # The expense rows name their resource and its type as the documents do.
     live = run(ExpenseStore(from_env(StoreSettings)).ledger(tenant_a.id, [days[-1]]))
     for doc in [eu, us, *run(store.find(tenant_a.id, resource_type="K8s Cluster"))]:

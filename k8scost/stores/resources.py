@@ -43,6 +43,9 @@ class Kind(enum.StrEnum):
     NODE = "k8s-node"
     NAMESPACE = "k8s-namespace"
     POD = "k8s-pod"
+    # A component of a cluster's bill (CPU, RAM, management fee, …): a ledger row per
+    # cluster-day, never a MongoDB document.
+    CLUSTER_COST = "k8s-cluster-cost"
 
 
 RESOURCE_TYPES = {
@@ -50,7 +53,11 @@ RESOURCE_TYPES = {
     Kind.NODE: "K8s Node",
     Kind.NAMESPACE: "K8s Namespace",
     Kind.POD: "K8s Pod",
+    Kind.CLUSTER_COST: "K8s Cluster Cost",
 }
+# Resource types a user may sum: each is a whole view of the cost. Cluster cost components
+# only break a cluster's cost down.
+SUMMABLE_TYPES = tuple(name for kind, name in RESOURCE_TYPES.items() if kind is not Kind.CLUSTER_COST)
 
 
 def resource_id(cloud_account_id: str, cluster: str, kind: Kind, namespace: str | None, name: str) -> str:
@@ -83,6 +90,7 @@ class Resource:
             Kind.NODE: [self.cluster, self.name],
             Kind.NAMESPACE: [self.cluster, self.name],
             Kind.POD: [self.cluster, self.namespace or "", self.name],
+            Kind.CLUSTER_COST: [self.cluster, self.name],
         }[self.kind]
         return "/".join([str(self.kind), *parts])
 

@@ -22,7 +22,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from k8scost.promql import LIVE_MAX_SERIES, LIVE_QUERIES, PART_LABEL, integral, live_promql, selector, window
+from k8scost.promql import CLUSTER_COST_COMPONENTS, LIVE_MAX_SERIES, LIVE_QUERIES, PART_LABEL, integral, live_promql, selector, window
 from k8scost.settings import MetroculusSettings, StoreSettings, from_env
 from k8scost.tsdb import TsdbClient, TsdbQueryError, TsdbUnavailable
 from serve_apps.metroculus import metrics
@@ -32,15 +32,6 @@ log = logging.getLogger("ray.serve")
 
 SECRET_HEADER = "Secret"
 HOUR = 3600
-# Breakdown keys of kubecost_cluster_costs (the seed's names) and the gauge behind each.
-BREAKDOWN: dict[str, str] = {
-    "management_cost": "kubecost_cluster_management_cost",
-    "cpu_cost": "kubecost_cluster_cpu_cost",
-    "ram_cost": "kubecost_cluster_memory_cost",
-    "pv_cost": "kubecost_cluster_storage_cost",
-    "network_cost": "kubecost_cluster_network_cost",
-    "load_balancer_cost": "kubecost_cluster_load_balancer_cost",
-}
 # The gauge whose samples tell whether a cluster reported in an hour.
 COVERAGE_METRIC = "kubecost_cluster_cpu_cost"
 
@@ -111,15 +102,16 @@ class Metroculus:
         span = parse_span(items, self.settings)
         queries = [
             self._integral(f"sum by (cluster) ({selector(metric, span.cloud_account_id)})", span.seconds)
-            for metric in BREAKDOWN.values()
+            for metric in CLUSTER_COST_COMPONENTS.values()
         ]
         answers = await asyncio.gather(*(self._instant(query, span.end + span.lag) for query in queries))
         clusters: dict[str, dict[str, float]] = {}
-        for key, answer in zip(BREAKDOWN, answers):
+        for key, answer in zip(CLUSTER_COST_COMPONENTS, answers):
             for series in answer["result"]:
-                breakdown = clusters.setdefault(series["metric"].get("cluster", ""), dict.fromkeys(BREAKDOWN, 0.0))
+                cluster = series["metric"].get("cluster", "")
+                breakdown = clusters.setdefault(cluster, dict.fromkeys(CLUSTER_COST_COMPONENTS, 0.0))
                 breakdown[key] = float(series["value"][1])
-        total = {key: sum(breakdown[key] for breakdown in clusters.values()) for key in BREAKDOWN}
+        total = {key: sum(breakdown[key] for breakdown in clusters.values()) for key in CLUSTER_COST_COMPONENTS}
         return {
             **_span_fields(span),
             "total_cost": sum(total.values()),
