@@ -238,22 +238,10 @@ class RestApiSettings:
         "RESTAPI_DEFAULT_LIMIT", 5000, "Resources `clean_expenses` returns when `limit` is not given."
     )
     max_limit: int = setting("RESTAPI_MAX_LIMIT", 50_000, "Largest `limit` a `clean_expenses` request may ask.")
-    metroculus_timeout: float = setting(
-        "RESTAPI_METROCULUS_TIMEOUT",
-        5.0,
-        "Seconds to wait for Metroculus's cost breakdown; past it the breakdown is null, the answer still comes.",
-    )
     live_timeout: float = setting(
         "RESTAPI_LIVE_TIMEOUT",
         30.0,
         "Seconds to wait for Metroculus's `k8s_live` answer (a day of a big tenant's pods takes seconds); past it 503.",
-    )
-    resource_lookup: bool = setting(
-        "RESTAPI_RESOURCE_LOOKUP",
-        True,
-        "`clean_expenses` reads cloud_resource_id/first_seen/last_seen from MongoDB (one `$in` per page); "
-        "`false`: from the ledger (id by construction, seen = first/last day in range), for FerretDB, which "
-        "scans the whole collection for an `$in`.",
     )
     task_timeout_seconds: float = setting(
         "RESTAPI_TASK_TIMEOUT_SECONDS",

@@ -1,8 +1,8 @@
 """The REST API in-process (httpx over ASGI) against the real ClickHouse and MongoDB wire.
 
 Ledger rows are seeded with ``ExpenseStore.insert`` — corrections left uncollapsed, one
-resource-day cancelled outright, a pod that moves node — and resources with
-``ResourceStore.upsert``; every total is checked against sums computed here, in Python,
+resource-day cancelled outright, a pod that moves node, a cluster with a management fee and
+one without — and resources with ``ResourceStore.upsert``; every total is checked against sums computed here, in Python,
 from the seeded facts. Two organizations share cluster and namespace names, and every
 endpoint and id parameter is tried across them.
 """
@@ -42,7 +42,10 @@ END = D0 + 4 * DAY
 SECRET = "test-cluster-secret"
 JWT_KEY = "test-jwt-key-of-at-least-32-bytes!"
 PASSWORD = "correct horse battery"
-NS, POD, NODE, CLUSTER = (RESOURCE_TYPES[k] for k in (Kind.NAMESPACE, Kind.POD, Kind.NODE, Kind.CLUSTER))
+NS, POD, NODE, CLUSTER, COMPONENT = (
+    RESOURCE_TYPES[k] for k in (Kind.NAMESPACE, Kind.POD, Kind.NODE, Kind.CLUSTER, Kind.CLUSTER_COST)
+)
+MANAGEMENT = "__management__"
 
 
 # --- the seeded ledger, and the same facts kept here for independent sums ---------------------
@@ -85,8 +88,13 @@ class PodSpec:
     costs: tuple[float, ...]  # per day
 
 
-def cluster_facts(account: str, cluster: str, pods: list[PodSpec], idle: tuple[float, ...]) -> list[Fact]:
-    """Pods, and namespaces, nodes, cluster derived from them as the ledger does."""
+def cluster_facts(
+    account: str, cluster: str, pods: list[PodSpec], idle: tuple[float, ...], management: float = 0.0
+) -> list[Fact]:
+    """Pods, and namespaces, nodes, cluster derived from them; ``management``: the fee per day.
+
+    The cluster's cost components: the fee, and what the namespaces cost split 3:1 into CPU and RAM.
+    """
     facts: list[Fact] = []
     for i, day in enumerate(DAYS):
         namespaces: dict[str, float] = defaultdict(float)
@@ -100,6 +108,12 @@ def cluster_facts(account: str, cluster: str, pods: list[PodSpec], idle: tuple[f
             namespaces[pod.namespace] += cost
             nodes[node] += cost
         namespaces["__idle__"] += idle[i]
+        allocated = sum(namespaces.values())
+        components = {"cpu_cost": allocated * 0.75, "ram_cost": allocated * 0.25}
+        if management:
+            namespaces[MANAGEMENT] = components["management_cost"] = management
+        for name, cost in components.items():
+            facts.append(Fact(account, Resource(Kind.CLUSTER_COST, cluster, None, name), day, cost))
         for name, cost in namespaces.items():
             facts.append(Fact(account, Resource(Kind.NAMESPACE, cluster, name, name), day, cost))
         for name, cost in nodes.items():
@@ -127,11 +141,14 @@ def row(fact: Fact, cost: float | None = None, sign: int = 1) -> ExpenseRow:
 
 
 def select(facts: list[Fact], **filters: Any) -> list[Fact]:
-    """The facts matching ``filters`` (column → value or list of values), and day bounds."""
+    """The facts matching ``filters`` (column → value or list of values), and day bounds;
+    cluster cost components only when ``resource_type`` names them."""
     start, end = filters.pop("start", D0), filters.pop("end", END)
     chosen = []
     for fact in facts:
         if not start <= fact.day < end:
+            continue
+        if fact.type == COMPONENT and "resource_type" not in filters:
             continue
         if all(fact.column(k) in (v if isinstance(v, list) else [v]) for k, v in filters.items()):
             chosen.append(fact)
@@ -158,30 +175,6 @@ async def _clickhouse(query: str, database: str = "default") -> None:
             await cursor.execute(query)
 
 
-class FakeMetroculus:
-    """``cluster_costs`` of Metroculus: a fixed breakdown per cluster; some accounts fail."""
-
-    def __init__(self) -> None:
-        self.failing: set[str] = set()
-        self.calls: list[tuple[str, int, int]] = []
-
-    async def cluster_costs(self, cloud_account_id: str, start: int, end: int) -> dict[str, Any]:
-        self.calls.append((cloud_account_id, start, end))
-        if cloud_account_id in self.failing:
-            raise RuntimeError("Metroculus answered 503")
-        keys = ("management_cost", "cpu_cost", "ram_cost", "pv_cost", "network_cost", "load_balancer_cost")
-        clusters = {
-            "east": dict(zip(keys, (0.1, 1.0, 2.0, 0.5, 0.0, 0.25))),
-            "west": dict(zip(keys, (0.1, 3.0, 1.0, 0.0, 0.2, 0.0))),
-        }
-        total = {key: sum(c[key] for c in clusters.values()) for key in clusters["east"]}
-        return {
-            "total_cost": sum(total.values()),
-            "breakdown": total,
-            "clusters": {name: {"total_cost": sum(b.values()), "breakdown": b} for name, b in clusters.items()},
-        }
-
-
 @dataclasses.dataclass
 class Org:
     id: str
@@ -201,7 +194,6 @@ class World:
     a: Org
     b: Org
     facts: list[Fact]  # every organization's
-    metroculus: FakeMetroculus
     config: RestApiConfig
 
     def facts_of(self, org: Org) -> list[Fact]:
@@ -244,8 +236,7 @@ async def world(real_services: None) -> AsyncIterator[World]:
         SECRET,
         "http://127.0.0.1:1/unused",
     )
-    metroculus = FakeMetroculus()
-    api = create_api(config, metroculus)
+    api = create_api(config)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://restapi.test")
     try:
         a, b = await _signup(client, "alpha"), await _signup(client, "beta")
@@ -264,6 +255,7 @@ async def world(real_services: None) -> AsyncIterator[World]:
                     PodSpec("db", "job-x", None, ("n1",) * 4, (0.0, 0.125, 0.0, 0.0)),
                 ],
                 idle=(0.5, 0.5, 0.25, 0.0),
+                management=2.4,  # $0.10/h
             )
             + cluster_facts(
                 a2["id"], "west", [PodSpec("shop", "api-1", "api", ("w1",) * 4, (2.0, 2.0, 2.0, 2.0))], idle=(1.0,) * 4
@@ -291,7 +283,7 @@ async def world(real_services: None) -> AsyncIterator[World]:
             mine = [f.resource for f in facts if f.account == account["id"]]
             # The latest placement of each resource, as the actor leaves it.
             await resources.upsert(account["id"], org_id, list({r.id(account["id"]): r for r in mine}.values()), D0, END)
-        yield World(client, a, b, facts, metroculus, config)
+        yield World(client, a, b, facts, config)
     finally:
         await client.aclose()
         await api.state.stores.close()
@@ -575,12 +567,12 @@ async def test_clean_expenses_defaults_to_namespaces_and_matches_independent_sum
     expected, total = _expected_page(world, a, resource_type=NS)
     assert body["resource_type"] == NS
     assert (body["start_date"], body["end_date"]) == (D0, END)
-    assert body["total_count"] == len(expected) == 5  # shop, db, __idle__ in east; shop, __idle__ in west
+    assert body["total_count"] == len(expected) == 6  # shop, db, __idle__, __management__ in east; shop, __idle__ in west
     assert body["total_cost"] == pytest.approx(total)
     assert {e["resource_id"]: e["cost"] for e in body["clean_expenses"]} == pytest.approx(expected)
     costs = [e["cost"] for e in body["clean_expenses"]]
     assert costs == sorted(costs, reverse=True)
-    # Namespaces, idle included, add up to the clusters' cost.
+    # Namespaces, idle and the management fee included, add up to the clusters' cost.
     cluster_total = sum(f.cost for f in select(world.facts_of(a), resource_type=CLUSTER))
     assert body["total_cost"] == pytest.approx(cluster_total)
     assert body["k8s_costs"]["k8s_total_cost"] == pytest.approx(cluster_total)
@@ -605,31 +597,31 @@ async def test_clean_expenses_defaults_to_namespaces_and_matches_independent_sum
     }
 
 
-async def test_clean_expenses_k8s_costs_per_account_with_the_metroculus_breakdown(world: World) -> None:
+async def test_clean_expenses_k8s_costs_per_account_with_the_ledger_breakdown(world: World) -> None:
     a = world.a
     a1, a2 = (x["id"] for x in a.accounts[:2])
-    world.metroculus.failing = {a2}
-    try:
-        body = (await get(world, a, "clean_expenses", span(D0 + 3600, END - 10))).json()
-    finally:
-        world.metroculus.failing = set()
+    body = (await get(world, a, "clean_expenses", span(D0 + 3600, END - 10))).json()
     breakdown = {x["cloud_account_id"]: x for x in body["k8s_costs"]["k8s_cost_breakdown"]}
     assert set(breakdown) == {a1, a2}
+    keys = {"management_cost", "cpu_cost", "ram_cost", "pv_cost", "network_cost", "load_balancer_cost"}
     for account in (a1, a2):
         expected = sum(f.cost for f in select(world.facts, cloud_account_id=account, resource_type=CLUSTER))
         assert breakdown[account]["total_cost"] == pytest.approx(expected)
+        components = {key: 0.0 for key in keys}
+        for f in select(world.facts, cloud_account_id=account, resource_type=COMPONENT):
+            components[f.resource.name] += f.cost
+        assert breakdown[account]["breakdown"] == pytest.approx(components)
+        assert sum(breakdown[account]["breakdown"].values()) == pytest.approx(expected)
     assert breakdown[a1]["cloud_account_name"] == "alpha east"
-    assert breakdown[a1]["breakdown"] == pytest.approx(
-        {"management_cost": 0.2, "cpu_cost": 4.0, "ram_cost": 3.0, "pv_cost": 0.5, "network_cost": 0.2, "load_balancer_cost": 0.25}
-    )
-    assert breakdown[a2]["breakdown"] is None  # Metroculus failed: null, the answer still came
-    # Metroculus was asked the ledger's whole days.
-    assert (a1, D0, END) in world.metroculus.calls
+    assert breakdown[a1]["breakdown"]["management_cost"] == pytest.approx(4 * 2.4)
+    assert breakdown[a2]["breakdown"]["management_cost"] == 0.0  # west has no fee
 
     only_east = (await get(world, a, "clean_expenses", span() | {"k8s_cluster": "east"})).json()["k8s_costs"]
     by_account = {x["cloud_account_id"]: x for x in only_east["k8s_cost_breakdown"]}
-    assert by_account[a1]["breakdown"]["cpu_cost"] == pytest.approx(1.0)
-    assert by_account[a2]["total_cost"] == 0.0
+    east_cpu = sum(f.cost for f in select(world.facts_of(a), resource_type=COMPONENT, k8s_cluster="east")
+                   if f.resource.name == "cpu_cost")
+    assert by_account[a1]["breakdown"]["cpu_cost"] == pytest.approx(east_cpu)
+    assert by_account[a2]["total_cost"] == 0.0 and sum(by_account[a2]["breakdown"].values()) == 0.0
     assert only_east["k8s_total_cost"] == pytest.approx(
         sum(f.cost for f in select(world.facts_of(a), resource_type=CLUSTER, k8s_cluster="east"))
     )
@@ -735,7 +727,7 @@ async def test_available_filters_lists_live_values_of_the_range(world: World) ->
     assert body == {
         "filter_values": {
             "k8s_cluster": ["east", "west"],
-            "k8s_namespace": ["__idle__", "db", "shop"],  # not "tmp": its rows were cancelled
+            "k8s_namespace": ["__idle__", MANAGEMENT, "db", "shop"],  # not "tmp": its rows were cancelled
             "k8s_node": ["n1", "n2", "w1"],
             "k8s_service": ["api", "pg", "web"],
             "cloud_account": sorted(
@@ -819,6 +811,54 @@ async def test_breakdown_by_namespace_of_the_whole_range_sums_to_the_clusters(wo
     assert list(mid["breakdown"]) == [str(DAYS[3])]
 
 
+def _cents(costs: dict[str, float]) -> dict[str, int]:
+    return {key: round(cost * 100) for key, cost in costs.items()}
+
+
+@pytest.mark.parametrize("share", ["false", "true"])
+@pytest.mark.parametrize("filters", [{}, {"k8s_cluster": "east"}, {"k8s_cluster": "west"}, {"cloud_account_id": 1}])
+async def test_namespaces_equal_clusters_to_the_cent_on_every_day(world: World, filters: dict[str, Any], share: str) -> None:
+    """Idle, the management fee and unallocated costs included, shared or not; summed here independently."""
+    a = world.a
+    filters = {k: a.accounts[1]["id"] if v == 1 else v for k, v in filters.items()}
+    params = span() | filters | {"breakdown_by": "k8s_cluster", "share_tenancy_costs": share}
+    namespaces = (await get(world, a, "breakdown_expenses", params)).json()
+    clusters = (await get(world, a, "breakdown_expenses", params | {"resource_type": CLUSTER})).json()
+    assert (namespaces["resource_type"], clusters["resource_type"]) == (NS, CLUSTER)
+    for day in DAYS:
+        expected: dict[str, float] = defaultdict(float)
+        for fact in select(world.facts_of(a), start=day, end=day + DAY, resource_type=CLUSTER, **filters):
+            expected[fact.resource.cluster] += fact.cost
+        got_namespaces = {k: v["cost"] for k, v in namespaces["breakdown"][str(day)].items()}
+        got_clusters = {k: v["cost"] for k, v in clusters["breakdown"][str(day)].items()}
+        assert _cents(got_namespaces) == _cents(got_clusters) == _cents(expected), day
+    page = (await get(world, a, "clean_expenses", span() | filters | {"share_tenancy_costs": share})).json()
+    assert round(page["total_cost"] * 100) == round(page["k8s_costs"]["k8s_total_cost"] * 100)
+    assert round(page["total_cost"] * 100) == round(clusters["total"] * 100)
+
+
+async def test_shared_tenancy_costs_go_to_namespaces_in_proportion_to_their_cost(world: World) -> None:
+    a = world.a
+    params = span() | {"breakdown_by": "k8s_namespace", "share_tenancy_costs": "true", "k8s_cluster": "east"}
+    body = (await get(world, a, "breakdown_expenses", params)).json()
+    assert body["share_tenancy_costs"] is True
+    for day in DAYS:
+        own = {f.resource.name: f.cost for f in select(world.facts_of(a), start=day, end=day + DAY,
+                                                       resource_type=NS, k8s_cluster="east")}
+        fee = own.pop(MANAGEMENT)
+        workloads = sum(cost for name, cost in own.items() if name != "__idle__")
+        expected = {name: cost if name == "__idle__" else cost + fee * cost / workloads for name, cost in own.items()}
+        assert {k: v["cost"] for k, v in body["breakdown"][str(day)].items()} == pytest.approx(expected)
+    # A pod or node sum is the same shared or not: only namespaces carry the lines.
+    pods = span() | {"resource_type": POD}
+    assert (await get(world, a, "clean_expenses", pods | {"share_tenancy_costs": "true"})).json()["clean_expenses"] == (
+        await get(world, a, "clean_expenses", pods)).json()["clean_expenses"]
+    # Shared per namespace in clean_expenses too, and nothing is lost.
+    page = (await get(world, a, "clean_expenses", span() | {"share_tenancy_costs": "true"})).json()
+    assert MANAGEMENT not in {e["resource_name"] for e in page["clean_expenses"]}
+    assert page["total_cost"] == pytest.approx(sum(f.cost for f in select(world.facts_of(a), resource_type=CLUSTER)))
+
+
 @pytest.mark.parametrize(
     ("params", "named"),
     [
@@ -826,6 +866,8 @@ async def test_breakdown_by_namespace_of_the_whole_range_sums_to_the_clusters(wo
         (span() | {"breakdown_by": "pod"}, "breakdown_by"),
         (span() | {"breakdown_by": "k8s_node", "limit": 5}, "unknown query parameter(s): limit"),
         (span() | {"breakdown_by": "k8s_node", "resource_type": [POD, NODE]}, "resource_type"),
+        (span() | {"breakdown_by": "k8s_node", "share_tenancy_costs": "yes"}, "share_tenancy_costs"),
+        (span() | {"breakdown_by": "k8s_node", "resource_type": COMPONENT}, "resource_type"),
         ({"breakdown_by": "k8s_node", "start_date": D0, "end_date": "x"}, "end_date"),
     ],
 )
@@ -863,7 +905,7 @@ async def test_expenses_async_gives_the_clean_expenses_answer(world: World) -> N
     assert task["result"] == direct
     assert task["result"]["total_count"] == 5 and len(task["result"]["clean_expenses"]) == 2
     # Any replica answers: the task is in MongoDB, read here by a second app instance.
-    other = create_api(world.config, world.metroculus)
+    other = create_api(world.config)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=other), base_url="http://other") as client:
         again = await client.get(f"/v2/organizations/{a.id}/expenses_async/{started.json()['task_id']}", headers=a.headers)
     await other.state.stores.close()
@@ -886,26 +928,19 @@ async def test_expenses_async_refuses_bad_bodies(world: World, body: Any, named:
     assert answer.json()["error"]["message"].startswith(named)
 
 
-async def test_without_the_mongodb_lookup_the_ledger_gives_the_same_resource_fields(world: World) -> None:
-    config = dataclasses.replace(world.config, api=dataclasses.replace(world.config.api, resource_lookup=False))
-    other = create_api(config, world.metroculus)
+async def test_clean_expenses_reads_resource_fields_from_the_ledger_alone(world: World) -> None:
+    """Ids by construction, the seen interval from the ledger's days: MongoDB is never read."""
+    mongo = connect(world.config.stores)
+    saved = await mongo["cloud_resource"].find().to_list(None)
+    await mongo["cloud_resource"].delete_many({})
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=other), base_url="http://other") as client:
-            for params in (span(), span() | {"resource_type": POD, "k8s_cluster": "east"}):
-                path = f"/v2/organizations/{world.a.id}/clean_expenses"
-                from_ledger = (await client.get(path, params=params, headers=world.a.headers)).json()
-                from_mongo = (await get(world, world.a, "clean_expenses", params)).json()
-                # Resources with cost on every day: MongoDB's seen interval is the range's.
-                whole = {e["resource_id"] for e in from_mongo["clean_expenses"] if e["resource_name"] != "job-x"}
-                assert len(whole) >= 3
-                for mine, theirs in zip(from_ledger["clean_expenses"], from_mongo["clean_expenses"]):
-                    assert mine["cloud_resource_id"] == theirs["cloud_resource_id"]
-                    if mine["resource_id"] in whole:
-                        assert mine == theirs
-                    else:  # job-x had cost on one day only
-                        assert (mine["first_seen"], mine["last_seen"]) == (DAYS[1], DAYS[2])
+        body = (await get(world, world.a, "clean_expenses", span() | {"resource_type": POD})).json()
     finally:
-        await other.state.stores.close()
+        await mongo["cloud_resource"].insert_many(saved)
+    by_name = {e["resource_name"]: e for e in body["clean_expenses"]}
+    assert by_name["web-1"]["cloud_resource_id"] == "k8s-pod/east/shop/web-1"
+    assert (by_name["web-1"]["first_seen"], by_name["web-1"]["last_seen"]) == (D0, END)
+    assert (by_name["job-x"]["first_seen"], by_name["job-x"]["last_seen"]) == (DAYS[1], DAYS[2])  # one day of cost
 
 
 # --- the same app deployed on Ray Serve ------------------------------------------------

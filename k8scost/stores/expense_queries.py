@@ -7,7 +7,8 @@ SQL is a column name, and only from the allow-lists below.
 
 Resource types overlap — a pod's cost is inside its namespace's, a namespace's inside its
 cluster's — so a caller that adds costs up must restrict a ``Scope`` to one
-``resource_type``; the queries do not guess one.
+``resource_type``; the queries do not guess one. The cluster cost components (``K8s
+Cluster Cost``) are read only by ``cluster_components``, or by a scope that names their type.
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from k8scost.ledger import IDLE_NAMESPACE, TENANCY_NAMESPACES
 from k8scost.stores.clickhouse import ExpenseStore
+from k8scost.stores.resources import RESOURCE_TYPES, Kind
 
 # Columns requests may filter on (each with a set of values), besides the accounts.
 FILTER_COLUMNS = ("k8s_cluster", "k8s_namespace", "k8s_node", "k8s_service", "resource_type")
 # Columns a daily breakdown may group by.
 BREAKDOWN_COLUMNS = ("k8s_namespace", "k8s_node", "k8s_service", "k8s_cluster", "cloud_account_id", "resource_type")
+
+NAMESPACE_TYPE = RESOURCE_TYPES[Kind.NAMESPACE]
+COMPONENT_TYPE = RESOURCE_TYPES[Kind.CLUSTER_COST]
 
 # The version of a row for "the resource's latest dimensions": later days win, and on one
 # day a +1 row (the live value) wins over the −1 row it replaced.
@@ -43,14 +49,14 @@ FROM (
            sum(cost * sign) AS total,
            toUnixTimestamp(min(date)) AS first,
            toUnixTimestamp(max(date)) AS last
-    FROM expenses
+    FROM {{source}}
     WHERE {{where}}
     GROUP BY resource_id
     HAVING sum(sign) > 0
 )
 """
 _PER_ACCOUNT = """
-SELECT cloud_account_id, sum(cost * sign) FROM expenses WHERE {where}
+SELECT cloud_account_id, sum(cost * sign) FROM {source} WHERE {where}
 GROUP BY cloud_account_id HAVING sum(sign) > 0
 """
 # Values of live rows only: a value whose rows were all corrected away is not offered.
@@ -59,7 +65,7 @@ SELECT groupUniqArray(cloud_account_id), groupUniqArray(resource_type), groupUni
        groupUniqArray(k8s_namespace), groupUniqArray(k8s_node), groupUniqArray(k8s_service)
 FROM (
     SELECT cloud_account_id, resource_type, k8s_cluster, k8s_namespace, k8s_node, k8s_service
-    FROM expenses WHERE {where}
+    FROM {source} WHERE {where}
     GROUP BY cloud_account_id, resource_type, k8s_cluster, k8s_namespace, k8s_node, k8s_service
     HAVING sum(sign) > 0
 )
@@ -72,10 +78,46 @@ SELECT key, groupArray(day), groupArray(total) FROM (
     SELECT ifNull({column}, '') AS key,
            if(date >= toDateTime(%(daily_from)s), toUnixTimestamp(date), 0) AS day,
            sum(cost * sign) AS total
-    FROM expenses WHERE {where}
+    FROM {source} WHERE {where}
     GROUP BY key, day HAVING sum(sign) > 0
 ) GROUP BY key
 """
+
+# Per account, each cluster cost component's sum (components carry no namespace, node or service).
+_COMPONENTS = """
+SELECT cloud_account_id, resource_name, sum(cost * sign) FROM expenses WHERE {where}
+GROUP BY cloud_account_id, resource_name HAVING sum(sign) > 0
+"""
+# The namespace rows with the cluster's tenancy lines (TENANCY_NAMESPACES) shared over its
+# namespaces in proportion to their cost, per cluster-day, as Kubecost's shareTenancyCosts
+# does: one net row per namespace-day. Idle capacity neither takes a share nor counts in the
+# proportion; a cluster-day with no workload keeps its lines, so the sum never changes.
+# The inner WHERE reads only what the share depends on: the accounts, days and clusters.
+_TENANCY = ", ".join(f"'{name}'" for name in TENANCY_NAMESPACES)
+_SHARED_NAMESPACES = f"""(
+    SELECT cloud_account_id, resource_id, date, toInt8(1) AS sign, k8s_cluster,
+           k8s_namespace, CAST(NULL AS Nullable(String)) AS k8s_node,
+           CAST(NULL AS Nullable(String)) AS k8s_service, '{NAMESPACE_TYPE}' AS resource_type,
+           k8s_namespace AS resource_name,
+           if(base = 0, own, if(k8s_namespace = '{IDLE_NAMESPACE}', own, own + shared * own / base)) AS cost
+    FROM (
+        SELECT cloud_account_id, k8s_cluster, date, groupArray(rid) AS ids, groupArray(ns) AS names,
+               groupArray(c) AS costs,
+               arraySum(arrayMap((n, x) -> if(n IN ({_TENANCY}), x, 0), names, costs)) AS shared,
+               arraySum(arrayMap((n, x) -> if(n IN ({_TENANCY}) OR n = '{IDLE_NAMESPACE}', 0, x), names, costs)) AS base
+        FROM (
+            SELECT cloud_account_id, k8s_cluster, date, resource_id AS rid, ifNull(any(k8s_namespace), '') AS ns,
+                   sum(cost * sign) AS c
+            FROM expenses
+            WHERE {{inner}}
+            GROUP BY cloud_account_id, k8s_cluster, date, resource_id
+            HAVING sum(sign) > 0
+        )
+        GROUP BY cloud_account_id, k8s_cluster, date
+    )
+    ARRAY JOIN ids AS resource_id, names AS k8s_namespace, costs AS own
+    WHERE base = 0 OR k8s_namespace NOT IN ({_TENANCY})
+)"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,13 +126,17 @@ class Scope:
 
     ``accounts``: cloud account ids, already checked to belong to the caller. Days count
     when their UTC start lies in [start, end). ``filters``: column of ``FILTER_COLUMNS`` →
-    the values a row must have one of (an empty or absent entry does not filter).
+    the values a row must have one of (an empty or absent entry does not filter); without
+    a ``resource_type`` filter every type but the cluster cost components is read.
+    ``share_tenancy``: a scope of namespaces reads them with the tenancy lines shared
+    (``_SHARED_NAMESPACES``); it changes nothing for other types.
     """
 
     accounts: tuple[str, ...]
     start: int
     end: int
     filters: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    share_tenancy: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.filters) - set(FILTER_COLUMNS)
@@ -113,7 +159,20 @@ class Scope:
             if values:
                 clauses.append(f"{column} IN %(f_{column})s")
                 params[f"f_{column}"] = tuple(values)
+        if not self.filters.get("resource_type"):
+            clauses.append(f"resource_type != '{COMPONENT_TYPE}'")
         return " AND ".join(clauses), params
+
+    def source(self) -> str:
+        """What the query reads: ``expenses``, or the namespaces with the tenancy lines shared."""
+        if not (self.share_tenancy and tuple(self.filters.get("resource_type", ())) == (NAMESPACE_TYPE,)):
+            return "expenses"
+        # The share depends on every namespace of a cluster-day: only the accounts, days
+        # and clusters narrow what it reads; the other filters apply to its result.
+        inner = Scope(self.accounts, self.start, self.end, {
+            "resource_type": (NAMESPACE_TYPE,), "k8s_cluster": tuple(self.filters.get("k8s_cluster", ()))
+        })
+        return _SHARED_NAMESPACES.format(inner=inner.where()[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +223,8 @@ class ExpenseQueries:
         if not scope.accounts:  # ``IN ()`` is a syntax error; no account, no rows
             return []
         where, bound = scope.where()
-        return await self._store.select(template.format(where=where, column=column), {**bound, **(params or {})})
+        query = template.format(where=where, column=column, source=scope.source())
+        return await self._store.select(query, {**bound, **(params or {})})
 
     async def resource_page(self, scope: Scope, limit: int) -> ResourcePage:
         """How many resources have cost in ``scope``, their summed cost, and the ``limit``
@@ -182,6 +242,17 @@ class ExpenseQueries:
     async def per_account(self, scope: Scope) -> dict[str, float]:
         """Cloud account id → summed cost."""
         return {account: cost for account, cost in await self._select(_PER_ACCOUNT, scope)}
+
+    async def cluster_components(self, scope: Scope) -> dict[str, dict[str, float]]:
+        """Cloud account id → cluster cost component (``management_cost``, …) → summed cost;
+        of the scope's accounts, days and clusters (components have no other dimension)."""
+        components = Scope(scope.accounts, scope.start, scope.end, {
+            "resource_type": (COMPONENT_TYPE,), "k8s_cluster": tuple(scope.filters.get("k8s_cluster", ()))
+        })
+        found: dict[str, dict[str, float]] = {}
+        for account, component, cost in await self._select(_COMPONENTS, components):
+            found.setdefault(account, {})[component] = cost
+        return found
 
     async def filter_values(self, scope: Scope) -> dict[str, list[str]]:
         """Column → the sorted distinct values live rows have in ``scope`` (NULLs left out)."""

@@ -29,13 +29,12 @@ from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.expense_queries import ExpenseQueries
 from k8scost.stores.mongo import connect
 from k8scost.stores.organizations import EmailTaken, Organization, OrganizationStore
-from k8scost.stores.resources import COLLECTION as RESOURCES
 from k8scost.stores.rightsizing import RightsizingStore
 from serve_apps.restapi import errors, live, metrics, onboarding, params
 from serve_apps.restapi import rightsizing as rightsizing_api
 from serve_apps.restapi.auth import SECRET_HEADER, Caller, Tokens
 from serve_apps.restapi.errors import ApiError, bad_request, not_found
-from serve_apps.restapi.expenses import ClusterCostSource, ExpenseService, check_clean_request
+from serve_apps.restapi.expenses import ExpenseService, check_clean_request
 from serve_apps.restapi.tasks import TaskStore
 
 log = logging.getLogger("ray.serve")
@@ -63,27 +62,24 @@ class RestApiConfig:
 class _Open:
     """The stores of one event loop."""
 
-    def __init__(self, config: RestApiConfig, expenses: ExpenseStore, cluster_costs: ClusterCostSource | None) -> None:
+    def __init__(self, config: RestApiConfig, expenses: ExpenseStore, metroculus: MetroculusClient | None) -> None:
         db = connect(config.stores)
         self.accounts = AccountStore(db)
         self.organizations = OrganizationStore(db)
         self.tasks = TaskStore(db, config.api.task_timeout_seconds)
         self.rightsizing = RightsizingStore(db)
-        self.metroculus = cluster_costs or MetroculusClient(
-            config.metroculus_url, config.cluster_secret, timeout=config.api.metroculus_timeout
-        )
-        self.expenses = ExpenseService(
-            config.api, self.accounts, ExpenseQueries(expenses), db[RESOURCES], self.metroculus
-        )
+        # The live view is its only use, and passes RESTAPI_LIVE_TIMEOUT with each call.
+        self.metroculus = metroculus or MetroculusClient(config.metroculus_url, config.cluster_secret)
+        self.expenses = ExpenseService(self.accounts, ExpenseQueries(expenses))
         self.indexed = False
 
 
 class Stores:
     """Opens the stores lazily, once per event loop (motor and httpx clients belong to one)."""
 
-    def __init__(self, config: RestApiConfig, cluster_costs: ClusterCostSource | None = None) -> None:
+    def __init__(self, config: RestApiConfig, metroculus: MetroculusClient | None = None) -> None:
         self._config = config
-        self._cluster_costs = cluster_costs
+        self._metroculus = metroculus
         self._expenses = ExpenseStore(config.stores)  # keeps a pool per loop by itself
         self._open: _Open | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,7 +88,7 @@ class Stores:
     async def get(self) -> _Open:
         loop = asyncio.get_running_loop()
         if self._open is None or self._loop is not loop:
-            self._open = _Open(self._config, self._expenses, self._cluster_costs)
+            self._open = _Open(self._config, self._expenses, self._metroculus)
             self._loop, self._index_lock = loop, asyncio.Lock()
         opened = self._open
         if not opened.indexed:
@@ -108,7 +104,7 @@ class Stores:
 
     async def close(self) -> None:
         await self._expenses.close()
-        if self._open is not None and isinstance(self._open.metroculus, MetroculusClient):
+        if self._open is not None and self._metroculus is None:  # an injected client is its owner's
             await self._open.metroculus.aclose()
 
 
@@ -171,8 +167,8 @@ def _credentials(credentials: Credentials) -> dict[str, str]:
     return {"account_id": credentials.account_id, "password": credentials.password}
 
 
-def create_api(config: RestApiConfig, cluster_costs: ClusterCostSource | None = None) -> FastAPI:
-    """The app; ``cluster_costs`` replaces Metroculus (tests)."""
+def create_api(config: RestApiConfig, metroculus: MetroculusClient | None = None) -> FastAPI:
+    """The app; ``metroculus`` replaces the client of the live view (tests make it fail)."""
     api = FastAPI(
         title="CloudTuner REST API",
         version="2",
@@ -180,7 +176,7 @@ def create_api(config: RestApiConfig, cluster_costs: ClusterCostSource | None = 
         "Authenticate with `Authorization: Bearer <token>` (POST /v2/signup or /v2/tokens), "
         f"or as a service with the `{SECRET_HEADER}` header.",
     )
-    stores = Stores(config, cluster_costs)
+    stores = Stores(config, metroculus)
     tokens = Tokens(config.api.jwt_secret, config.api.token_ttl_seconds, config.cluster_secret)
     api.state.stores = stores
     api.state.tokens = tokens

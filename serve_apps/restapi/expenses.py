@@ -4,30 +4,28 @@ An organization's costs are those of its live cloud accounts (the ledger has no
 organization column; deleted accounts' rows stay in ClickHouse but are not shown). Every
 sum is over one resource type, because types overlap: a pod's cost is inside its
 namespace's, which is inside its cluster's. Without ``resource_type`` the namespaces are
-summed — they cover the whole cluster cost, idle capacity included (``__idle__``) — except
-where the grouping asks for another level (nodes, services).
+summed — they add up to the clusters: idle capacity is ``__idle__``, the management fee
+``__management__`` and any other cluster cost no namespace carries ``__unallocated__`` —
+except where the grouping asks for another level (nodes, services).
+
+Every answer comes from the ledger (ClickHouse) alone: no request calls Metroculus or
+reads the resource collection, so its time does not grow with the TSDB or with MongoDB.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
-from motor.motor_asyncio import AsyncIOMotorCollection
-
-from k8scost.settings import RestApiSettings
+from k8scost.promql import CLUSTER_COST_COMPONENTS
 from k8scost.stores.accounts import Account, AccountStore
-from k8scost.stores.expense_queries import ExpenseQueries, ResourceCost, ResourcePage, Scope
-from k8scost.stores.resources import RESOURCE_TYPES, Resource
-from serve_apps.restapi import metrics
+from k8scost.stores.expense_queries import ExpenseQueries, ResourceCost, Scope
+from k8scost.stores.resources import RESOURCE_TYPES, Kind, Resource
 from serve_apps.restapi.errors import not_found
 from serve_apps.restapi.params import DAY, NAMESPACE, ExpenseRequest, summed_type
 
-log = logging.getLogger("ray.serve")
-
-CLUSTER = "K8s Cluster"
+CLUSTER = RESOURCE_TYPES[Kind.CLUSTER]
 # The level a breakdown sums when the request names no resource_type: the one that
 # carries the grouped column (only pods have a service; nodes are their own rows).
 BREAKDOWN_DEFAULT_TYPE: dict[str, str | None] = {
@@ -35,29 +33,12 @@ BREAKDOWN_DEFAULT_TYPE: dict[str, str | None] = {
     "k8s_service": "K8s Pod",
     "resource_type": None,  # every type, each its own key
 }
-_SEEN_FIELDS = {"cloud_resource_id": 1, "first_seen": 1, "last_seen": 1}
-
-
-class ClusterCostSource(Protocol):
-    """Where the cluster cost breakdown comes from: ``MetroculusClient`` in production."""
-
-    async def cluster_costs(self, cloud_account_id: str, start: int, end: int) -> dict[str, Any]: ...
 
 
 class ExpenseService:
-    def __init__(
-        self,
-        settings: RestApiSettings,
-        accounts: AccountStore,
-        queries: ExpenseQueries,
-        resources: AsyncIOMotorCollection,
-        cluster_costs: ClusterCostSource,
-    ) -> None:
-        self._settings = settings
+    def __init__(self, accounts: AccountStore, queries: ExpenseQueries) -> None:
         self._accounts = accounts
         self._queries = queries
-        self._resources = resources
-        self._cluster_costs = cluster_costs
 
     async def scope_accounts(self, organization_id: str, asked: Iterable[str]) -> list[Account]:
         """The organization's live accounts, or the asked ones; 404 for one not among them."""
@@ -70,21 +51,20 @@ class ExpenseService:
         return [by_id[account_id] for account_id in asked] if asked else accounts
 
     async def clean_expenses(self, organization_id: str, request: ExpenseRequest) -> dict[str, Any]:
-        """The costliest resources of one type, totals, and each account's cluster cost."""
+        """The costliest resources of one type, totals, and each account's cluster cost by component."""
         resource_type = summed_type(request, NAMESPACE)
         accounts = await self.scope_accounts(organization_id, request.accounts)
         ids = tuple(account.id for account in accounts)
-        scope = Scope(ids, request.first_day, request.end, {**request.filters, "resource_type": (resource_type,)})
+        scope = Scope(ids, request.first_day, request.end, {**request.filters, "resource_type": (resource_type,)},
+                      request.share_tenancy)
         clusters = request.filters.get("k8s_cluster", ())
         # The cluster rows carry the whole cost of each account; only the cluster filter
         # applies to them (they have no namespace, node or service).
-        cluster_scope = Scope(
-            ids, request.first_day, request.end, {"resource_type": (CLUSTER,), "k8s_cluster": clusters}
-        )
-        (page, seen), per_account, breakdowns = await asyncio.gather(
-            self._page(scope, request.limit),
+        cluster_scope = Scope(ids, request.first_day, request.end, {"resource_type": (CLUSTER,), "k8s_cluster": clusters})
+        page, per_account, components = await asyncio.gather(
+            self._queries.resource_page(scope, request.limit),
             self._queries.per_account(cluster_scope),
-            asyncio.gather(*(self._breakdown(account.id, request, clusters) for account in accounts)),
+            self._queries.cluster_components(cluster_scope),
         )
         by_id = {account.id: account for account in accounts}
         return {
@@ -92,9 +72,7 @@ class ExpenseService:
             "end_date": request.end,
             "total_count": page.total_count,
             "total_cost": page.total_cost,
-            "clean_expenses": [
-                _expense(row, by_id[row.cloud_account_id], seen.get(row.resource_id, {})) for row in page.resources
-            ],
+            "clean_expenses": [_expense(row, by_id[row.cloud_account_id]) for row in page.resources],
             "k8s_costs": {
                 "k8s_total_cost": sum(per_account.values()),
                 "k8s_cost_breakdown": [
@@ -102,45 +80,16 @@ class ExpenseService:
                         "cloud_account_id": account.id,
                         "cloud_account_name": account.name,
                         "total_cost": per_account.get(account.id, 0.0),
-                        "breakdown": breakdown,
+                        "breakdown": {
+                            name: components.get(account.id, {}).get(name, 0.0) for name in CLUSTER_COST_COMPONENTS
+                        },
                     }
-                    for account, breakdown in zip(accounts, breakdowns)
+                    for account in accounts
                 ],
             },
             "resource_type": resource_type,
+            "share_tenancy_costs": request.share_tenancy,
         }
-
-    async def _page(self, scope: Scope, limit: int) -> tuple[ResourcePage, dict[str, dict[str, Any]]]:
-        page = await self._queries.resource_page(scope, limit)
-        rows = page.resources
-        if not rows or not self._settings.resource_lookup:
-            return page, {row.resource_id: _from_ledger(row) for row in rows}
-        # One round trip, for the listed resources only: FerretDB is slow on big $in lists
-        # and big collections, so never more than the page asks.
-        cursor = self._resources.find({"_id": {"$in": [row.resource_id for row in rows]}}, _SEEN_FIELDS)
-        return page, {doc["_id"]: doc async for doc in cursor}
-
-    async def _breakdown(
-        self, account_id: str, request: ExpenseRequest, clusters: tuple[str, ...]
-    ) -> dict[str, float] | None:
-        """Metroculus's cluster cost by component over the request's days; None if it fails.
-
-        The breakdown is an extra: a slow or failing Metroculus must not fail the request.
-        """
-        end = -(-request.end // DAY) * DAY  # whole days, as the ledger counts them
-        try:
-            answer = await asyncio.wait_for(
-                self._cluster_costs.cluster_costs(account_id, request.first_day, end),
-                self._settings.metroculus_timeout,
-            )
-            if not clusters:
-                return {key: float(value) for key, value in answer["breakdown"].items()}
-            parts = [answer["clusters"][name]["breakdown"] for name in clusters if name in answer["clusters"]]
-            return {key: sum(float(part[key]) for part in parts) for key in answer["breakdown"]}
-        except Exception as exc:  # noqa: BLE001  (any failure of an optional extra)
-            metrics.METROCULUS_FAILURES.inc()
-            log.warning("cluster cost breakdown of %s left null: %r", account_id, exc)
-            return None
 
     async def available_filters(self, organization_id: str, request: ExpenseRequest) -> dict[str, Any]:
         """Values each filter may take in the range (of every resource type unless one is asked)."""
@@ -177,7 +126,9 @@ class ExpenseService:
         first_day = request.first_day
         previous_start = request.start - (request.end - request.start)
         previous_first_day = previous_start - previous_start % DAY
-        scope = Scope(tuple(account.id for account in accounts), previous_first_day, request.end, filters)
+        scope = Scope(
+            tuple(account.id for account in accounts), previous_first_day, request.end, filters, request.share_tenancy
+        )
         # The previous period comes as one bucket per key (day 0): only its total is shown.
         daily = (await self._queries.daily(scope, by, daily_from=first_day)).days
 
@@ -203,14 +154,19 @@ class ExpenseService:
             "breakdown": breakdown,
             "counts": counts,
             "resource_type": resource_type,
+            "share_tenancy_costs": request.share_tenancy,
         }
 
 
-def _expense(row: ResourceCost, account: Account, seen: dict[str, Any]) -> dict[str, Any]:
+def _expense(row: ResourceCost, account: Account) -> dict[str, Any]:
+    """One resource of a page. ``cloud_resource_id`` is built by the function the resource
+    store uses; ``first_seen``/``last_seen`` bound the resource's days with cost in the asked
+    range (the ledger's; MongoDB's document spans all time)."""
+    resource = Resource(_KINDS[row.resource_type], row.k8s_cluster or "", row.k8s_namespace, row.resource_name)
     return {
         "resource_id": row.resource_id,
         "resource_name": row.resource_name,
-        "cloud_resource_id": seen.get("cloud_resource_id"),
+        "cloud_resource_id": resource.cloud_resource_id(),
         "cloud_account_id": account.id,
         "cloud_account_name": account.name,
         "cloud_account_type": account.type,
@@ -220,24 +176,12 @@ def _expense(row: ResourceCost, account: Account, seen: dict[str, Any]) -> dict[
         "k8s_node": row.k8s_node,
         "k8s_service": row.k8s_service,
         "cost": row.cost,
-        "first_seen": seen.get("first_seen"),
-        "last_seen": seen.get("last_seen"),
+        "first_seen": row.first_day,
+        "last_seen": row.last_day + DAY,
     }
 
 
 _KINDS = {name: kind for kind, name in RESOURCE_TYPES.items()}
-
-
-def _from_ledger(row: ResourceCost) -> dict[str, Any]:
-    """What MongoDB would answer, from the ledger row: the id is built by the same function
-    the resource store uses; the seen interval is the resource's days in the asked range
-    (MongoDB's spans all time)."""
-    resource = Resource(_KINDS[row.resource_type], row.k8s_cluster or "", row.k8s_namespace, row.resource_name)
-    return {
-        "cloud_resource_id": resource.cloud_resource_id(),
-        "first_seen": row.first_day,
-        "last_seen": row.last_day + DAY,
-    }
 
 
 def check_clean_request(request: ExpenseRequest) -> None:

@@ -17,12 +17,12 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from k8scost.stores.expense_queries import BREAKDOWN_COLUMNS, FILTER_COLUMNS
-from k8scost.stores.resources import RESOURCE_TYPES
+from k8scost.stores.resources import SUMMABLE_TYPES
 from k8scost.settings import RestApiSettings
 from serve_apps.restapi.errors import bad_request
 
 DAY = 86_400
-RESOURCE_TYPE_NAMES = tuple(RESOURCE_TYPES.values())
+RESOURCE_TYPE_NAMES = SUMMABLE_TYPES
 NAMESPACE = "K8s Namespace"
 _UNSIGNED = re.compile(r"[0-9]{1,12}")
 _MAX_VALUE_LENGTH = 1024
@@ -31,9 +31,11 @@ _MAX_VALUES = 1000
 # Repeatable filters: the accounts, then the ledger's columns.
 FILTER_PARAMS = ("cloud_account_id", *FILTER_COLUMNS)
 RANGE_PARAMS = ("start_date", "end_date")
-CLEAN_PARAMS = frozenset({*RANGE_PARAMS, *FILTER_PARAMS, "limit"})
+SHARE_PARAM = "share_tenancy_costs"
+CLEAN_PARAMS = frozenset({*RANGE_PARAMS, *FILTER_PARAMS, "limit", SHARE_PARAM})
 FILTERS_PARAMS = frozenset({*RANGE_PARAMS, *FILTER_PARAMS})
-BREAKDOWN_PARAMS = frozenset({*RANGE_PARAMS, *FILTER_PARAMS, "breakdown_by"})
+BREAKDOWN_PARAMS = frozenset({*RANGE_PARAMS, *FILTER_PARAMS, "breakdown_by", SHARE_PARAM})
+_BOOLEANS = {"true": True, "false": False}
 
 _DOCS: dict[str, tuple[str, bool, dict[str, Any]]] = {
     "start_date": ("Unix seconds; days whose UTC start is in [start_date, end_date) count.", True, {"type": "integer"}),
@@ -55,6 +57,13 @@ _DOCS: dict[str, tuple[str, bool, dict[str, Any]]] = {
         True,
         {"type": "string", "enum": list(BREAKDOWN_COLUMNS)},
     ),
+    SHARE_PARAM: (
+        "Namespace sums only: share each cluster-day's __management__ and __unallocated__ lines "
+        "over its namespaces in proportion to their cost (idle excluded), as Kubecost's "
+        "shareTenancyCosts; default false, the lines shown as namespaces of their own.",
+        False,
+        {"type": "boolean"},
+    ),
 }
 
 
@@ -68,6 +77,7 @@ class ExpenseRequest:
     filters: dict[str, tuple[str, ...]]  # FILTER_COLUMNS → values, resource_type included
     limit: int = 0
     breakdown_by: str = ""
+    share_tenancy: bool = False
 
     @property
     def first_day(self) -> int:
@@ -93,8 +103,10 @@ def items_from_body(body: Any) -> list[tuple[str, str]]:
     items: list[tuple[str, str]] = []
     for name, value in body.items():
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, bool) or not isinstance(item, str | int):
-                raise bad_request(f"{name}: values must be strings or integers")
+            if isinstance(item, bool):
+                item = str(item).lower()  # as the query string spells it
+            elif not isinstance(item, str | int):
+                raise bad_request(f"{name}: values must be strings, integers or booleans")
             items.append((str(name), str(item)))
     return items
 
@@ -143,8 +155,11 @@ def parse(items: Iterable[tuple[str, str]], allowed: frozenset[str], settings: R
         breakdown_by = single.get("breakdown_by", "")
         if breakdown_by not in BREAKDOWN_COLUMNS:
             raise bad_request(f"breakdown_by: {breakdown_by[:64]!r} is not one of {', '.join(BREAKDOWN_COLUMNS)}")
+    share = single.get(SHARE_PARAM, "false")
+    if share not in _BOOLEANS:
+        raise bad_request(f"{SHARE_PARAM}: {share[:64]!r} is not true or false")
     accounts = multi.pop("cloud_account_id", ())
-    return ExpenseRequest(start, end, accounts, multi, limit, breakdown_by)
+    return ExpenseRequest(start, end, accounts, multi, limit, breakdown_by, _BOOLEANS[share])
 
 
 def _check_values(name: str, values: tuple[str, ...]) -> None:
