@@ -143,7 +143,7 @@ async def ledger_summary(credentials: dict[str, Credentials], days: int) -> str:
         lines.append(f"cluster {cluster}  (account {cred.account_id})")
         lines.append("  " + f"{'namespace':<28}" + f"{days + 1} days".rjust(12)
                      + "".join(f"{d:%m-%d}".rjust(10) for d in shown))
-        for rid, namespace in [("", "(namespaces + idle)"), *sorted(namespaces.items(), key=lambda item: item[1])]:
+        for rid, namespace in [("", "(all: the cluster)"), *sorted(namespaces.items(), key=lambda item: item[1])]:
             ids = [rid] if rid else list(namespaces)
             total = sum(cost for (key, _), cost in costs.items() if key in ids)
             row = [sum(costs.get((key, day), 0.0) for key in ids) for day in shown]
