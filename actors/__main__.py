@@ -1,6 +1,6 @@
 """Start, inspect or stop the tenant supervisor on a running Ray cluster.
 
-    python -m actors start  [--address 127.0.0.1:6379]   # idempotent; prints the report
+    python -m actors start  [--address HOST:PORT]        # idempotent; prints the report
     python -m actors status [--address ...]
     python -m actors stop   [--address ...]              # the supervisor and every tenant actor
 """
@@ -9,27 +9,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 
 import ray
 
 from actors.supervisor import SUPERVISOR_NAME, TenantSupervisor, tenant_actor_name
 from actors.tenant import TenantConfig
+from k8scost import raylocal
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m actors", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("start", "status", "stop"))
-    parser.add_argument("--address", default="127.0.0.1:6379", help="Ray GCS address (default 127.0.0.1:6379)")
+    parser.add_argument("--address", default=raylocal.default_address(),
+                        help=f"Ray GCS address, host:port (default: $RAY_ADDRESS, else {raylocal.LOCAL_ADDRESS})")
     args = parser.parse_args()
     config = TenantConfig.from_env()
-    host, _, port = args.address.rpartition(":")
-    try:  # ray.init would wait a long while for a GCS that is not there
-        socket.create_connection((host, int(port)), timeout=3).close()
-        ray.init(address=args.address, namespace=config.ledger.ray_namespace, logging_level="warning")
-    except (OSError, ValueError, ConnectionError) as exc:
-        print(f"error: no Ray cluster at {args.address}: {exc}", file=sys.stderr)
+    try:
+        raylocal.connect(args.address, config.ledger.ray_namespace)
+    except raylocal.RayUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.command == "start":
         supervisor = TenantSupervisor.options(

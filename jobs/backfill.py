@@ -13,7 +13,8 @@ written day is checkpointed in MongoDB (``backfill_runs``): an interrupted run, 
 again with the same arguments, resumes with the days not written yet. Progress (days
 read and written out of the total, rows, ETA) goes to the job log, which the Ray
 dashboard shows.
-Exit status: 0 all days written, 1 some days failed (rerun to resume), 2 bad arguments.
+Exit status: 0 all days written, 1 some days failed or no Ray cluster answered (rerun to
+resume), 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -34,7 +34,7 @@ import ray
 
 from actors.supervisor import tenant_actor
 from actors.tenant import TenantConfig, query_daily_costs
-from k8scost import ledger
+from k8scost import ledger, raylocal
 from k8scost.metroculus_client import MetroculusClient
 from k8scost.stores.accounts import Account, AccountStore
 from k8scost.stores.backfills import BackfillStore, run_id, task_key
@@ -84,8 +84,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--start", required=True, type=_day, help="first UTC day, YYYY-MM-DD (included)")
     parser.add_argument("--end", required=True, type=_day, help="UTC day after the last, YYYY-MM-DD (excluded)")
     parser.add_argument("--parallel", type=_positive, default=8, help="days read at once, as Ray tasks (default 8)")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "auto"),
-                        help="Ray cluster (default: $RAY_ADDRESS, as `ray job submit` sets it, else auto)")
+    parser.add_argument("--address", default=raylocal.default_address(),
+                        help="Ray GCS address, host:port (default: $RAY_ADDRESS, as `ray job submit` sets it, "
+                             f"else {raylocal.LOCAL_ADDRESS})")
     args = parser.parse_args(argv)
     if args.start >= args.end:
         parser.error(f"--start {args.start} must be before --end {args.end}")
@@ -231,10 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     config = TenantConfig.from_env()
     try:
-        ray.init(address=args.address, namespace=config.ledger.ray_namespace, logging_level="warning")
-    except ConnectionError as exc:
-        print(f"error: no Ray cluster at {args.address}: {exc}", file=sys.stderr)
-        return 2
+        raylocal.connect(args.address, config.ledger.ray_namespace)
+    except raylocal.RayUnavailable as exc:  # not an argument's fault: run the same command again once Ray is up
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         summary = asyncio.run(main_async(args, config))
     except BackfillError as exc:

@@ -10,8 +10,8 @@ window from the TSDB (PromQL that always carries ``tenant_id``), computes the
 recommendations (``k8scost.rightsizing`` holds the formulas) and replaces the tenant's
 documents in MongoDB ``k8s_rightsizing``. Each tenant's stage times (query, compute,
 MongoDB write) and the run's totals go to the job log, which the Ray dashboard shows.
-Exit status: 0 every tenant done, 1 some failed (run again: a run replaces, never adds),
-2 bad arguments.
+Exit status: 0 every tenant done, 1 some failed or MongoDB or Ray unreachable (run again:
+a run replaces, never adds), 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ import ray
 from pymongo.errors import ConnectionFailure
 from ray.util import metrics
 
-from k8scost import promql
+from k8scost import promql, raylocal
 from k8scost.rightsizing import (
     Algorithm,
     GroupKey,
@@ -314,8 +313,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Params]:
                         help=f"usage ÷ recommended memory request (default {defaults.target_memory_utilization})")
     parser.add_argument("--end", type=int, default=None, metavar="UNIX_SECONDS",
                         help="end of the window (default: now), to compute as of a past instant")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "auto"),
-                        help="Ray cluster (default: $RAY_ADDRESS, as `ray job submit` sets it, else auto)")
+    parser.add_argument("--address", default=raylocal.default_address(),
+                        help="Ray GCS address, host:port (default: $RAY_ADDRESS, as `ray job submit` sets it, "
+                             f"else {raylocal.LOCAL_ADDRESS})")
     args = parser.parse_args(argv)
     now = int(time.time())
     if args.end is None:
@@ -350,9 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"accounts": 0, "done": 0, "failed": []}))
         return 0
     try:
-        ray.init(address=args.address, logging_level="warning")
-    except ConnectionError as exc:
-        print(f"error: no Ray cluster at {args.address}: {exc}", file=sys.stderr)
+        raylocal.connect(args.address)
+    except raylocal.RayUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     summary = asyncio.run(rightsize(accounts, params, args.end, stores, settings))
     log.info("rightsizing: %d/%d tenants in %.2f s (stages summed over tenants: query %.2f s, compute %.2f s, "
