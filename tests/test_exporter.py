@@ -193,7 +193,7 @@ class FakeKubecost:
 
     def answer(self, path: str, query: dict[str, str]) -> tuple[int, object]:
         if self.mode == "slow":
-            time.sleep(1.0)
+            time.sleep(5.0)  # far past the exporter's timeout in that test, even if its loop stalls
         if self.mode == "500":
             return 500, b"internal error"
         if self.mode == "garbage":
@@ -233,7 +233,8 @@ def _settings(kubecost: FakeKubecost, **overrides: Any) -> ExporterSettings:
         "tenant_id": TENANT,
         "cluster_name": CLUSTER,
         "allocation_window": "1h",
-        "request_timeout": 0.5,
+        # The fake answers in milliseconds: a busy machine must not turn that into a timeout.
+        "request_timeout": 10.0,
         "listen_host": "127.0.0.1",
         "listen_port": _free_port(),
     }
@@ -379,7 +380,7 @@ async def test_exports_hourly_rates_with_the_right_labels(kubecost: FakeKubecost
 async def test_failures_keep_then_withdraw_then_restore_cost_series(
     kubecost: FakeKubecost, mode: str, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = _settings(kubecost, request_timeout=0.3)
+    settings = _settings(kubecost, **({"request_timeout": 0.3} if mode == "slow" else {}))
     async with running(settings) as poller:
         await poller.poll()
         assert _cost_series(_scrape(settings)) == COST_SERIES
@@ -518,7 +519,7 @@ def test_cli_bad_environment_value_exits_2() -> None:
     assert "SCRAPE_INTERVAL='soon' is not a valid float" in result.stderr
 
 
-def _wait_for(port: int, predicate: Callable[[Samples], bool], timeout: float = 10.0) -> Samples:
+def _wait_for(port: int, predicate: Callable[[Samples], bool], timeout: float = 30.0) -> Samples:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -539,7 +540,7 @@ def test_cli_polls_on_its_interval_and_exits_0_on_signal(
     port = _free_port()
     argv = [
         *("--kubecost-url", kubecost.url, "--tenant-id", TENANT, "--cluster-name", CLUSTER),
-        *("--host", "127.0.0.1", "--port", str(port), "--scrape-interval", "0.2", "--kubecost-timeout", "1"),
+        *("--host", "127.0.0.1", "--port", str(port), "--scrape-interval", "0.2", "--kubecost-timeout", "10"),
     ]
     log_path = tmp_path / "exporter.log"
     with log_path.open("w") as log:
