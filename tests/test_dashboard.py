@@ -236,9 +236,10 @@ def shown(driver: Any, element_id: str) -> tuple[str, float]:
     return element.text, float(element.get_attribute("data-value"))
 
 
-def page_query(driver: Any, section: str) -> list[tuple[str, str]]:
-    """The query string the page sent for ``section``, as (name, value) pairs."""
-    return parse_qsl(attribute(driver, section, "data-query") or "", keep_blank_values=True)
+def page_query(driver: Any, section: str, which: str = "data-query") -> list[tuple[str, str]]:
+    """The query string the page sent for ``section`` (``data-previous-query``: its previous
+    period's), as (name, value) pairs."""
+    return parse_qsl(attribute(driver, section, which) or "", keep_blank_values=True)
 
 
 def fresh_page(driver: Any) -> None:
@@ -270,6 +271,34 @@ def table(driver: Any, table_id: str) -> list[dict[str, str]]:
 
 def severe_console_errors(driver: Any) -> list[dict[str, Any]]:
     return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def assert_previous_period_is_the_apis(driver: Any, section: str, tenant: Tenant, answer: dict[str, Any]) -> None:
+    """The days the page counts for ``section``'s previous period come from a query over
+    exactly the period the API compares with: same filters, the API's range, the same total."""
+    query, previous_query = page_query(driver, section), page_query(driver, section, "data-previous-query")
+    ranges = ("start_date", "end_date")
+    assert [p for p in previous_query if p[0] not in ranges] == [p for p in query if p[0] not in ranges]
+    assert (int(dict(previous_query)["start_date"]), int(dict(previous_query)["end_date"])) == (
+        answer["previous_range_start"], answer["start_date"] - 1)
+    previous = ok(call("GET", f"/organizations/{tenant.organization_id}/breakdown_expenses", tenant.token,
+                       params=previous_query))
+    assert previous["total"] == pytest.approx(answer["previous_total"], rel=1e-9)
+
+
+def set_range(driver: Any, first_day: int, last_day: int) -> None:
+    """From and To as a person picks them (a change event each); waits for the new figures."""
+    driver.execute_script(
+        """for (const [id, value] of [["start-date", arguments[0]], ["end-date", arguments[1]]]) {
+             const input = document.getElementById(id);
+             input.value = value;
+             input.dispatchEvent(new Event("change"));
+           }""",
+        *(datetime.fromtimestamp(day, UTC).date().isoformat() for day in (first_day, last_day)),
+    )
+    wanted = {("start_date", str(first_day)), ("end_date", str(last_day + DAY - 1))}
+    wait(driver, "the new range's figures", lambda d: wanted <= set(page_query(d, "trend"))
+         and wanted <= set(page_query(d, "comparison")) and attribute(d, "dashboard", "data-state") == "ready")
 
 
 # ---- tests ----------------------------------------------------------------------------------
@@ -327,6 +356,9 @@ def test_a_namespace_costs_on_the_page_what_the_api_answers(browser: Any, tenant
     previous = expected_costs(tenant.rows, NAMESPACE, previous_first_day, start,
                               {"k8s_namespace": ["shop"]}, "k8s_namespace")
     assert breakdown["previous_total"] == pytest.approx(previous["shop"], rel=1e-9) and breakdown["previous_total"] > 0
+    # 3 days of data now, 1 of the 30 before: no percentage, which would measure the missing days.
+    assert_previous_period_is_the_apis(browser, "trend", tenant, breakdown)
+    assert browser.find_element("id", "chart-change").text == "previous period incomplete: 1 of 30 days have data"
     [shop_row] = table(browser, "breakdown-table")
     assert shop_row["key"] == "shop" and shop_row["cells"]["1"] == money(breakdown["counts"]["shop"]["total"])
 
@@ -368,6 +400,15 @@ def test_a_namespace_costs_on_the_page_what_the_api_answers(browser: Any, tenant
         counts = by_cluster["counts"][cluster]
         assert cells["1"] == money(counts["total"]) and cells["2"] == money(counts["previous_total"])
         assert counts["total"] == pytest.approx(independent[cluster], rel=1e-9)
+        assert cells["change"] == "previous period incomplete: 1 of 30 days have data"
+    text, value = shown(browser, "comparison-total")
+    assert same_sum(value, by_cluster["total"]) and text == money(by_cluster["total"])
+    text, value = shown(browser, "comparison-previous-total")
+    assert same_sum(value, by_cluster["previous_total"]) and text == money(by_cluster["previous_total"])
+    assert_previous_period_is_the_apis(browser, "comparison", tenant, by_cluster)
+    assert browser.find_element("id", "comparison-change").text == "previous period incomplete: 1 of 30 days have data"
+    assert browser.find_element("id", "comparison-coverage").text.startswith(
+        "Days with data: 3 of 30 in this period, 1 of 30 in the previous one (")
 
     browser.find_element("id", "sort-cost").click()  # back to costliest first for the picture
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -395,6 +436,36 @@ def test_stacking_by_cluster_sums_whole_clusters(browser: Any, tenant: Tenant) -
     shown_rows = {r["key"]: r["cells"]["1"] for r in table(browser, "breakdown-table")}
     assert shown_rows == {cluster: money(c["total"]) for cluster, c in breakdown["counts"].items()}
     assert set(shown_rows) == set(independent)
+
+
+def test_a_change_is_a_percentage_only_over_a_previous_period_as_complete(browser: Any, tenant: Tenant) -> None:
+    """Seeded days: today, the 2 days before, and 40 days ago."""
+    org = f"/organizations/{tenant.organization_id}"
+    sign_in(browser, tenant.email, tenant.password)
+    today = utc_day(time.time())
+
+    # Today against yesterday: both have data, so the change is the API's totals' percentage.
+    set_range(browser, today, today)
+    for section, total_id in (("trend", "chart"), ("comparison", "comparison")):
+        answer = ok(call("GET", f"{org}/breakdown_expenses", tenant.token, params=page_query(browser, section)))
+        assert answer["previous_total"] > 0
+        change = browser.find_element("id", f"{total_id}-change")
+        assert change.text == f"{(answer['total'] - answer['previous_total']) / answer['previous_total'] * 100:+.1f} %"
+        assert (change.get_attribute("data-current-days"), change.get_attribute("data-previous-days")) == ("1", "1")
+    by_cluster = ok(call("GET", f"{org}/breakdown_expenses", tenant.token, params=page_query(browser, "comparison")))
+    rows = table(browser, "comparison-table")
+    assert {r["key"] for r in rows} == set(by_cluster["counts"]) and len(rows) == 3
+    for row in rows:
+        counts = by_cluster["counts"][row["key"]]
+        assert row["cells"]["change"] == f"{(counts['total'] - counts['previous_total']) / counts['previous_total'] * 100:+.1f} %"
+
+    # Yesterday and today against the 2 days before: only one of those has data.
+    set_range(browser, today - DAY, today)
+    incomplete = "previous period incomplete: 1 of 2 days have data"
+    assert browser.find_element("id", "chart-change").text == incomplete
+    assert browser.find_element("id", "comparison-change").text == incomplete
+    assert [r["cells"]["change"] for r in table(browser, "comparison-table")] == [incomplete] * 3
+    assert severe_console_errors(browser) == []
 
 
 def test_sign_up_and_onboard_a_cluster_through_the_page(browser: Any, serve_apps: str) -> None:
@@ -509,3 +580,4 @@ def test_the_live_tab_shows_what_k8s_live_answers_and_refreshes_itself(browser: 
     browser.find_element("id", "tab-live").click()  # closed: the cost sections are back
     assert browser.find_element("id", "trend").is_displayed() and not browser.find_element("id", "live").is_displayed()
     assert severe_console_errors(browser) == []
+

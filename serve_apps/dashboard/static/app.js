@@ -69,10 +69,41 @@ function setMoney(element, value) {
   element.dataset.value = String(value);
 }
 
-function percentChange(now, before) {
-  if (!before) return "";
-  const change = ((now - before) / before) * 100;
-  return `${change >= 0 ? "+" : ""}${change.toFixed(1)} %`;
+// Days of a breakdown_expenses answer's range with a cost (of ``key``; of any key when null).
+function daysWithData(answer, key = null) {
+  return Object.values(answer.breakdown ?? {})
+    .filter((costs) => (key === null ? Object.keys(costs).length > 0 : key in costs)).length;
+}
+
+// How many days have data in this period and in the previous one (``previousAnswer``: the
+// answer over the previous period's range), and how many days the previous period has.
+function coverage(answer, previousAnswer, key = null) {
+  return {
+    now: daysWithData(answer, key), before: daysWithData(previousAnswer, key),
+    length: Object.keys(previousAnswer.breakdown ?? {}).length,
+  };
+}
+
+// This period against the previous one. When the previous period has data on fewer days
+// than this one (a cluster connected during it, a late backfill), a percentage would
+// measure the missing days, not the spending: the page says so instead.
+function change(now, before, days) {
+  if (days.before < days.now) {
+    return { text: `previous period incomplete: ${days.before} of ${days.length} days have data`, kind: "incomplete" };
+  }
+  if (!before) return { text: "–", kind: "" };
+  const percent = ((now - before) / before) * 100;
+  return { text: `${percent >= 0 ? "+" : ""}${percent.toFixed(1)} %`, kind: now > before ? "up" : "down" };
+}
+
+function setChange(element, now, before, days) {
+  const { text, kind } = change(now, before, days);
+  element.textContent = text;
+  element.classList.remove("up", "down", "incomplete");
+  if (kind) element.classList.add(kind);
+  element.dataset.currentDays = String(days.now);
+  element.dataset.previousDays = String(days.before);
+  element.dataset.periodDays = String(days.length);
 }
 
 function labelFor(by, key) {
@@ -358,21 +389,35 @@ function tooltip() {
   return { callbacks: { label: (item) => `${item.dataset.label}: ${formatMoney(item.raw)}` } };
 }
 
+// A breakdown, then the same breakdown over its previous period: the first answer sums the
+// previous period into one figure, the second tells which of its days have data. Sections
+// record the second query in data-previous-query.
+async function breakdownAndPrevious(query) {
+  const answer = await api("GET", orgPath("/breakdown_expenses"), { query });
+  const previousQuery = new URLSearchParams(query);
+  previousQuery.set("start_date", String(answer.previous_range_start));
+  previousQuery.set("end_date", String(answer.start_date - 1));
+  const previousAnswer = await api("GET", orgPath("/breakdown_expenses"), { query: previousQuery });
+  return { answer, previousAnswer, previousQuery };
+}
+
 // Daily cost stacked by the chosen dimension, its total and previous total.
 async function loadTrend(query) {
   const by = state.breakdownBy;
   query.set("breakdown_by", by);
   query.set("resource_type", summedType(by, query));
-  const answer = await api("GET", orgPath("/breakdown_expenses"), { query });
-  return () => renderTrend(answer, by, query.get("resource_type"));
+  const { answer, previousAnswer, previousQuery } = await breakdownAndPrevious(query);
+  return () => {
+    renderTrend(answer, previousAnswer, by, query.get("resource_type"));
+    $("trend").dataset.previousQuery = previousQuery.toString();
+  };
 }
 
-function renderTrend(answer, by, type) {
+function renderTrend(answer, previousAnswer, by, type) {
   $("chart-resource-type").textContent = type;
   setMoney($("chart-total"), answer.total ?? 0);
   setMoney($("chart-previous-total"), answer.previous_total ?? 0);
-  $("chart-change").textContent = percentChange(answer.total ?? 0, answer.previous_total ?? 0);
-  $("chart-change").className = (answer.total ?? 0) > (answer.previous_total ?? 0) ? "up" : "down";
+  setChange($("chart-change"), answer.total ?? 0, answer.previous_total ?? 0, coverage(answer, previousAnswer));
   $("trend").dataset.breakdownBy = by;
 
   const counts = answer.counts ?? {};
@@ -452,12 +497,25 @@ function renderTrend(answer, by, type) {
 async function loadComparison(query) {
   query.set("breakdown_by", "k8s_cluster");
   query.set("resource_type", summedType("k8s_cluster", query));
-  const answer = await api("GET", orgPath("/breakdown_expenses"), { query });
-  return () => renderComparison(answer, query.get("resource_type"));
+  const { answer, previousAnswer, previousQuery } = await breakdownAndPrevious(query);
+  return () => {
+    renderComparison(answer, previousAnswer, query.get("resource_type"));
+    $("comparison").dataset.previousQuery = previousQuery.toString();
+  };
 }
 
-function renderComparison(answer, type) {
+function renderComparison(answer, previousAnswer, type) {
   $("comparison-resource-type").textContent = type;
+  setMoney($("comparison-total"), answer.total ?? 0);
+  setMoney($("comparison-previous-total"), answer.previous_total ?? 0);
+  const days = coverage(answer, previousAnswer);
+  setChange($("comparison-change"), answer.total ?? 0, answer.previous_total ?? 0, days);
+  const previousDays = Object.keys(previousAnswer.breakdown ?? {}).map(Number).sort((a, b) => a - b);
+  $("comparison-coverage").textContent = previousDays.length
+    ? `Days with data: ${days.now} of ${Object.keys(answer.breakdown ?? {}).length} in this period, ${days.before} of `
+      + `${days.length} in the previous one (${dayLabel.format(new Date(previousDays[0] * 1000))} – `
+      + `${dayLabel.format(new Date(previousDays.at(-1) * 1000))}).`
+    : "";
   const counts = answer.counts ?? {};
   const clusters = Object.keys(counts).sort((a, b) => (counts[b].total ?? 0) - (counts[a].total ?? 0) || a.localeCompare(b));
   const rows = clusters.map((cluster) => {
@@ -473,10 +531,11 @@ function renderComparison(answer, type) {
     const before = document.createElement("td");
     before.className = "num";
     setMoney(before, previous);
-    const change = document.createElement("td");
-    change.className = `num ${total > previous ? "up" : "down"}`;
-    change.textContent = percentChange(total, previous) || "new";
-    row.append(name, now, before, change);
+    const changed = document.createElement("td");
+    changed.className = "num";
+    changed.dataset.field = "change";
+    setChange(changed, total, previous, coverage(answer, previousAnswer, cluster));
+    row.append(name, now, before, changed);
     return row;
   });
   $("comparison-table").tBodies[0].replaceChildren(...rows);
