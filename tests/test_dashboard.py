@@ -6,6 +6,10 @@ pick a namespace, read the chart's total and the pod table. Every figure read on
 must be the API's answer to the very query the page sent (the raw value in ``data-value``
 but for a float sum's last bits, see ``same_sum``; the text that value with two decimals), and the API's answer must be the
 independent sum of the seeded rows. A screenshot is saved in ``.data/artifacts/``.
+
+A second organization's ledger is written by the tenant actor from a simulated history
+(a cluster billed a management fee, one billed none): on the page, its daily cost by
+namespace and its clusters compared must be one figure, the REST API's sum of the clusters.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -24,12 +28,18 @@ from urllib.parse import parse_qsl
 
 import httpx
 import pytest
+import ray
 
+from actors.tenant import TenantActor
+from k8scost import devstack, ledger
 from k8scost.settings import StoreSettings, from_env
+from k8scost.simulator.history import write_blocks
+from k8scost.simulator.model import cluster_management_cost
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.resources import RESOURCE_TYPES, Kind, Resource, ResourceStore
 from tests import helpers
+from tests.test_ledger import config, ledger_estate
 
 pytestmark = pytest.mark.services
 
@@ -581,3 +591,98 @@ def test_the_live_tab_shows_what_k8s_live_answers_and_refreshes_itself(browser: 
     assert browser.find_element("id", "trend").is_displayed() and not browser.find_element("id", "live").is_displayed()
     assert severe_console_errors(browser) == []
 
+
+# ---- one total, whichever way it is summed ------------------------------------------------
+
+FEE_CLUSTER, NO_FEE_CLUSTER = "prod-eu", "prod-us"  # of tests.test_ledger.ledger_estate
+
+
+@dataclass
+class Simulated:
+    email: str
+    password: str
+    organization_id: str
+    token: str
+
+
+@pytest.fixture(scope="module")
+def simulated(serve_apps: str, tmp_path_factory: pytest.TempPathFactory) -> Simulated:
+    """An organization whose ledger the tenant actor wrote from a simulated history: two whole
+    past days of a cluster billed a management fee and of one billed none."""
+    marker = uuid.uuid4().hex[:8]
+    email, password = f"agree-{marker}@example.com", f"pw-{uuid.uuid4().hex}"
+    signed = ok(call("POST", "/signup", json={"organization_name": f"Agree Co {marker}", "email": email,
+                                              "password": password, "display_name": "Al Gree"}), 201)
+    token, organization_id = signed["token"], signed["organization_id"]
+    account = ok(call("POST", f"/organizations/{organization_id}/cloud_accounts", token,
+                      json={"name": f"estate-{marker}", "type": "kubernetes_cnr"}), 201)["id"]
+
+    last_day = utc_day(time.time() - 32 * 3600)  # ended ≥ 8 h ago: out of the TSDB head
+    days = [last_day - DAY, last_day]
+    estate = ledger_estate(last_day)
+    estate.clusters = [c if c.name == FEE_CLUSTER else replace(c, management_cost_per_hour=0.0)
+                       for c in estate.clusters]
+    # The fee is worth far more than a cent, so a total that leaves it out cannot pass.
+    assert cluster_management_cost(estate, FEE_CLUSTER, days[0], last_day + DAY) > 4
+    assert cluster_management_cost(estate, NO_FEE_CLUSTER, days[0], last_day + DAY) == 0
+    blocks = tmp_path_factory.mktemp("blocks")
+    # Two hours of margin each side: the exporter averages an hour back, the ledger reads half an hour late.
+    write_blocks(estate, {c.name: account for c in estate.clusters}, days[0] - 7200, last_day + DAY + 7200, blocks)
+    devstack.load_blocks(blocks)
+
+    ray.init(address=helpers.RAY_ADDRESS, namespace="dashboard-tests", logging_level="warning")
+    try:
+        actor = TenantActor.remote(account, organization_id, config())
+        # The actor starts with a cycle of its own over the open days, which the history
+        # reaches into: this cycle covers them too, and both are waited for, so nothing
+        # is written while the page is read.
+        ledger_days = sorted({ledger.day_start(day) for day in days} | set(ledger.open_days(time.time(), 2)))
+        ray.get(actor.cycle.remote(ledger_days))
+        helpers.wait_for("the actor's own first cycle", lambda: ray.get(actor.status.remote())["cycles"] >= 2,
+                         timeout=120, interval=1)
+    finally:
+        ray.shutdown()  # the actor, not detached, ends with this driver
+    return Simulated(email, password, organization_id, token)
+
+
+def test_the_daily_cost_and_the_clusters_compared_agree_to_the_cent(browser: Any, simulated: Simulated) -> None:
+    """The namespaces (idle included) add up to the clusters: the page's two totals, and the
+    REST API's sum of the clusters, are one figure, for the estate and for each cluster.
+
+    The management fee is a cluster cost no namespace carries: the ledger must write it as a
+    namespace line (``__management__``) for the sums to meet; the fee-less cluster meets anyway.
+    """
+    from selenium.webdriver.support.ui import Select
+
+    org = f"/organizations/{simulated.organization_id}"
+    browser.get_log("browser")  # the earlier tests' entries: only this test's count
+    sign_in(browser, simulated.email, simulated.password)
+    assert IDLE in {r["key"] for r in table(browser, "breakdown-table")}  # the daily cost by namespace counts idle capacity
+    figures = {}
+    for cluster in ("", FEE_CLUSTER, NO_FEE_CLUSTER):
+        if cluster:
+            Select(browser.find_element("id", "filter-k8s_cluster")).select_by_value(cluster)
+            wait(browser, f"the figures of {cluster}", lambda d: all(
+                ("k8s_cluster", cluster) in page_query(d, section) for section in ("trend", "comparison"))
+                and attribute(d, "dashboard", "data-state") == "ready")
+        trend_query, comparison_query = page_query(browser, "trend"), page_query(browser, "comparison")
+        assert {("breakdown_by", "k8s_namespace"), ("resource_type", NAMESPACE)} <= set(trend_query)
+        assert {("breakdown_by", "k8s_cluster"), ("resource_type", CLUSTER)} <= set(comparison_query)
+        daily = shown(browser, "chart-total")[1]
+        compared = shown(browser, "comparison-total")[1]
+        # Each figure is the API's answer to the page's own query...
+        assert same_sum(daily, ok(call("GET", f"{org}/breakdown_expenses", simulated.token, params=trend_query))["total"])
+        assert same_sum(compared, ok(call("GET", f"{org}/breakdown_expenses", simulated.token,
+                                          params=comparison_query))["total"])
+        # ...and the REST API's sum of the clusters is a third way to the same figure.
+        clusters = ok(call("GET", f"{org}/clean_expenses", simulated.token, params=[
+            (name, value) for name, value in comparison_query if name in ("start_date", "end_date", "k8s_cluster")
+        ] + [("resource_type", CLUSTER)]))
+        assert clusters["total_count"] == (1 if cluster else 2) and clusters["total_cost"] > 0
+        figures[cluster or "all clusters"] = {
+            "daily cost by namespace": daily, "clusters compared": compared, "REST sum of clusters": clusters["total_cost"],
+        }
+    # To the cent: apart by less than half a cent (the ledger's sums differ in float rounding only).
+    disagreeing = {name: sums for name, sums in figures.items() if max(sums.values()) - min(sums.values()) >= 0.005}
+    assert disagreeing == {}, f"not one figure: {figures}"
+    assert severe_console_errors(browser) == []
