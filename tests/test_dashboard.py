@@ -478,6 +478,37 @@ def test_a_change_is_a_percentage_only_over_a_previous_period_as_complete(browse
     assert severe_console_errors(browser) == []
 
 
+def test_the_costs_tab_is_one_of_three_and_one_is_open_at_a_time(browser: Any, tenant: Tenant) -> None:
+    costs, rightsizing, live = ("filters", "trend", "comparison", "pods", "onboarding"), ("filters", "rightsizing"), ("live",)
+    browser.get_log("browser")  # the earlier tests' entries: only this test's count
+
+    def showing(tab: str, sections: tuple[str, ...]) -> None:
+        pressed = {name: attribute(browser, f"tab-{name}", "aria-pressed") for name in ("costs", "rightsizing", "live")}
+        assert pressed == {name: str(name == tab).lower() for name in pressed}
+        visible = {id_ for id_ in {*costs, *rightsizing, *live} if browser.find_element("id", id_).is_displayed()}
+        assert visible == set(sections), tab
+
+    sign_in(browser, tenant.email, tenant.password)
+    assert browser.find_element("id", "tab-costs").text == "Costs"
+    showing("costs", costs)
+    for tab, sections in (("rightsizing", rightsizing), ("live", live), ("costs", costs), ("live", live)):
+        browser.find_element("id", f"tab-{tab}").click()
+        showing(tab, sections)
+    browser.find_element("id", "tab-live").click()  # the open tab again: back to the costs
+    showing("costs", costs)
+    browser.find_element("id", "tab-rightsizing").click()
+    browser.find_element("id", "signout").click()
+    wait(browser, "the sign-in form", lambda d: d.find_element("id", "signin-form").is_displayed())
+    for element_id, value in (("signin-email", tenant.email), ("signin-password", tenant.password)):
+        field = browser.find_element("id", element_id)  # the same page, not reloaded
+        field.clear()
+        field.send_keys(value)
+    browser.find_element("id", "signin-submit").click()
+    wait(browser, "the dashboard", lambda d: attribute(d, "dashboard", "data-state") == "ready")
+    showing("costs", costs)  # the next sign-in starts on the costs
+    assert severe_console_errors(browser) == []
+
+
 def test_sign_up_and_onboard_a_cluster_through_the_page(browser: Any, serve_apps: str) -> None:
     marker = uuid.uuid4().hex[:8]
     email, password = f"new-{marker}@example.com", f"pw-{uuid.uuid4().hex}"

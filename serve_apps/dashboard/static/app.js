@@ -226,6 +226,7 @@ function signOut(message) {
   $("session").hidden = true;
   $("auth").hidden = false;
   $("dashboard").dataset.state = "idle";
+  showTab("costs"); // the next sign-in starts on the costs
   // Nothing of the last organization stays on the page: not its filters, nor a password.
   for (const name of FILTERS) $(`filter-${name}`).replaceChildren(new Option("All", ""));
   for (const id of ["breakdown-table", "comparison-table", "pod-table"]) $(id).tBodies[0].replaceChildren();
@@ -644,6 +645,38 @@ async function onboard(form, button) {
   }
 }
 
+// ---- tabs ---------------------------------------------------------------------------------
+// Three views of the organization, one at a time: its costs (the default), the rightsizing
+// recommendations, the live view. Each names the sections it shows, and what opening and
+// closing it starts and stops. Clicking the open tab again goes back to the costs.
+
+const TABS = {
+  costs: { sections: ["filters", "trend", "comparison", "pods", "onboarding"] },
+  rightsizing: {
+    sections: ["filters", "rightsizing"], // the cluster, namespace and account filters apply
+    open: () => loadRightsizing(),
+    close: () => { rightsizing.generation += 1; }, // answers still on their way are dropped
+  },
+  live: { sections: ["live"], open: () => openLive(), close: () => closeLive() },
+};
+const tabs = { open: "costs" };
+
+function showTab(name) {
+  if (name === tabs.open) return;
+  TABS[tabs.open].close?.();
+  tabs.open = name;
+  for (const tab of Object.keys(TABS)) $(`tab-${tab}`).setAttribute("aria-pressed", String(tab === name));
+  const shown = new Set(TABS[name].sections);
+  for (const id of new Set(Object.values(TABS).flatMap((tab) => tab.sections))) $(id).hidden = !shown.has(id);
+  TABS[name].open?.();
+}
+
+function wireTabs() {
+  for (const name of Object.keys(TABS)) {
+    $(`tab-${name}`).addEventListener("click", () => showTab(tabs.open === name ? "costs" : name));
+  }
+}
+
 // ---- rightsizing tab ----------------------------------------------------------------------
 // The rightsizing job's recommendations (GET k8s_rightsizing), in the API's order: the
 // largest monthly savings first. The tab shows them in place of the cost sections; the
@@ -652,7 +685,7 @@ async function onboard(form, button) {
 
 const RIGHTSIZING_LIMIT = 500;
 const RIGHTSIZING_FILTERS = ["k8s_cluster", "k8s_namespace", "cloud_account_id"];
-const rightsizing = { active: false, hidden: [], generation: 0 };
+const rightsizing = { generation: 0 };
 
 function millicores(cores) {
   return cores === null || cores === undefined ? "–" : `${Math.round(cores * 1000)}m`;
@@ -666,25 +699,8 @@ function share(value) {
   return value === null || value === undefined ? "–" : `${Math.round(value * 100)} %`;
 }
 
-function showRightsizing(on) {
-  // One tab at a time: another open tab (Live) is closed by its own toggle first.
-  if (on && $("tab-live")?.getAttribute("aria-pressed") === "true") $("tab-live").click();
-  rightsizing.active = on;
-  $("tab-rightsizing").setAttribute("aria-pressed", String(on));
-  if (on) {
-    rightsizing.hidden = [...$("dashboard").children].filter((el) => el.id !== "filters" && el.id !== "rightsizing" && !el.hidden);
-    for (const el of rightsizing.hidden) el.hidden = true;
-    $("rightsizing").hidden = false;
-    loadRightsizing();
-  } else {
-    for (const el of rightsizing.hidden) el.hidden = false;
-    rightsizing.hidden = [];
-    $("rightsizing").hidden = true;
-  }
-}
-
 async function loadRightsizing() {
-  if (!state.session || !rightsizing.active) return;
+  if (!state.session || tabs.open !== "rightsizing") return;
   const element = $("rightsizing");
   const generation = ++rightsizing.generation;
   const query = new URLSearchParams({ limit: String(RIGHTSIZING_LIMIT) });
@@ -763,16 +779,13 @@ function renderRightsizing(answer) {
 }
 
 function wireRightsizing() {
-  $("tab-rightsizing").addEventListener("click", () => showRightsizing(!rightsizing.active));
   // Listeners added after the page's own: the organization and filters are already set.
   $("org-select").addEventListener("change", () => loadRightsizing());
   for (const name of RIGHTSIZING_FILTERS) $(`filter-${name}`).addEventListener("change", () => loadRightsizing());
   $("filters-reset").addEventListener("click", () => loadRightsizing());
-  // Signed out (the dashboard hidden): back to the cost sections, nothing of the organization kept.
+  // Signed out (the dashboard hidden, the tab closed): nothing of the organization kept.
   new MutationObserver(() => {
     if (!$("dashboard").hidden) return;
-    rightsizing.generation += 1;
-    if (rightsizing.active) showRightsizing(false);
     $("rightsizing-table").tBodies[0].replaceChildren();
     $("rightsizing-run").textContent = "";
   }).observe($("dashboard"), { attributes: true, attributeFilter: ["hidden"] });
@@ -789,7 +802,7 @@ const LIVE_REFRESH_MS = 30000;
 const LIVE_RANGES = { "1h": [3600, 15], "6h": [21600, 60], "24h": [86400, 300] };
 const LIVE_LEGEND_MAX = 12; // more groups than this: the table names them, the legend would not fit
 // generation: of the series asked; listing: of the account list (each drops answers older than it)
-const live = { active: false, hidden: [], generation: 0, listing: 0, timer: null, chart: null, unit: "" };
+const live = { generation: 0, listing: 0, timer: null, chart: null, unit: "" };
 const liveTime = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", timeZone: "UTC" });
 
 function liveValue(value, unit = live.unit) {
@@ -799,30 +812,16 @@ function liveValue(value, unit = live.unit) {
   return `${Number(value).toFixed(3)} cores`;
 }
 
-function rightsizingOpen() {
-  return $("tab-rightsizing")?.getAttribute("aria-pressed") === "true";
+function openLive() {
+  live.timer = setInterval(() => { if (!document.hidden) refreshLive(); }, LIVE_REFRESH_MS);
+  loadLiveAccounts();
 }
 
-function showLive(on) {
-  if (on === live.active) return;
-  if (on && rightsizingOpen()) $("tab-rightsizing").click(); // one tab at a time: its own toggle closes it
-  live.active = on;
-  $("tab-live").setAttribute("aria-pressed", String(on));
-  if (on) {
-    live.hidden = [...$("dashboard").children].filter((el) => el.id !== "live" && !el.hidden);
-    for (const el of live.hidden) el.hidden = true;
-    $("live").hidden = false;
-    live.timer = setInterval(() => { if (!document.hidden) refreshLive(); }, LIVE_REFRESH_MS);
-    loadLiveAccounts();
-  } else {
-    clearInterval(live.timer);
-    live.timer = null;
-    live.generation += 1; // answers still on their way are dropped
-    live.listing += 1;
-    for (const el of live.hidden) el.hidden = false;
-    live.hidden = [];
-    $("live").hidden = true;
-  }
+function closeLive() {
+  clearInterval(live.timer);
+  live.timer = null;
+  live.generation += 1; // answers still on their way are dropped
+  live.listing += 1;
 }
 
 // The organization's accounts in the picker (the chosen one kept), then the series.
@@ -857,7 +856,7 @@ function clearLive() {
 }
 
 async function refreshLive() {
-  if (!state.session || !live.active) return;
+  if (!state.session || tabs.open !== "live") return;
   if (!$("live-account").value) { // no account (yet) in this organization: nothing of another's stays
     live.generation += 1;
     clearLive();
@@ -988,21 +987,15 @@ function renderLive(answer) {
 }
 
 function wireLive() {
-  $("tab-live").addEventListener("click", () => showLive(!live.active));
-  // Opening the rightsizing tab closes this one first (capture: before its own listener runs).
-  document.addEventListener("click", (event) => {
-    if (live.active && event.target instanceof Element && event.target.closest("#tab-rightsizing")) showLive(false);
-  }, true);
   for (const id of ["live-account", "live-query", "live-range"]) $(id).addEventListener("change", () => refreshLive());
   $("org-select").addEventListener("change", () => {
     $("live-account").replaceChildren(); // the other organization's accounts are not asked for
-    if (live.active) loadLiveAccounts();
+    if (tabs.open === "live") loadLiveAccounts();
   });
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshLive(); });
-  // Signed out (the dashboard hidden): the tab closes and nothing of the organization stays.
+  // Signed out (the dashboard hidden, the tab closed): nothing of the organization stays.
   new MutationObserver(() => {
     if (!$("dashboard").hidden) return;
-    showLive(false);
     $("live-account").replaceChildren();
     clearLive();
   }).observe($("dashboard"), { attributes: true, attributeFilter: ["hidden"] });
@@ -1065,5 +1058,6 @@ function wire() {
 }
 
 wire();
+wireTabs();
 wireRightsizing();
 wireLive();
