@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from k8scost.devstack import SERVE_URL, TSDB_URL  # noqa: E402
+from devstack.stack import SERVE_URL, TSDB_URL  # noqa: E402
 from k8scost.remote_write import encode  # noqa: E402
 from k8scost.settings import MetroculusSettings, from_env  # noqa: E402
 

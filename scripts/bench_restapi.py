@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from asynch import Connection  # noqa: E402
 
-from k8scost import devstack  # noqa: E402
+from devstack import stack  # noqa: E402
 from k8scost.settings import StoreSettings, from_env  # noqa: E402
 from k8scost.stores.accounts import AccountStore  # noqa: E402
 from k8scost.stores.clickhouse import ExpenseStore  # noqa: E402
@@ -215,17 +215,17 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=20)
     parser.add_argument("--requests", type=int, default=20)
     args = parser.parse_args()
-    devstack.services("start", "clickhouse", "mongodb")
+    stack.services("start", "clickhouse", "mongodb")
     seeded = asyncio.run(seed(args))
     # Two servers: resource fields from MongoDB (the default) and from the ledger.
     urls, servers = {}, []
     for lookup in (True, False):
-        port = devstack.free_port()
+        port = stack.free_port()
         servers.append(serve(port, lookup))
         urls[lookup] = f"http://127.0.0.1:{port}"
     try:
         for url in urls.values():
-            devstack.wait_for("the REST API", lambda url=url: _up(url), timeout=30)
+            stack.wait_for("the REST API", lambda url=url: _up(url), timeout=30)
         rows = [
             "| endpoint | case | resource fields from | p50 ms | p95 ms | body KB |",
             "| --- | --- | --- | ---: | ---: | ---: |",

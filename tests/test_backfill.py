@@ -17,11 +17,11 @@ from datetime import timedelta
 
 import pytest
 
+from devstack import stack
+from devstack.simulator.history import write_blocks
+from devstack.simulator.model import cluster_management_cost, ground_truth
+from devstack.stack import ROOT
 from k8scost import ledger
-from k8scost import devstack
-from k8scost.devstack import ROOT
-from k8scost.simulator.history import write_blocks
-from k8scost.simulator.model import cluster_management_cost, ground_truth
 from k8scost.stores.resources import Kind
 from tests import helpers
 from tests.conftest import TEST_SERVE_ENV
@@ -54,7 +54,7 @@ def history(serve_apps: str, accounts, tmp_path_factory: pytest.TempPathFactory)
     start, end = first_day.timestamp() - 2 * HOUR, (last_day + timedelta(days=1)).timestamp() + 2 * HOUR
     for tenant in tenants:
         write_blocks(estate, {c.name: tenant.id for c in estate.clusters}, start, end, blocks)
-    devstack.load_blocks(blocks)
+    stack.load_blocks(blocks)
     return estate, tenants, [first_day + timedelta(days=k) for k in range(DAYS)]
 
 

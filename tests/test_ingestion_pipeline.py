@@ -12,13 +12,13 @@ import pytest
 import ray
 
 from actors.tenant import TenantActor, TenantConfig
+from devstack.simulator import generate_estate, ground_truth
+from devstack.simulator.customer import CustomerCluster
+from devstack.simulator.spec import to_json
 from k8scost import ledger
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.stores.clickhouse import ExpenseStore
 
-from k8scost.simulator import generate_estate, ground_truth
-from k8scost.simulator.customer import CustomerCluster
-from k8scost.simulator.spec import to_json
 from tests import helpers
 
 pytestmark = pytest.mark.services

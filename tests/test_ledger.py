@@ -1,7 +1,7 @@
 """Simulated history → TSDB → Metroculus → tenant actors → MongoDB + ClickHouse, on real servers.
 
 The history is what the exporter would have exported over whole past days (replayed as
-TSDB blocks, see k8scost/simulator/history.py), so every day can be checked against the
+TSDB blocks, see devstack/simulator/history.py), so every day can be checked against the
 simulator's exact ground truth. The live path into the TSDB is tested in
 test_ingestion_pipeline.py.
 """
@@ -16,13 +16,13 @@ import pytest
 import ray
 
 from actors.tenant import TenantActor, TenantConfig
+from devstack import stack
+from devstack.simulator.history import write_blocks
+from devstack.simulator.model import cluster_management_cost, ground_truth
+from devstack.simulator.spec import PV, Cluster, Container, Estate, LoadBalancer, Namespace, Node, Pod
 from k8scost import ledger
-from k8scost import devstack
 from k8scost.metroculus_client import MetroculusClient
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
-from k8scost.simulator.history import write_blocks
-from k8scost.simulator.model import cluster_management_cost, ground_truth
-from k8scost.simulator.spec import PV, Cluster, Container, Estate, LoadBalancer, Namespace, Node, Pod
 from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.resources import Kind, Resource, ResourceStore
@@ -84,7 +84,7 @@ def history(serve_apps: str, accounts, tmp_path_factory: pytest.TempPathFactory)
     start, end = first_day.timestamp() - 2 * HOUR, (last_day + timedelta(days=1)).timestamp() + 2 * HOUR
     write_blocks(estate, {c.name: tenant_a.id for c in estate.clusters}, start, end, blocks)
     write_blocks(estate, {"prod-eu": tenant_b.id}, start, end, blocks)
-    devstack.load_blocks(blocks)
+    stack.load_blocks(blocks)
     days = [first_day + timedelta(days=k) for k in range(DAYS_OF_HISTORY)]
     return estate, tenant_a, tenant_b, days
 

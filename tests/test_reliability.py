@@ -33,14 +33,14 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.tenant import CRASH_POINTS, CycleReport, TenantActor, TenantConfig
+from devstack.simulator import cluster_management_cost, generate_estate, ground_truth, to_json
+from devstack.simulator.customer import REMOTE_WRITE_TEMPLATE, CustomerCluster
+from devstack.simulator.history import openmetrics
+from devstack.simulator.spec import Estate
 from k8scost import ledger, promql
 from k8scost.metroculus_client import MetroculusClient
 from k8scost.remote_write import encode
 from k8scost.settings import ExporterSettings, LedgerSettings, StoreSettings, from_env
-from k8scost.simulator import cluster_management_cost, generate_estate, ground_truth, to_json
-from k8scost.simulator.customer import REMOTE_WRITE_TEMPLATE, CustomerCluster
-from k8scost.simulator.history import openmetrics
-from k8scost.simulator.spec import Estate
 from k8scost.stores.clickhouse import ExpenseStore
 from tests import figures, helpers
 from tests.conftest import TEST_SERVE_ENV
@@ -240,7 +240,7 @@ def test_r1_tsdb_outage_loses_no_sample(serve_apps: str, accounts, tmp_path: Pat
 def history(serve_apps: str, accounts):
     """A tenant with 3 whole past days in the TSDB, out of the open days (its actor's own cycles leave them alone).
 
-    The replayed samples (k8scost.simulator.history) go through the ingress, as a sender
+    The replayed samples (devstack.simulator.history) go through the ingress, as a sender
     catching up sends them: the TSDB takes out-of-order samples for 30 days, and loading
     blocks instead would restart it, minutes on a TSDB holding the demo's history.
     """

@@ -121,7 +121,7 @@ def deploy_serve(env_vars: dict[str, str] | None = None, *, fresh: bool = True) 
 
 def load_blocks(blocks_dir: Path) -> None:
     """Move the TSDB blocks of ``blocks_dir`` into the local TSDB, which is stopped meanwhile."""
-    from k8scost.simulator.history import load_into  # the simulator imports this module
+    from devstack.simulator.history import load_into  # the simulator imports this module
 
     services("stop", "tsdb")
     try:
