@@ -28,10 +28,10 @@ import httpx  # noqa: E402
 from ray.util.state import list_actors  # noqa: E402
 
 from devstack import stack  # noqa: E402
-from k8scost.remote_write import encode  # noqa: E402
 from k8scost.settings import StoreSettings, from_env  # noqa: E402
 from k8scost.stores.accounts import AccountStore  # noqa: E402
 from k8scost.stores.mongo import connect  # noqa: E402
+from serve_apps.ingress.remote_write import encode  # noqa: E402
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _METRICS = ("cloudtuner_kubecost_pod_total_cost", "cloudtuner_kubecost_pod_cpu_cost", "cloudtuner_kubecost_pod_ram_cost")

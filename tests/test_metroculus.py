@@ -21,7 +21,7 @@ import pytest_asyncio
 
 from k8scost.metroculus_client import MetroculusClient, MetroculusError
 from k8scost.promql import COST_METRICS, escape_label_value, integral, selector
-from k8scost.remote_write import STALE_NAN_BITS, encode
+from serve_apps.ingress.remote_write import STALE_NAN_BITS, encode
 from tests import helpers
 from tests.conftest import TEST_SERVE_ENV
 

@@ -39,9 +39,9 @@ from devstack.simulator.history import openmetrics
 from devstack.simulator.spec import Estate
 from k8scost import ledger, promql
 from k8scost.metroculus_client import MetroculusClient
-from k8scost.remote_write import encode
 from k8scost.settings import ExporterSettings, LedgerSettings, StoreSettings, from_env
 from k8scost.stores.clickhouse import ExpenseStore
+from serve_apps.ingress.remote_write import encode
 from tests import figures, helpers
 from tests.conftest import TEST_SERVE_ENV
 from tests.test_ingress import post

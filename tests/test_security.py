@@ -30,8 +30,8 @@ import httpx
 import pytest
 
 from k8scost import promql
-from k8scost.remote_write import encode
 from k8scost.stores.accounts import Credentials
+from serve_apps.ingress.remote_write import encode
 from tests import figures, helpers, hostile_bodies
 from tests.conftest import TEST_SERVE_ENV
 from tests.test_dashboard import call, ok, write_ledger
@@ -89,7 +89,7 @@ INJECTIONS = (
 
 R4_BODIES = 10_000
 R4_CONCURRENCY = 16
-# Words a refusal uses to name what is wrong (the ingress's messages, k8scost.remote_write).
+# Words a refusal uses to name what is wrong (the ingress's messages, serve_apps.ingress.remote_write).
 PROBLEM = re.compile(r"snappy|protobuf|UTF-8|label|series|in the (past|future)|decompresses|over the limit|TSDB refused|samples/s")
 
 

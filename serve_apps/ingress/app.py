@@ -16,13 +16,13 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from k8scost.remote_write import Limits, TenantPolice, WriteRejected
 from k8scost.settings import IngressSettings, StoreSettings, from_env
 from k8scost.stores.accounts import AccountStore, Credentials
 from k8scost.stores.mongo import connect
 from serve_apps.ingress import metrics
 from serve_apps.ingress.auth import CredentialCache, basic_auth
 from serve_apps.ingress.ratelimit import TokenBuckets
+from serve_apps.ingress.remote_write import Limits, TenantPolice, WriteRejected
 
 log = logging.getLogger("ray.serve")
 

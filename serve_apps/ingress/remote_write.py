@@ -19,7 +19,7 @@ from typing import NamedTuple
 import snappy
 from google.protobuf.message import DecodeError
 
-from k8scost.proto.remote_write_pb2 import Label, RawTimeSeries, RawWriteRequest, WriteRequest
+from serve_apps.ingress.proto.remote_write_pb2 import Label, RawTimeSeries, RawWriteRequest, WriteRequest
 
 TENANT_LABEL = "tenant_id"
 METRIC_NAME_LABEL = "__name__"
