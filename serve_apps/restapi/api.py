@@ -30,12 +30,12 @@ from k8scost.stores.expense_queries import ExpenseQueries
 from k8scost.stores.mongo import connect
 from k8scost.stores.organizations import EmailTaken, Organization, OrganizationStore
 from k8scost.stores.rightsizing import RightsizingStore
+from k8scost.stores.tasks import TaskStore
 from serve_apps.restapi import errors, live, metrics, onboarding, params
 from serve_apps.restapi import rightsizing as rightsizing_api
 from serve_apps.restapi.auth import SECRET_HEADER, Caller, Tokens
 from serve_apps.restapi.errors import ApiError, bad_request, not_found
 from serve_apps.restapi.expenses import ExpenseService, check_clean_request
-from serve_apps.restapi.tasks import TaskStore
 
 log = logging.getLogger("ray.serve")
 
