@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+# The header carrying the cluster secret, which Metroculus and the REST API both take.
+SECRET_HEADER = "Secret"
 _ERROR_TEXT_LIMIT = 1024
 
 
@@ -23,7 +25,7 @@ class MetroculusClient:
     """Calls ``base_url`` (e.g. ``http://127.0.0.1:8000/metroculus``) with the cluster secret."""
 
     def __init__(self, base_url: str, secret: str, timeout: float = 60.0) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers={"Secret": secret}, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers={SECRET_HEADER: secret}, timeout=timeout)
 
     async def kubecost_metrics(
         self, cloud_account_id: str, metrics: Sequence[str], start: int, end: int, step: int | None = None,

@@ -46,7 +46,7 @@ from devstack.simulator.customer import CustomerCluster
 from devstack.simulator.history import write_blocks
 from devstack.simulator.spec import Estate, from_json, generate_estate, to_json
 from k8scost import ledger
-from k8scost.settings import LedgerSettings, StoreSettings, from_env
+from k8scost.settings import DAY, LedgerSettings, StoreSettings, from_env
 from k8scost.stores.accounts import AccountStore, Credentials
 from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.organizations import OrganizationStore
@@ -69,9 +69,9 @@ def load_estate(seed: int, clusters: int) -> tuple[Estate, Path]:
     path = DEMO_DIR / f"estate-seed{seed}-clusters{clusters}.json"
     if path.exists():
         return from_json(path.read_text()), path
-    month = 30 * 86400
+    month = 30 * DAY
     estate = generate_estate(seed, clusters=clusters, namespaces_per_cluster=5, pods_per_namespace=6,
-                             start=time.time() - month, span_seconds=month + 7 * 86400)
+                             start=time.time() - month, span_seconds=month + 7 * DAY)
     path.write_text(to_json(estate))
     return estate, path
 
@@ -108,7 +108,7 @@ def load_history(estate: Estate, estate_file: Path, tenants: dict[str, str], day
     if marker.exists() and json.loads(marker.read_text()) == tenants:
         return
     now = time.time()
-    start = ledger.day_start(now).timestamp() - days * ledger.DAY - 3600  # the exporter looks back an hour
+    start = ledger.day_start(now).timestamp() - days * DAY - 3600  # the exporter looks back an hour
     blocks = DEMO_DIR / "blocks"
     blocks.mkdir(exist_ok=True)
     print(f"replaying {days} days of history into the TSDB ...", flush=True)

@@ -22,6 +22,7 @@ from devstack.simulator.history import write_blocks
 from devstack.simulator.model import cluster_management_cost, ground_truth
 from devstack.stack import ROOT
 from k8scost import ledger
+from k8scost.settings import DAY
 from k8scost.stores.resources import Kind
 from tests import helpers
 from tests.conftest import TEST_SERVE_ENV
@@ -77,7 +78,7 @@ def assert_days_exact(estate, account_id: str, days: list) -> None:
     for day in days:
         got = ledger_costs(account_id, day)
         assert got == pytest.approx(expected_costs(account_id, day), rel=1e-9), day
-        start, end = day.timestamp(), day.timestamp() + ledger.DAY
+        start, end = day.timestamp(), day.timestamp() + DAY
         for cluster in ("prod-eu", "prod-us"):
             truth = ground_truth(estate, start, end, cluster=cluster, include_idle=True)
             expected = truth.total + cluster_management_cost(estate, cluster, start, end)  # idle included

@@ -39,7 +39,7 @@ from devstack.simulator.history import openmetrics
 from devstack.simulator.spec import Estate
 from k8scost import ledger, promql
 from k8scost.metroculus_client import MetroculusClient
-from k8scost.settings import ExporterSettings, LedgerSettings, StoreSettings, from_env
+from k8scost.settings import DAY, ExporterSettings, LedgerSettings, StoreSettings, from_env
 from k8scost.stores.clickhouse import ExpenseStore
 from serve_apps.ingress.remote_write import encode
 from tests import figures, helpers
@@ -141,8 +141,8 @@ def metroculus_costs(account_id: str, day: datetime, lag: int) -> dict[str, floa
     async def fetch() -> dict[str, Any]:
         async with MetroculusClient(f"{helpers.SERVE_URL}/metroculus", SECRET) as client:
             start = int(day.timestamp())
-            return await client.kubecost_metrics(account_id, ledger.LEDGER_METRICS, start, start + ledger.DAY,
-                                                 step=ledger.DAY, lag=lag)
+            return await client.kubecost_metrics(account_id, ledger.LEDGER_METRICS, start, start + DAY,
+                                                 step=DAY, lag=lag)
 
     daily = ledger.daily_costs(account_id, [run(fetch())], [day])
     return {rid: cost for (rid, _), cost in daily.costs.items() if cost}
@@ -271,7 +271,7 @@ def send_late_samples(credentials, day: datetime, round_: int) -> None:
     write: −1/+1 corrections, as the open days get in production every cycle.
     """
     at = day.timestamp() + 10 * HOUR
-    pods = helpers.tsdb_query(f'{ledger.POD_METRIC}{{tenant_id="{credentials.account_id}"}}', at=at)
+    pods = helpers.tsdb_query(f'{promql.POD_METRIC}{{tenant_id="{credentials.account_id}"}}', at=at)
     offset = 7 + 29 * round_
     body = encode(
         (pod["metric"], [(int((at + offset + 300 * k) * 1000), float(pod["value"][1]) * (1 + 0.1 * (round_ + 1)))

@@ -22,6 +22,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from k8scost.metroculus_client import SECRET_HEADER
 from k8scost.promql import CLUSTER_COST_COMPONENTS, LIVE_MAX_SERIES, LIVE_QUERIES, PART_LABEL, integral, live_promql, selector, window
 from k8scost.settings import MetroculusSettings, StoreSettings, from_env
 from k8scost.tsdb import TsdbClient, TsdbQueryError, TsdbUnavailable
@@ -30,10 +31,9 @@ from serve_apps.metroculus.params import BadRequest, Span, parse_live_request, p
 
 log = logging.getLogger("ray.serve")
 
-SECRET_HEADER = "Secret"
 HOUR = 3600
 # The gauge whose samples tell whether a cluster reported in an hour.
-COVERAGE_METRIC = "kubecost_cluster_cpu_cost"
+COVERAGE_METRIC = CLUSTER_COST_COMPONENTS["cpu_cost"]
 
 QueryItems = list[tuple[str, str]]
 

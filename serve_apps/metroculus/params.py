@@ -12,13 +12,13 @@ from collections import Counter
 from collections.abc import Iterable
 
 from k8scost.promql import COST_METRICS, LIVE_FILTERS, LIVE_QUERIES
-from k8scost.settings import MetroculusSettings
+from k8scost.settings import DAY, MetroculusSettings
 
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 _ACCOUNT_ID = re.compile(ACCOUNT_ID_PATTERN)
 _UNSIGNED = re.compile(r"[0-9]{1,12}")
 # The longest trail of an exporter's rates (its allocation window) worth correcting.
-MAX_LAG_SECONDS = 86_400
+MAX_LAG_SECONDS = DAY
 # Prometheus refuses range queries of more points per series than this.
 MAX_BUCKETS = 11_000
 
@@ -110,7 +110,7 @@ def _range(values: dict[str, str], settings: MetroculusSettings) -> tuple[int, i
     end = _timestamp(values, "end_date")
     if start >= end:
         raise BadRequest(f"start_date ({start}) must be before end_date ({end})")
-    limit = settings.max_range_days * 86_400
+    limit = settings.max_range_days * DAY
     if end - start > limit:
         raise BadRequest(
             f"end_date - start_date: {end - start} s is longer than the maximum of {settings.max_range_days} days"

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
-from k8scost.metroculus_client import MetroculusClient
+from k8scost.metroculus_client import SECRET_HEADER, MetroculusClient
 from k8scost.settings import LedgerSettings, MetroculusSettings, RestApiSettings, StoreSettings, from_env
 from k8scost.stores.accounts import KUBERNETES_CNR, Account, AccountStore, Credentials
 from k8scost.stores.clickhouse import ExpenseStore
@@ -33,7 +33,7 @@ from k8scost.stores.rightsizing import RightsizingStore
 from k8scost.stores.tasks import TaskStore
 from serve_apps.restapi import errors, live, metrics, onboarding, params
 from serve_apps.restapi import rightsizing as rightsizing_api
-from serve_apps.restapi.auth import SECRET_HEADER, Caller, Tokens
+from serve_apps.restapi.auth import Caller, Tokens
 from serve_apps.restapi.errors import ApiError, bad_request, not_found
 from serve_apps.restapi.expenses import ExpenseService, check_clean_request
 

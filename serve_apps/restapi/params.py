@@ -18,10 +18,9 @@ from typing import Any
 
 from k8scost.stores.expense_queries import BREAKDOWN_COLUMNS, FILTER_COLUMNS
 from k8scost.stores.resources import SUMMABLE_TYPES
-from k8scost.settings import RestApiSettings
+from k8scost.settings import DAY, RestApiSettings
 from serve_apps.restapi.errors import bad_request
 
-DAY = 86_400
 RESOURCE_TYPE_NAMES = SUMMABLE_TYPES
 NAMESPACE = "K8s Namespace"
 _UNSIGNED = re.compile(r"[0-9]{1,12}")
