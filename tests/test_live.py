@@ -483,8 +483,8 @@ REST_BAD_REQUESTS = [
     ([("query", "cost_rate_by_node")], "cloud_account_id: missing"),
     ([("cloud_account_id", "a"), ("query", "cost_rate_by_node"), ("start_date", "1"), ("end_date", "2")], "step: missing"),
     ([("cloud_account_id", "a"), ("metrics", "x"), ("tenant_id", "b")],
-     "unknown query parameter(s): metrics, tenant_id; allowed: cloud_account_id, query, start_date, end_date, step, "
-     "cluster, namespace"),
+     "unknown query parameter(s): metrics, tenant_id; allowed: cloud_account_id, cluster, end_date, namespace, query, "
+     "start_date, step"),
     ([("cloud_account_id", "a"), ("cloud_account_id", "b")], "query parameter(s) given more than once: cloud_account_id"),
 ]
 

@@ -24,10 +24,11 @@ from starlette.responses import JSONResponse
 
 from k8scost.metroculus_client import SECRET_HEADER
 from k8scost.promql import CLUSTER_COST_COMPONENTS, LIVE_MAX_SERIES, LIVE_QUERIES, PART_LABEL, integral, live_promql, selector, window
+from k8scost.query_params import BadParameter
 from k8scost.settings import MetroculusSettings, StoreSettings, from_env
 from k8scost.tsdb import TsdbClient, TsdbQueryError, TsdbUnavailable
 from serve_apps.metroculus import metrics
-from serve_apps.metroculus.params import BadRequest, Span, parse_live_request, parse_metrics_request, parse_span
+from serve_apps.metroculus.params import Span, parse_live_request, parse_metrics_request, parse_span
 
 log = logging.getLogger("ray.serve")
 
@@ -79,8 +80,8 @@ class Metroculus:
             response = JSONResponse(await handler(request.query_params.multi_items()))
         except _Refused as refused:
             response = JSONResponse({"error": refused.message}, status_code=refused.status)
-        except BadRequest as bad:
-            response = JSONResponse({"error": str(bad)}, status_code=400)
+        except BadParameter as bad:
+            response = JSONResponse({"error": bad.message}, status_code=400)
         except TsdbUnavailable as exc:
             log.warning("%s", exc)
             response = JSONResponse({"error": "TSDB unavailable, retry later"}, status_code=503)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from k8scost.metroculus_client import SECRET_HEADER, MetroculusClient
+from k8scost.query_params import BadParameter
 from k8scost.settings import LedgerSettings, MetroculusSettings, RestApiSettings, StoreSettings, from_env
 from k8scost.stores.accounts import KUBERNETES_CNR, Account, AccountStore, Credentials
 from k8scost.stores.clickhouse import ExpenseStore
@@ -447,7 +448,7 @@ async def _run_task(opened: _Open, task_id: str, organization_id: str, asked: pa
         result = await opened.expenses.clean_expenses(organization_id, asked)
     except Exception as exc:  # noqa: BLE001  (recorded in the task for its reader)
         log.warning("expenses task %s failed: %r", task_id, exc)
-        message = exc.message if isinstance(exc, ApiError) else "the expenses could not be computed; submit it again"
+        message = exc.message if isinstance(exc, ApiError | BadParameter) else "the expenses could not be computed; submit it again"
         try:
             await opened.tasks.fail(task_id, message)
         except Exception:  # noqa: BLE001  (the reader's timeout reports it failed)

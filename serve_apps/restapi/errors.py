@@ -15,6 +15,7 @@ from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from k8scost.query_params import BadParameter
 from k8scost.stores import StoreUnavailable
 
 log = logging.getLogger("ray.serve")
@@ -63,6 +64,10 @@ def install(api: FastAPI) -> None:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return error_response(exc.status, exc.reason, exc.message, headers)
+
+    @api.exception_handler(BadParameter)
+    async def _bad_parameter(request: Request, exc: BadParameter) -> JSONResponse:
+        return error_response(400, "bad_request", exc.message)
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
