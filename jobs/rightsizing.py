@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
-from pymongo.errors import ConnectionFailure
 from ray.util import metrics
 
 from k8scost import promql
@@ -46,6 +45,7 @@ from k8scost.rightsizing import (
     recommend_all,
 )
 from k8scost.settings import DAY, RightsizingSettings, SettingsError, StoreSettings, from_env
+from k8scost.stores import StoreUnavailable
 from k8scost.stores.accounts import Account, AccountStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.rightsizing import RightsizingStore, document
@@ -342,8 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ConnectionFailure as exc:
-        print(f"error: MongoDB unreachable at {stores.mongodb_url}: {exc}", file=sys.stderr)
+    except StoreUnavailable as exc:
+        print(f"error: MongoDB unreachable at {stores.mongodb_url}: {exc.__cause__}", file=sys.stderr)
         return 1
     log.info("rightsizing: %d tenants, window %d days, algorithm %s; accounts read in %.2f s",
              len(accounts), params.window_days, params.algorithm, time.perf_counter() - started)

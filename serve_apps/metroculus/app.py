@@ -26,7 +26,8 @@ from k8scost.metroculus_client import SECRET_HEADER
 from k8scost.promql import CLUSTER_COST_COMPONENTS, LIVE_MAX_SERIES, LIVE_QUERIES, PART_LABEL, integral, live_promql, selector, window
 from k8scost.query_params import BadParameter
 from k8scost.settings import MetroculusSettings, StoreSettings, from_env
-from k8scost.tsdb import TsdbClient, TsdbQueryError, TsdbUnavailable
+from k8scost.stores import StoreUnavailable
+from k8scost.tsdb import TsdbClient, TsdbQueryError
 from serve_apps.metroculus import metrics
 from serve_apps.metroculus.params import Span, parse_live_request, parse_metrics_request, parse_span
 
@@ -82,9 +83,9 @@ class Metroculus:
             response = JSONResponse({"error": refused.message}, status_code=refused.status)
         except BadParameter as bad:
             response = JSONResponse({"error": bad.message}, status_code=400)
-        except TsdbUnavailable as exc:
+        except StoreUnavailable as exc:
             log.warning("%s", exc)
-            response = JSONResponse({"error": "TSDB unavailable, retry later"}, status_code=503)
+            response = JSONResponse({"error": f"{exc.store} unavailable, retry later"}, status_code=503)
         except TsdbQueryError as exc:
             response = JSONResponse({"error": f"TSDB refused the query: {exc}"}, status_code=502)
         metrics.REQUESTS.inc(tags={"endpoint": endpoint, "code": str(response.status_code)})
@@ -224,7 +225,7 @@ class Metroculus:
         outcome = "ok"
         try:
             return await pending
-        except TsdbUnavailable:
+        except StoreUnavailable:
             outcome = "unavailable"
             raise
         except TsdbQueryError:

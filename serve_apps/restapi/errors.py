@@ -11,7 +11,6 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -77,10 +76,7 @@ def install(api: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, _REASONS.get(exc.status_code, "error"), str(exc.detail))
 
-    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    @api.exception_handler(StoreUnavailable)
+    async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
-        return error_response(503, "unavailable", "a store is unreachable, retry later", {"Retry-After": "5"})
-
-    # Some stores wrap driver errors in StoreUnavailable, the account store lets pymongo's through.
-    api.add_exception_handler(StoreUnavailable, _unavailable)
-    api.add_exception_handler(ConnectionFailure, _unavailable)
+        return error_response(503, "unavailable", f"{exc.store} unavailable, retry later", {"Retry-After": "5"})
