@@ -1,9 +1,10 @@
 """``k8s_live``: Metroculus's live view for the browser, scoped to the caller's organization.
 
-The REST API only checks the parameter names (``k8scost.query_params``) and that the account
-is the organization's (404 otherwise); Metroculus checks the values, and its 400 comes back as is, naming the
-parameter. Any other failure of Metroculus is the gateway's: 503 when it or the TSDB is
-unreachable (retry), 502 when it answers something else.
+The REST API only checks the parameter names (``k8scost.query_params``) and that the
+account is the organization's (404 otherwise); Metroculus checks the values, and its 400
+comes back as is (the error shape is the same), naming the parameter. Any other failure of
+Metroculus is the gateway's: 503 when it or the TSDB is unreachable (retry), 502 when it
+answers something else.
 """
 
 from __future__ import annotations
@@ -69,14 +70,13 @@ async def live(source: LiveSource, values: dict[str, str], timeout: float) -> di
         metrics.METROCULUS_FAILURES.inc()
         log.warning("k8s_live: %s", exc)
         if exc.status == 503:
-            raise ApiError(503, f"live data unavailable, retry later: {exc.message}", "unavailable") from None
-        raise ApiError(502, f"Metroculus failed: {exc.status} {exc.message}", "bad_gateway") from None
+            raise ApiError(503, f"live data unavailable, retry later: {exc.message}") from None
+        raise ApiError(502, f"Metroculus failed: {exc.status} {exc.message}") from None
     except httpx.TimeoutException:
         metrics.METROCULUS_FAILURES.inc()
         log.warning("k8s_live: no answer from Metroculus within %s s", timeout)
-        message = f"live data unavailable, retry later: no answer within {timeout:g} s"
-        raise ApiError(503, message, "unavailable") from None
+        raise ApiError(503, f"live data unavailable, retry later: no answer within {timeout:g} s") from None
     except httpx.TransportError as exc:
         metrics.METROCULUS_FAILURES.inc()
         log.warning("k8s_live: Metroculus unreachable: %r", exc)
-        raise ApiError(503, "live data unavailable, retry later: Metroculus unreachable", "unavailable") from None
+        raise ApiError(503, "live data unavailable, retry later: Metroculus unreachable") from None
