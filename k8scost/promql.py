@@ -127,7 +127,9 @@ def integral(expr: str, range_seconds: int, resolution_seconds: int) -> str:
 # average usage, in cores and bytes. They are not costs and are never integrated, so they
 # have their own list; COST_METRICS stays what cost queries may read.
 USAGE_METRICS: tuple[str, ...] = tuple(
-    CONTAINER_METRICS[resource, statistic] for resource in ("cpu", "memory") for statistic in ("request", "usage_average")
+    CONTAINER_METRICS[resource, statistic]
+    for resource in ("cpu", "memory")
+    for statistic in ("request", "usage_average")
 )
 # Groups (pods, namespaces, nodes, clusters) one live answer holds at most: those with the
 # largest sum over the range, so a tenant of 20,000 pods gets its 50 heaviest, not 20,000 series.

@@ -35,14 +35,17 @@ class BadParameter(ValueError):
 class QueryParams:
     """The parameters of one request: each of ``allowed``, once, but those of ``repeatable``."""
 
-    def __init__(self, items: Iterable[tuple[str, str]], allowed: Iterable[str], repeatable: Iterable[str] = ()) -> None:
+    def __init__(
+        self, items: Iterable[tuple[str, str]], allowed: Iterable[str], repeatable: Iterable[str] = ()
+    ) -> None:
         pairs = list(items)
         allowed, repeatable = set(allowed), set(repeatable)
         counts = Counter(name for name, _ in pairs)
         unknown = sorted(set(counts) - allowed)
         if unknown:
             shown = ", ".join(name[:_SHOWN] for name in unknown)
-            raise BadParameter(unknown[0], f"unknown query parameter(s): {shown}; allowed: {', '.join(sorted(allowed))}")
+            message = f"unknown query parameter(s): {shown}; allowed: {', '.join(sorted(allowed))}"
+            raise BadParameter(unknown[0], message)
         repeated = sorted(name for name, count in counts.items() if count > 1 and name not in repeatable)
         if repeated:
             raise BadParameter(repeated[0], f"query parameter(s) given more than once: {', '.join(repeated)}")
