@@ -14,5 +14,9 @@ class StoreUnavailable(RuntimeError):
     """
 
     def __init__(self, store: str, detail: str) -> None:
-        super().__init__(f"{store}: {detail}")
+        super().__init__(store, detail)  # both in args, so it unpickles: Ray ships it from actors and tasks
         self.store = store
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.store}: {self.detail}"
