@@ -27,9 +27,12 @@ class BadParameter(ValueError):
     the whole text for the caller (it names the parameter too)."""
 
     def __init__(self, name: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(name, message)  # both in args, so it unpickles as it was
         self.name = name
         self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class QueryParams:
