@@ -27,7 +27,7 @@ import ray
 from actors import metrics
 from k8scost import ledger
 from k8scost.metroculus_client import MetroculusClient
-from k8scost.settings import LedgerSettings, MetroculusSettings, StoreSettings, from_env
+from k8scost.settings import DAY, LedgerSettings, MetroculusSettings, StoreSettings, from_env
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.resources import Kind, Resource, ResourceStore
@@ -60,8 +60,8 @@ async def query_daily_costs(
     # --query.max-samples, 50 M), and 20,000 pods over two days at 60 s go past it.
     answers = await asyncio.gather(*(
         metroculus.kubecost_metrics(
-            account_id, ledger.LEDGER_METRICS, int(day.timestamp()), int(day.timestamp()) + ledger.DAY,
-            step=ledger.DAY, lag=settings.rate_lag_seconds,
+            account_id, ledger.LEDGER_METRICS, int(day.timestamp()), int(day.timestamp()) + DAY,
+            step=DAY, lag=settings.rate_lag_seconds,
         )
         for day in days
     ))

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
-from pymongo.errors import ConnectionFailure
 from ray.util import metrics
 
 from k8scost import promql, raylocal
@@ -44,7 +43,8 @@ from k8scost.rightsizing import (
     group_key,
     recommend_all,
 )
-from k8scost.settings import RightsizingSettings, SettingsError, StoreSettings, from_env
+from k8scost.settings import DAY, RightsizingSettings, SettingsError, StoreSettings, from_env
+from k8scost.stores import StoreUnavailable
 from k8scost.stores.accounts import Account, AccountStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.rightsizing import RightsizingStore, document
@@ -52,10 +52,8 @@ from k8scost.tsdb import TsdbClient
 
 log = logging.getLogger("jobs.rightsizing")
 
-DAY = 86_400
 CONTAINER_LABELS = ("cluster", "namespace", "pod", "container", "node", "controller_kind", "controller")
 NODE_LABELS = ("cluster", "node")
-_C = "cloudtuner_kubecost_container_"
 
 STAGE_SECONDS = metrics.Histogram(
     "cloudtuner_rightsizing_stage_seconds",
@@ -88,21 +86,24 @@ def tenant_queries(tenant_id: str, params: Params) -> dict[str, str]:
     def sel(metric: str) -> str:
         return promql.rightsizing_selector(metric, tenant_id)
 
-    def statistic(resource: str, unit: str) -> str:
-        if params.algorithm is Algorithm.QUANTILE:
-            return f"{by} (quantile_over_time({params.quantile!r}, {sel(f'{_C}{resource}_usage_average_{unit}')}{window}))"
-        return f"{by} (max_over_time({sel(f'{_C}{resource}_usage_max_{unit}')}{window}))"
+    def container(resource: str, statistic: str) -> str:
+        return sel(promql.CONTAINER_METRICS[resource, statistic])
 
-    queries = {"running": f"{by} ({sel(_C + 'cpu_request_cores')})"}  # exported at the end (5-minute lookback)
-    for resource, unit in (("cpu", "cores"), ("memory", "bytes")):
-        usage, request = sel(f"{_C}{resource}_usage_average_{unit}"), sel(f"{_C}{resource}_request_{unit}")
-        queries[f"{resource}_statistic"] = statistic(resource, unit)
+    def statistic(resource: str) -> str:
+        if params.algorithm is Algorithm.QUANTILE:
+            return f"{by} (quantile_over_time({params.quantile!r}, {container(resource, 'usage_average')}{window}))"
+        return f"{by} (max_over_time({container(resource, 'usage_max')}{window}))"
+
+    queries = {"running": f"{by} ({container('cpu', 'request')})"}  # exported at the end (5-minute lookback)
+    for resource in ("cpu", "memory"):
+        usage, request = container(resource, "usage_average"), container(resource, "request")
+        queries[f"{resource}_statistic"] = statistic(resource)
         queries[f"{resource}_usage_sum"] = f"{by} (sum_over_time({usage}{window}))"
         queries[f"{resource}_request_sum"] = f"{by} (sum_over_time({request}{window}))"
         queries[f"{resource}_request"] = f"{by} (last_over_time({request}{window}))"
-    for resource, metric in (("cpu", "node_cpu_price_per_core_hour"), ("memory", "node_ram_price_per_gib_hour")):
-        node_by = f"max by ({', '.join(NODE_LABELS)})"
-        queries[f"{resource}_price"] = f"{node_by} (last_over_time({sel('cloudtuner_kubecost_' + metric)}{window}))"
+    node_by = f"max by ({', '.join(NODE_LABELS)})"
+    for resource, metric in promql.NODE_PRICE_METRICS.items():
+        queries[f"{resource}_price"] = f"{node_by} (last_over_time({sel(metric)}{window}))"
     return queries
 
 
@@ -341,8 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ConnectionFailure as exc:
-        print(f"error: MongoDB unreachable at {stores.mongodb_url}: {exc}", file=sys.stderr)
+    except StoreUnavailable as exc:
+        print(f"error: MongoDB unreachable at {stores.mongodb_url}: {exc.__cause__}", file=sys.stderr)
         return 1
     log.info("rightsizing: %d tenants, window %d days, algorithm %s; accounts read in %.2f s",
              len(accounts), params.window_days, params.algorithm, time.perf_counter() - started)

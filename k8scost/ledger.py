@@ -24,12 +24,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from k8scost.promql import CLUSTER_COST_COMPONENTS, CLUSTER_COST_METRICS
+from k8scost.promql import (
+    CLUSTER_COST_COMPONENTS,
+    CLUSTER_COST_METRICS,
+    IDLE_METRIC,
+    IDLE_NAMESPACE,
+    NAMESPACE_METRIC,
+    NODE_METRIC,
+    POD_METRIC,
+)
+from k8scost.settings import DAY
 from k8scost.stores.clickhouse import ExpenseRow
 from k8scost.stores.resources import RESOURCE_TYPES, Kind, Resource
 
-DAY = 86400
-IDLE_NAMESPACE = "__idle__"
 # Cluster costs no namespace carries, shown as namespaces beside __idle__ (no real
 # namespace has an underscore: Kubernetes names are DNS labels).
 MANAGEMENT_NAMESPACE = "__management__"
@@ -41,11 +48,7 @@ TENANCY_NAMESPACES = (MANAGEMENT_NAMESPACE, UNALLOCATED_NAMESPACE)
 UNALLOCATED_MIN_COST = 1e-4
 _COMPONENT_OF = {metric: name for name, metric in CLUSTER_COST_COMPONENTS.items()}
 
-# What the ledger reads from Metroculus, and the kind of resource each series costs.
-POD_METRIC = "cloudtuner_kubecost_pod_total_cost"
-NAMESPACE_METRIC = "cloudtuner_kubecost_namespace_total_cost"
-IDLE_METRIC = "cloudtuner_kubecost_idle_cost"
-NODE_METRIC = "cloudtuner_kubecost_node_total_cost"
+# What the ledger reads from Metroculus (``resource_of`` tells the resource each series costs).
 LEDGER_METRICS = (POD_METRIC, NAMESPACE_METRIC, IDLE_METRIC, NODE_METRIC, *CLUSTER_COST_METRICS)
 
 # Costs are sums of floats whose order the TSDB picks: closer than this is "unchanged".

@@ -7,11 +7,15 @@ from typing import Any
 
 import httpx
 
+from k8scost.api_errors import error_message
+
+# The header carrying the cluster secret, which Metroculus and the REST API both take.
+SECRET_HEADER = "Secret"
 _ERROR_TEXT_LIMIT = 1024
 
 
 class MetroculusError(Exception):
-    """Metroculus answered a non-2xx status; ``message`` is its error text."""
+    """Metroculus answered a non-2xx status; ``message`` is its error's message."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"Metroculus answered {status}: {message}")
@@ -23,7 +27,7 @@ class MetroculusClient:
     """Calls ``base_url`` (e.g. ``http://127.0.0.1:8000/metroculus``) with the cluster secret."""
 
     def __init__(self, base_url: str, secret: str, timeout: float = 60.0) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers={"Secret": secret}, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers={SECRET_HEADER: secret}, timeout=timeout)
 
     async def kubecost_metrics(
         self, cloud_account_id: str, metrics: Sequence[str], start: int, end: int, step: int | None = None,
@@ -89,8 +93,9 @@ class MetroculusClient:
 
 
 def _error_text(answer: httpx.Response) -> str:
-    """Metroculus's ``error`` field, or the start of the body (a proxy's error page)."""
+    """Metroculus's error message, or the start of the body (a proxy's error page)."""
     try:
-        return str(answer.json()["error"])
-    except (ValueError, KeyError, TypeError):
-        return answer.text[:_ERROR_TEXT_LIMIT].strip()
+        message = error_message(answer.json())
+    except ValueError:
+        message = None
+    return answer.text[:_ERROR_TEXT_LIMIT].strip() if message is None else message

@@ -12,6 +12,15 @@ import re
 
 TENANT_LABEL = "tenant_id"
 
+# The exporter's gauges are named here, once (exporter/ spells them as it exports them: it
+# imports nothing of ours but the settings). Hourly rates in USD, per resource:
+POD_METRIC = "cloudtuner_kubecost_pod_total_cost"
+NAMESPACE_METRIC = "cloudtuner_kubecost_namespace_total_cost"
+NODE_METRIC = "cloudtuner_kubecost_node_total_cost"
+IDLE_METRIC = "cloudtuner_kubecost_idle_cost"
+# The namespace IDLE_METRIC's cost is shown as, in the ledger and the live view, as Kubecost
+# shows idle capacity (no real namespace has an underscore: Kubernetes names are DNS labels).
+IDLE_NAMESPACE = "__idle__"
 # The Phase 1 cluster gauges, each a component of a cluster's bill under the seed's
 # breakdown name: together, with the management fee, a cluster's whole bill.
 CLUSTER_COST_COMPONENTS: dict[str, str] = {
@@ -25,19 +34,33 @@ CLUSTER_COST_COMPONENTS: dict[str, str] = {
 CLUSTER_COST_METRICS: tuple[str, ...] = tuple(CLUSTER_COST_COMPONENTS.values())
 # Every metric a cost query may read; each is an hourly rate in USD, labelled tenant_id.
 COST_METRICS: tuple[str, ...] = (
-    "cloudtuner_kubecost_namespace_total_cost",
+    NAMESPACE_METRIC,
     "cloudtuner_kubecost_namespace_cpu_cost",
     "cloudtuner_kubecost_namespace_ram_cost",
     "cloudtuner_kubecost_namespace_pv_cost",
-    "cloudtuner_kubecost_pod_total_cost",
+    POD_METRIC,
     "cloudtuner_kubecost_pod_cpu_cost",
     "cloudtuner_kubecost_pod_ram_cost",
-    "cloudtuner_kubecost_node_total_cost",
+    NODE_METRIC,
     "cloudtuner_kubecost_node_cpu_cost",
     "cloudtuner_kubecost_node_ram_cost",
-    "cloudtuner_kubecost_idle_cost",
+    IDLE_METRIC,
     *CLUSTER_COST_METRICS,
 )
+# The exporter's container gauges by (resource, statistic): cores or bytes, not costs.
+CONTAINER_METRICS: dict[tuple[str, str], str] = {
+    ("cpu", "request"): "cloudtuner_kubecost_container_cpu_request_cores",
+    ("cpu", "usage_average"): "cloudtuner_kubecost_container_cpu_usage_average_cores",
+    ("cpu", "usage_max"): "cloudtuner_kubecost_container_cpu_usage_max_cores",
+    ("memory", "request"): "cloudtuner_kubecost_container_memory_request_bytes",
+    ("memory", "usage_average"): "cloudtuner_kubecost_container_memory_usage_average_bytes",
+    ("memory", "usage_max"): "cloudtuner_kubecost_container_memory_usage_max_bytes",
+}
+# The exporter's node prices by resource: USD per core-hour, per GiB-hour.
+NODE_PRICE_METRICS: dict[str, str] = {
+    "cpu": "cloudtuner_kubecost_node_cpu_price_per_core_hour",
+    "memory": "cloudtuner_kubecost_node_ram_price_per_gib_hour",
+}
 
 # Label names as Prometheus allows them, minus the reserved ``__`` prefix (``__name__``).
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -103,11 +126,10 @@ def integral(expr: str, range_seconds: int, resolution_seconds: int) -> str:
 # The exporter's container gauges the live view reads beside the cost rates: requests and
 # average usage, in cores and bytes. They are not costs and are never integrated, so they
 # have their own list; COST_METRICS stays what cost queries may read.
-USAGE_METRICS: tuple[str, ...] = (
-    "cloudtuner_kubecost_container_cpu_request_cores",
-    "cloudtuner_kubecost_container_cpu_usage_average_cores",
-    "cloudtuner_kubecost_container_memory_request_bytes",
-    "cloudtuner_kubecost_container_memory_usage_average_bytes",
+USAGE_METRICS: tuple[str, ...] = tuple(
+    CONTAINER_METRICS[resource, statistic]
+    for resource in ("cpu", "memory")
+    for statistic in ("request", "usage_average")
 )
 # Groups (pods, namespaces, nodes, clusters) one live answer holds at most: those with the
 # largest sum over the range, so a tenant of 20,000 pods gets its 50 heaviest, not 20,000 series.
@@ -116,9 +138,6 @@ LIVE_MAX_SERIES = 50
 PART_LABEL = "part"
 # Labels a live request may filter on (equality), where the query groups by them.
 LIVE_FILTERS: tuple[str, ...] = ("cluster", "namespace")
-# Kubecost's idle capacity, shown as a namespace as the ledger does (no real namespace has
-# an underscore: Kubernetes names are DNS labels).
-IDLE_NAMESPACE = "__idle__"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +180,8 @@ def _usage_vs_requests(resource: str, unit: str, group_by: tuple[str, ...]) -> L
     return LiveQuery(
         group_by,
         (
-            ("usage", (LiveSource((f"cloudtuner_kubecost_container_{resource}_usage_average_{unit}",)),)),
-            ("request", (LiveSource((f"cloudtuner_kubecost_container_{resource}_request_{unit}",)),)),
+            ("usage", (LiveSource((CONTAINER_METRICS[resource, "usage_average"],)),)),
+            ("request", (LiveSource((CONTAINER_METRICS[resource, "request"],)),)),
         ),
         unit,
         f"{resource.upper() if resource == 'cpu' else resource.title()} usage (average over the exporter's "
@@ -181,8 +200,8 @@ LIVE_QUERIES: dict[str, LiveQuery] = {
             (
                 "cost_rate",
                 (
-                    LiveSource(("cloudtuner_kubecost_namespace_total_cost",)),
-                    LiveSource(("cloudtuner_kubecost_idle_cost",), (("namespace", IDLE_NAMESPACE),)),
+                    LiveSource((NAMESPACE_METRIC,)),
+                    LiveSource((IDLE_METRIC,), (("namespace", IDLE_NAMESPACE),)),
                 ),
             ),
         ),
@@ -191,7 +210,7 @@ LIVE_QUERIES: dict[str, LiveQuery] = {
     ),
     "cost_rate_by_node": LiveQuery(
         ("cluster", "node"),
-        (("cost_rate", (LiveSource(("cloudtuner_kubecost_node_total_cost",)),)),),
+        (("cost_rate", (LiveSource((NODE_METRIC,)),)),),
         "USD/hour",
         "Cost rate allocated on each node (idle capacity excluded)",
     ),
@@ -290,16 +309,7 @@ def _source_sum(
 # What the rightsizing job reads: every container gauge (peaks included) and the nodes'
 # prices. Neither is a cost rate, so they have their own list: COST_METRICS stays what cost
 # queries may read, and Metroculus never integrates these.
-RIGHTSIZING_METRICS: tuple[str, ...] = (
-    "cloudtuner_kubecost_container_cpu_request_cores",
-    "cloudtuner_kubecost_container_cpu_usage_average_cores",
-    "cloudtuner_kubecost_container_cpu_usage_max_cores",
-    "cloudtuner_kubecost_container_memory_request_bytes",
-    "cloudtuner_kubecost_container_memory_usage_average_bytes",
-    "cloudtuner_kubecost_container_memory_usage_max_bytes",
-    "cloudtuner_kubecost_node_cpu_price_per_core_hour",
-    "cloudtuner_kubecost_node_ram_price_per_gib_hour",
-)
+RIGHTSIZING_METRICS: tuple[str, ...] = (*CONTAINER_METRICS.values(), *NODE_PRICE_METRICS.values())
 
 
 def rightsizing_selector(metric: str, tenant_id: str, **matchers: str) -> str:

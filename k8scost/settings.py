@@ -15,6 +15,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# Seconds in a day: the unit of the settings counted in days and of the ledger's UTC days.
+DAY = 86_400
+
 
 def setting(env: str, default: Any, doc: str) -> Any:
     """A dataclass field read from the environment variable ``env``."""
@@ -133,7 +136,7 @@ class IngressSettings:
     )
     max_past_seconds: float = setting(
         "INGRESS_MAX_PAST_SECONDS",
-        29 * 86_400.0,
+        29.0 * DAY,
         "Samples older than this are refused (400); keep it under the TSDB's out-of-order window (30 days) less "
         "INGRESS_MAX_FUTURE_SECONDS: the TSDB answers older ones 500, which senders retry forever.",
     )
@@ -224,7 +227,7 @@ class RestApiSettings:
         "HS256 key (32+ bytes) signing users' bearer tokens; every replica needs the same one.",
     )
     token_ttl_seconds: int = setting(
-        "RESTAPI_TOKEN_TTL_SECONDS", 86_400, "Lifetime of a bearer token from sign-up or sign-in."
+        "RESTAPI_TOKEN_TTL_SECONDS", DAY, "Lifetime of a bearer token from sign-up or sign-in."
     )
     public_write_url: str = setting(
         "RESTAPI_PUBLIC_WRITE_URL",

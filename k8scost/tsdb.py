@@ -1,8 +1,8 @@
 """An async client of the TSDB's PromQL HTTP API (Prometheus or Thanos Query).
 
-Failures come in two kinds that callers answer differently: ``TsdbUnavailable`` (may pass
-on retry: unreachable, timed out, 5xx) and ``TsdbQueryError`` (the TSDB refused the query
-itself: 4xx, carrying its error text).
+Failures come in two kinds that callers answer differently: ``StoreUnavailable`` (may pass
+on retry: unreachable, timed out, 5xx), as every store client raises it, and
+``TsdbQueryError`` (the TSDB refused the query itself: 4xx, carrying its error text).
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ from typing import Any
 
 import httpx
 
+from k8scost.stores import StoreUnavailable
+
 _ERROR_TEXT_LIMIT = 1024
-
-
-class TsdbUnavailable(Exception):
-    """The TSDB could not answer: connection refused, timeout or a 5xx."""
 
 
 class TsdbQueryError(Exception):
@@ -51,9 +49,9 @@ class TsdbClient:
         try:
             answer = await self._http.get(path, params=params)
         except httpx.TransportError as exc:
-            raise TsdbUnavailable(f"TSDB unreachable: {exc!r}") from None
+            raise StoreUnavailable("TSDB", f"unreachable: {exc!r}") from exc
         if answer.status_code >= 500:
-            raise TsdbUnavailable(f"TSDB answered {answer.status_code}: {_error_text(answer)}")
+            raise StoreUnavailable("TSDB", f"answered {answer.status_code}: {_error_text(answer)}")
         if not answer.is_success:
             raise TsdbQueryError(answer.status_code, _error_text(answer))
         return answer.json()["data"]

@@ -26,17 +26,22 @@ import sys
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
-# k8scost.devstack pins Ray to loopback, which Ray reads when it is imported.
-from k8scost import devstack  # noqa: I001  (before ray)
+# devstack/ is tooling, not installed (pyproject.toml): scripts import it from this checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# devstack.stack pins Ray to loopback, which Ray reads when it is imported.
+from devstack import stack
 import ray
 
 from actors.tenant import TenantActor, TenantConfig
+from k8scost import raylocal
 from k8scost import ledger
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.stores.accounts import AccountStore
 from k8scost.stores.mongo import connect
-from bench_ledger import load_history  # scripts/ is the script's own directory, first on sys.path
+from bench_ledger import load_history  # scripts/, the script's own directory, is on sys.path
 
 
 def main() -> None:
@@ -52,8 +57,8 @@ def main() -> None:
     if not 1 <= args.anchor_days <= args.days:
         parser.error("--anchor-days must be between 1 and --days")
 
-    devstack.services("start", "clickhouse", "mongodb", "tsdb", "ray")
-    devstack.deploy_serve()
+    stack.services("start", "clickhouse", "mongodb", "tsdb", "ray")
+    stack.deploy_serve()
     database = f"bench_{uuid.uuid4().hex[:8]}"  # FerretDB slows with collection size: a fresh database
     stores = from_env(StoreSettings, mongodb_database=database)
     loop = asyncio.new_event_loop()
@@ -74,20 +79,20 @@ def main() -> None:
               f"in {time.perf_counter() - started:.0f} s", flush=True)
 
     env = {**os.environ, "MONGODB_DATABASE": database, "RAY_NAMESPACE": "bench", "CYCLE_SECONDS": "86400",
-           "RAY_ADDRESS": devstack.RAY_ADDRESS}
+           "RAY_ADDRESS": stack.RAY_ADDRESS}
     command = [sys.executable, "-m", "jobs.backfill", "--cloud-account-id", tenant_a.id,
                "--start", days[0].date().isoformat(), "--end", (days[-1] + timedelta(days=1)).date().isoformat(),
                "--parallel", str(args.parallel)]
     runs = []
     for _ in range(2):
         started = time.perf_counter()
-        done = subprocess.run(command, cwd=devstack.ROOT, env=env, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, cwd=stack.ROOT, env=env, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - started
         if done.returncode:
             sys.exit(f"backfill failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
         runs.append((wall, json.loads(done.stdout.strip().splitlines()[-1])))
 
-    ray.init(address=devstack.RAY_ADDRESS, namespace="bench", logging_level="warning")
+    raylocal.connect(stack.RAY_ADDRESS, "bench")
     config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0), stores, TenantConfig.from_env().cluster_secret)
     anchor = TenantActor.remote(tenant_b.id, tenant_b.organization_id, config)
     stages = {"query": 0.0, "write": 0.0}

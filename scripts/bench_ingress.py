@@ -16,17 +16,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-import httpx
-from ray.util.state import list_actors
+# devstack/ is tooling, not installed (pyproject.toml): scripts import it from this checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from k8scost import devstack
-from k8scost.remote_write import encode
-from k8scost.settings import StoreSettings, from_env
-from k8scost.stores.accounts import AccountStore
-from k8scost.stores.mongo import connect
+import httpx  # noqa: E402
+from ray.util.state import list_actors  # noqa: E402
+
+from devstack import stack  # noqa: E402
+from k8scost.settings import StoreSettings, from_env  # noqa: E402
+from k8scost.stores.accounts import AccountStore  # noqa: E402
+from k8scost.stores.mongo import connect  # noqa: E402
+from serve_apps.ingress.remote_write import encode  # noqa: E402
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _METRICS = ("cloudtuner_kubecost_pod_total_cost", "cloudtuner_kubecost_pod_cpu_cost", "cloudtuner_kubecost_pod_ram_cost")
@@ -44,12 +49,12 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def ingress_pids() -> list[int]:
     """The Serve proxy and the ingress replicas."""
-    actors = list_actors(address=devstack.RAY_DASHBOARD, filters=[("state", "=", "ALIVE")], limit=1000)
+    actors = list_actors(address=stack.RAY_DASHBOARD, filters=[("state", "=", "ALIVE")], limit=1000)
     return [a.pid for a in actors if a.class_name == "ProxyActor" or "RemoteWriteIngress" in (a.class_name or "")]
 
 
 def tsdb_pid() -> int:
-    return int((devstack.ROOT / ".data" / "run" / "tsdb.pid").read_text())
+    return int((stack.ROOT / ".data" / "run" / "tsdb.pid").read_text())
 
 
 def bodies(tenant: str, path: str, series: int, count: int, rounds: int, t0_ms: int) -> list[list[bytes]]:
@@ -118,9 +123,9 @@ def main() -> None:
     if min(args.series, args.bodies, args.rounds) < 1 or args.rounds > 500:
         parser.error("--series, --bodies and --rounds must be ≥ 1, --rounds ≤ 500")
 
-    devstack.services("start", "mongodb", "tsdb", "ray")
+    stack.services("start", "mongodb", "tsdb", "ray")
     # Production settings, but no per-tenant rate limit: the benchmark is one tenant at full speed.
-    devstack.deploy_serve({"INGRESS_TENANT_SAMPLES_PER_SECOND": "1e12", "INGRESS_TENANT_BURST_SAMPLES": "1e12"})
+    stack.deploy_serve({"INGRESS_TENANT_SAMPLES_PER_SECOND": "1e12", "INGRESS_TENANT_BURST_SAMPLES": "1e12"})
     _, credentials = asyncio.run(AccountStore(connect(from_env(StoreSettings))).create("bench", "bench cluster"))
     tenant = credentials.account_id
     t0_ms = int(time.time() * 1000) - 20 * 60 * 1000  # recent enough for the TSDB head
@@ -134,13 +139,13 @@ def main() -> None:
                      "X-Prometheus-Remote-Write-Version": "0.1.0"}
     # Warm both paths (connections, the ingress's credential cache and label-set verdicts).
     warm = bodies(tenant, "warm", args.series, args.bodies, 2, t0_ms)
-    asyncio.run(send(f"{devstack.TSDB_URL}/api/v1/write", warm[:1], write_headers, None))
-    asyncio.run(send(devstack.WRITE_URL, warm[1:], {**write_headers, "Cloud-Account-Id": tenant},
+    asyncio.run(send(f"{stack.TSDB_URL}/api/v1/write", warm[:1], write_headers, None))
+    asyncio.run(send(stack.WRITE_URL, warm[1:], {**write_headers, "Cloud-Account-Id": tenant},
                      (tenant, credentials.password)))
 
-    direct = run_path("direct to Prometheus", f"{devstack.TSDB_URL}/api/v1/write", direct_rounds, args.series,
+    direct = run_path("direct to Prometheus", f"{stack.TSDB_URL}/api/v1/write", direct_rounds, args.series,
                       write_headers, None)
-    ingress = run_path("through the ingress", devstack.WRITE_URL, ingress_rounds, args.series,
+    ingress = run_path("through the ingress", stack.WRITE_URL, ingress_rounds, args.series,
                        {**write_headers, "Cloud-Account-Id": tenant}, (tenant, credentials.password))
 
     print()

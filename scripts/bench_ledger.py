@@ -20,21 +20,26 @@ import argparse
 import asyncio
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
-# k8scost.devstack pins Ray to loopback, which Ray reads when it is imported.
-from k8scost import devstack  # noqa: I001  (before ray)
+# devstack/ is tooling, not installed (pyproject.toml): scripts import it from this checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# devstack.stack pins Ray to loopback, which Ray reads when it is imported.
+from devstack import stack
 import ray
 
 from actors.tenant import TenantActor, TenantConfig
+from devstack.simulator.history import SCRAPE_LABELS
+from k8scost import raylocal
 from k8scost import ledger
 from k8scost.promql import CLUSTER_COST_METRICS
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
-from k8scost.simulator.history import SCRAPE_LABELS
 from k8scost.stores.accounts import AccountStore
 from k8scost.stores.mongo import connect
 
@@ -74,7 +79,7 @@ def write_openmetrics(path: Path, tenant: str, namespaces: int, pods: int, start
 
 def load_history(tenant: str, namespaces: int, pods: int, start: int, end: int) -> int:
     samples = 0
-    with tempfile.TemporaryDirectory(dir=devstack.ROOT / ".data") as scratch:
+    with tempfile.TemporaryDirectory(dir=stack.ROOT / ".data") as scratch:
         blocks = Path(scratch) / "blocks"
         chunk = 12 * 3600  # promtool gets the range half a day at a time, to bound file size
         for chunk_start in range(start, end, chunk):
@@ -82,7 +87,7 @@ def load_history(tenant: str, namespaces: int, pods: int, start: int, end: int) 
             samples += write_openmetrics(text, tenant, namespaces, pods, chunk_start, min(end, chunk_start + chunk))
             subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(blocks)],
                            check=True, capture_output=True)
-        devstack.load_blocks(blocks)
+        stack.load_blocks(blocks)
     return samples
 
 
@@ -143,7 +148,7 @@ def main() -> None:
     if any(r < 1 or STEP % r and r % STEP for r in resolutions):
         parser.error(f"each resolution must divide or be a multiple of the samples' {STEP} s")
 
-    devstack.services("start", "clickhouse", "mongodb", "tsdb", "ray")
+    stack.services("start", "clickhouse", "mongodb", "tsdb", "ray")
     # A database of its own: FerretDB's inserts slow down with the size of the collection
     # (its unique-index checks), so earlier runs' documents would skew the figure.
     stores = from_env(StoreSettings, mongodb_database=f"bench_{uuid.uuid4().hex[:8]}")
@@ -161,14 +166,14 @@ def main() -> None:
     print(f"loaded {samples:,} samples ({pods:,} pods, 2 days every {STEP} s) in {time.perf_counter() - started:.0f} s",
           flush=True)
 
-    ray.init(address=devstack.RAY_ADDRESS, namespace="bench", logging_level="warning")
+    raylocal.connect(stack.RAY_ADDRESS, "bench")
     config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0), stores, TenantConfig.from_env().cluster_secret)
     print()
     print(f"| cycle over 2 days, {pods:,} pods | resolution s | rows written | resources upserted | query s | "
           "compute s | MongoDB s | ClickHouse s | total s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for index, resolution in enumerate(resolutions):
-        devstack.deploy_serve({"METROCULUS_RESOLUTION_SECONDS": str(resolution)})
+        stack.deploy_serve({"METROCULUS_RESOLUTION_SECONDS": str(resolution)})
         # A new actor each time: the first cycle after the first resolution is a restart,
         # which rebuilds the written rows from ClickHouse.
         actor = TenantActor.remote(account.id, account.organization_id, config)

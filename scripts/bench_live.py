@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from k8scost.devstack import SERVE_URL, TSDB_URL  # noqa: E402
-from k8scost.remote_write import encode  # noqa: E402
+from devstack.stack import SERVE_URL, TSDB_URL  # noqa: E402
 from k8scost.settings import MetroculusSettings, from_env  # noqa: E402
+from serve_apps.ingress.remote_write import encode  # noqa: E402
 
 NAMESPACES = 100
 EVERY = 60

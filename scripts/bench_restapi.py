@@ -46,8 +46,11 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from asynch import Connection  # noqa: E402
 
-from k8scost import devstack, ledger  # noqa: E402
-from k8scost.promql import CLUSTER_COST_COMPONENTS, CLUSTER_COST_METRICS  # noqa: E402
+from devstack import stack  # noqa: E402
+from k8scost import ledger  # noqa: E402
+from k8scost.promql import (  # noqa: E402
+    CLUSTER_COST_COMPONENTS, CLUSTER_COST_METRICS, IDLE_METRIC, NAMESPACE_METRIC, NODE_METRIC, POD_METRIC,
+)
 from k8scost.settings import StoreSettings, from_env  # noqa: E402
 from k8scost.stores.accounts import Account, AccountStore  # noqa: E402
 from k8scost.stores.clickhouse import ExpenseStore  # noqa: E402
@@ -103,16 +106,16 @@ def day_answer(cluster: str, namespaces: list[str], pods: int, day_end: int) -> 
         for p in range(pods):
             cost = (1 + (n * pods + p) % 97) * 0.001
             node = nodes[(n * pods + p) % len(nodes)]
-            add(ledger.POD_METRIC, cost, namespace=namespace, pod=f"{namespace}-pod-{p:02d}", node=node,
+            add(POD_METRIC, cost, namespace=namespace, pod=f"{namespace}-pod-{p:02d}", node=node,
                 controller=f"svc-{p % 5}", controller_kind="deployment")
             namespace_cost += cost
             node_costs[node] += cost
-        add(ledger.NAMESPACE_METRIC, namespace_cost, namespace=namespace)
+        add(NAMESPACE_METRIC, namespace_cost, namespace=namespace)
     allocated = sum(node_costs.values())
     idle = allocated / 10
-    add(ledger.IDLE_METRIC, idle)
+    add(IDLE_METRIC, idle)
     for node, cost in node_costs.items():
-        add(ledger.NODE_METRIC, cost + idle / len(nodes), node=node)
+        add(NODE_METRIC, cost + idle / len(nodes), node=node)
     shared = len(CLUSTER_COST_METRICS) - 1  # the components but the fee share what the nodes cost
     for metric in CLUSTER_COST_METRICS:
         add(metric, MANAGEMENT_FEE if metric == MANAGEMENT_METRIC else (allocated + idle) / shared)
@@ -219,7 +222,7 @@ def serve_uvicorn(port: int) -> subprocess.Popen[bytes]:
 
 def serve_deployment() -> tuple[float | None, dict[str, str]]:
     """When the REST application was last deployed, and the settings it was given."""
-    answer = httpx.get(f"{devstack.RAY_DASHBOARD}/api/serve/applications/", timeout=10)
+    answer = httpx.get(f"{stack.RAY_DASHBOARD}/api/serve/applications/", timeout=10)
     answer.raise_for_status()
     app = answer.json().get("applications", {}).get("restapi", {})
     env = (app.get("deployed_app_config") or {}).get("runtime_env", {}).get("env_vars", {})
@@ -304,21 +307,21 @@ def main() -> None:
     parser.add_argument("--reload", action="store_true", help="load the dataset even if the loaded one fits")
     args = parser.parse_args()
     run_started = time.perf_counter()
-    devstack.services("start", "clickhouse", "mongodb", "ray")
+    stack.services("start", "clickhouse", "mongodb", "ray")
     seeded = None if args.reload else asyncio.run(reusable(args))
     print("dataset: " + ("reused" if seeded else "loading"), flush=True)
     seeded = seeded or asyncio.run(load(args))
     dataset_seconds = time.perf_counter() - run_started
 
     started = time.perf_counter()
-    devstack.deploy_serve(STORES_ENV)
+    stack.deploy_serve(STORES_ENV)
     deployment = serve_deployment()
-    port = devstack.free_port()
+    port = stack.free_port()
     server = serve_uvicorn(port)
     try:
-        devstack.wait_until_answers(f"http://127.0.0.1:{port}/openapi.json", timeout=60, process=server)
+        stack.wait_until_answers(f"http://127.0.0.1:{port}/openapi.json", timeout=60, process=server)
         check_ours(deployment)
-        clients = {"Serve": signed_in(f"{devstack.SERVE_URL}/restapi"),
+        clients = {"Serve": signed_in(f"{stack.SERVE_URL}/restapi"),
                    "uvicorn": signed_in(f"http://127.0.0.1:{port}")}
         print(f"Serve deployed (its defaults, stores {DATABASE}) and uvicorn up in "
               f"{time.perf_counter() - started:.0f} s; code {code_version()}", flush=True)

@@ -17,19 +17,24 @@ import argparse
 import asyncio
 import math
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-# k8scost.devstack pins Ray to loopback, which Ray reads when it is imported.
-from k8scost import devstack  # noqa: I001  (before ray)
+# devstack/ is tooling, not installed (pyproject.toml): scripts import it from this checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# devstack.stack pins Ray to loopback, which Ray reads when it is imported.
+from devstack import stack
 import ray
 
+from devstack.simulator.history import SCRAPE_LABELS
 from jobs.rightsizing import TenantReport, rightsize, run_tenant
+from k8scost import raylocal
 from k8scost.rightsizing import Algorithm, Params
 from k8scost.settings import RightsizingSettings, StoreSettings, from_env
-from k8scost.simulator.history import SCRAPE_LABELS
 from k8scost.stores.accounts import Account
 from k8scost.stores.mongo import connect
 
@@ -85,7 +90,7 @@ def write_openmetrics(path: Path, tenant: str, containers: list[tuple[str, str, 
 
 def load_history(tenant: str, containers: list[tuple[str, str, str, int, int]], start: int, end: int) -> int:
     samples = 0
-    with tempfile.TemporaryDirectory(dir=devstack.ROOT / ".data") as scratch:
+    with tempfile.TemporaryDirectory(dir=stack.ROOT / ".data") as scratch:
         blocks = Path(scratch) / "blocks"
         chunk = 12 * 3600  # half a day a time: bounds the text file and promtool's memory
         for chunk_start in range(start, end, chunk):
@@ -93,7 +98,7 @@ def load_history(tenant: str, containers: list[tuple[str, str, str, int, int]], 
             samples += write_openmetrics(text, tenant, containers, chunk_start, min(end, chunk_start + chunk))
             subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(blocks)],
                            check=True, capture_output=True)
-        devstack.load_blocks(blocks)
+        stack.load_blocks(blocks)
     return samples
 
 
@@ -112,7 +117,7 @@ def main() -> None:
     if min(args.namespaces, args.deployments, args.replicas) < 1 or not 1 <= args.days <= 30:
         parser.error("--namespaces, --deployments and --replicas must be ≥ 1, --days from 1 to 30")
 
-    devstack.services("start", "mongodb", "tsdb", "ray")
+    stack.services("start", "mongodb", "tsdb", "ray")
     tenant = f"bench-rightsizing-{uuid.uuid4().hex[:8]}"
     # (namespace, deployment, pod, deployment index, container index)
     containers = [(f"ns-{n:03d}", f"app-{d}", f"app-{d}-{n:03d}-{r}", n * args.deployments + d,
@@ -139,7 +144,7 @@ def main() -> None:
                 report = asyncio.run(run_tenant(tenant, "bench", params, end, stores, settings))
                 print(row(f"{name}, {attempt}", report), flush=True)
 
-        ray.init(address=devstack.RAY_ADDRESS, logging_level="warning")
+        raylocal.connect(stack.RAY_ADDRESS)
         account = Account(tenant, "bench", "bench cluster", "kubernetes_cnr", 0, 0)
         summary = asyncio.run(rightsize([account], runs[0][1], end, stores, settings))
         print(f"\nas the job runs it (one Ray task, max): {summary['seconds']:.2f} s wall; in the task: query "

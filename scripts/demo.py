@@ -32,25 +32,29 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+# devstack/ is tooling, not installed (pyproject.toml): scripts import it from this checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import httpx
-# k8scost.devstack pins Ray to loopback, which Ray reads when it is imported.
-from k8scost import devstack  # noqa: I001  (before ray)
+# devstack.stack pins Ray to loopback, which Ray reads when it is imported.
+from devstack import stack
 import ray
 
 from actors.supervisor import SUPERVISOR_NAME, TenantSupervisor
 from actors.tenant import TenantConfig
+from devstack.simulator.customer import CustomerCluster
+from devstack.simulator.history import write_blocks
+from devstack.simulator.spec import Estate, from_json, generate_estate, to_json
+from k8scost import raylocal
 from k8scost import ledger
-from k8scost.settings import LedgerSettings, StoreSettings, from_env
-from k8scost.simulator.customer import CustomerCluster
-from k8scost.simulator.history import write_blocks
-from k8scost.simulator.spec import Estate, from_json, generate_estate, to_json
+from k8scost.settings import DAY, LedgerSettings, StoreSettings, from_env
 from k8scost.stores.accounts import AccountStore, Credentials
 from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.organizations import OrganizationStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.resources import ResourceStore
 
-DEMO_DIR = devstack.ROOT / ".data" / "demo"
+DEMO_DIR = stack.ROOT / ".data" / "demo"
 # What the running demo started: its customer processes (by process group) and the servers.
 RUNNING_FILE = DEMO_DIR / "running.json"
 SERVICES = ("clickhouse", "mongodb", "tsdb", "ray")
@@ -66,9 +70,9 @@ def load_estate(seed: int, clusters: int) -> tuple[Estate, Path]:
     path = DEMO_DIR / f"estate-seed{seed}-clusters{clusters}.json"
     if path.exists():
         return from_json(path.read_text()), path
-    month = 30 * 86400
+    month = 30 * DAY
     estate = generate_estate(seed, clusters=clusters, namespaces_per_cluster=5, pods_per_namespace=6,
-                             start=time.time() - month, span_seconds=month + 7 * 86400)
+                             start=time.time() - month, span_seconds=month + 7 * DAY)
     path.write_text(to_json(estate))
     return estate, path
 
@@ -105,12 +109,12 @@ def load_history(estate: Estate, estate_file: Path, tenants: dict[str, str], day
     if marker.exists() and json.loads(marker.read_text()) == tenants:
         return
     now = time.time()
-    start = ledger.day_start(now).timestamp() - days * ledger.DAY - 3600  # the exporter looks back an hour
+    start = ledger.day_start(now).timestamp() - days * DAY - 3600  # the exporter looks back an hour
     blocks = DEMO_DIR / "blocks"
     blocks.mkdir(exist_ok=True)
     print(f"replaying {days} days of history into the TSDB ...", flush=True)
     write_blocks(estate, tenants, start, now - now % 300, blocks)
-    devstack.load_blocks(blocks)
+    stack.load_blocks(blocks)
     marker.write_text(json.dumps(tenants))
 
 
@@ -120,7 +124,7 @@ def start_supervisor(cycle_seconds: float) -> None:
     config = TenantConfig(
         from_env(LedgerSettings, cycle_seconds=cycle_seconds, reconcile_seconds=5.0), config.stores, config.cluster_secret
     )
-    ray.init(address=devstack.RAY_ADDRESS, namespace=config.ledger.ray_namespace, logging_level="warning")
+    raylocal.connect(stack.RAY_ADDRESS, config.ledger.ray_namespace)
     try:  # a supervisor of an earlier run carries its settings: replace it
         ray.kill(ray.get_actor(SUPERVISOR_NAME), no_restart=True)
     except ValueError:
@@ -177,8 +181,8 @@ def backfill(credentials: dict[str, Credentials], days: int) -> None:
     for cred in credentials.values():
         command += ["--cloud-account-id", cred.account_id]
     print(f"backfilling {days} days of {len(credentials)} clusters: {' '.join(command[1:])}", flush=True)
-    env = {**os.environ, "RAY_ADDRESS": devstack.RAY_ADDRESS}
-    subprocess.run(command, cwd=devstack.ROOT, env=env, check=True)
+    env = {**os.environ, "RAY_ADDRESS": stack.RAY_ADDRESS}
+    subprocess.run(command, cwd=stack.ROOT, env=env, check=True)
 
 
 def record_running(customers: list[CustomerCluster], started: list[str]) -> None:
@@ -196,11 +200,11 @@ def stop_everything() -> None:
             os.killpg(pgid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    if "ray" in devstack.services_up("ray"):
-        subprocess.run([sys.executable, "-m", "actors", "stop"], cwd=devstack.ROOT, capture_output=True)
+    if "ray" in stack.services_up("ray"):
+        subprocess.run([sys.executable, "-m", "actors", "stop"], cwd=stack.ROOT, capture_output=True)
     if running["services"]:
         # Ray first: its actors write to the servers.
-        devstack.services("stop", *sorted(running["services"], key=lambda name: name != "ray"))
+        stack.services("stop", *sorted(running["services"], key=lambda name: name != "ray"))
     RUNNING_FILE.unlink(missing_ok=True)
     print(f"stopped: {len(running['customers'])} customer processes, the tenant actors, "
           f"servers started by the demo: {', '.join(running['services']) or 'none'}")
@@ -212,7 +216,7 @@ def _all_cycled(credentials: dict[str, Credentials]) -> bool:
 
 
 def _query(query: str) -> list[dict]:
-    answer = httpx.get(f"{devstack.TSDB_URL}/api/v1/query", params={"query": query}, timeout=10)
+    answer = httpx.get(f"{stack.TSDB_URL}/api/v1/query", params={"query": query}, timeout=10)
     answer.raise_for_status()
     return answer.json()["data"]["result"]
 
@@ -254,18 +258,18 @@ def main() -> int:
             os.killpg(pgid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    started = sorted(set(previous["services"]) | (set(SERVICES) - set(devstack.services_up(*SERVICES))))
+    started = sorted(set(previous["services"]) | (set(SERVICES) - set(stack.services_up(*SERVICES))))
     record_running([], started)
-    devstack.services("start", *SERVICES)
+    stack.services("start", *SERVICES)
     print("deploying the Serve applications ...", flush=True)
-    devstack.deploy_serve()
+    stack.deploy_serve()
     estate, estate_file = load_estate(args.seed, args.clusters)
     credentials = asyncio.run(accounts_for([c.name for c in estate.clusters]))
     if args.history_days:
         load_history(estate, estate_file, {c: cred.account_id for c, cred in credentials.items()}, args.history_days)
     customers = [
         CustomerCluster(cluster=cluster.name, estate_file=estate_file, account_id=credentials[cluster.name].account_id,
-                        password=credentials[cluster.name].password, write_url=devstack.WRITE_URL,
+                        password=credentials[cluster.name].password, write_url=stack.WRITE_URL,
                         workdir=DEMO_DIR / cluster.name, scrape_interval=args.scrape_interval)
         for cluster in estate.clusters
     ]
@@ -278,19 +282,19 @@ def main() -> int:
         for customer in customers:
             # Live samples, not the replayed ones: those carry the exporter's in-cluster address.
             live = f'kubecost_cluster_cpu_cost{{tenant_id="{customer.account_id}",instance="127.0.0.1:{customer.exporter_port}"}}'
-            devstack.wait_for(f"{customer.cluster}'s live costs in the TSDB", lambda q=live: _query(q),
+            stack.wait_for(f"{customer.cluster}'s live costs in the TSDB", lambda q=live: _query(q),
                               timeout=120, interval=1)
         print("starting the tenant supervisor: one ledger actor per account ...", flush=True)
         start_supervisor(args.cycle_seconds)
-        devstack.wait_for("every tenant's first ledger cycle", lambda: _all_cycled(credentials), timeout=300, interval=2)
+        stack.wait_for("every tenant's first ledger cycle", lambda: _all_cycled(credentials), timeout=300, interval=2)
         backfill(credentials, args.history_days)
         while True:
             print(f"\n== landed in the TSDB at {time.strftime('%H:%M:%S')} (tenant_id enforced by the ingress) ==")
             print(landed_summary(customers))
             print(f"\n== daily costs in the ledger (ClickHouse expenses, USD) ==")
             print(asyncio.run(ledger_summary(credentials, args.history_days)), flush=True)
-            print(f"\nDashboard: {devstack.SERVE_URL}/   REST API (OpenAPI): {devstack.SERVE_URL}/restapi/docs   "
-                  f"Ray dashboard: {devstack.RAY_DASHBOARD}")
+            print(f"\nDashboard: {stack.SERVE_URL}/   REST API (OpenAPI): {stack.SERVE_URL}/restapi/docs   "
+                  f"Ray dashboard: {stack.RAY_DASHBOARD}")
             for organization, email, password, _ in DEMO_USERS:
                 print(f"  sign in as {email} / {password} ({organization})")
             if args.once:

@@ -1,4 +1,4 @@
-"""Small tools the tests share: TSDB queries, and the stack tools of k8scost.devstack."""
+"""Small tools the tests share: TSDB queries, and the stack tools of devstack.stack."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from k8scost.devstack import (  # noqa: F401  (re-exported for tests)
+from devstack.stack import (  # noqa: F401  (re-exported for tests)
     RAY_ADDRESS,
     RAY_DASHBOARD,
     ROOT,

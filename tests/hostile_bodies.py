@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from k8scost.promql import COST_METRICS
-from k8scost.proto.remote_write_pb2 import Sample
-from k8scost.remote_write import STALE_NAN_BITS, Limits, encode
+from serve_apps.ingress.proto.remote_write_pb2 import Sample
+from serve_apps.ingress.remote_write import STALE_NAN_BITS, Limits, encode
 from tests.test_remote_write import field, raw_body
 
 MINUTE_MS = 60_000

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from k8scost.devstack import ROOT
+from devstack.stack import ROOT
 
 pytestmark = pytest.mark.services
 

@@ -17,11 +17,12 @@ from datetime import timedelta
 
 import pytest
 
+from devstack import stack
+from devstack.simulator.history import write_blocks
+from devstack.simulator.model import cluster_management_cost, ground_truth
+from devstack.stack import ROOT
 from k8scost import ledger
-from k8scost import devstack
-from k8scost.devstack import ROOT
-from k8scost.simulator.history import write_blocks
-from k8scost.simulator.model import cluster_management_cost, ground_truth
+from k8scost.settings import DAY
 from k8scost.stores.resources import Kind
 from tests import helpers
 from tests.conftest import TEST_SERVE_ENV
@@ -54,7 +55,7 @@ def history(serve_apps: str, accounts, tmp_path_factory: pytest.TempPathFactory)
     start, end = first_day.timestamp() - 2 * HOUR, (last_day + timedelta(days=1)).timestamp() + 2 * HOUR
     for tenant in tenants:
         write_blocks(estate, {c.name: tenant.id for c in estate.clusters}, start, end, blocks)
-    devstack.load_blocks(blocks)
+    stack.load_blocks(blocks)
     return estate, tenants, [first_day + timedelta(days=k) for k in range(DAYS)]
 
 
@@ -77,7 +78,7 @@ def assert_days_exact(estate, account_id: str, days: list) -> None:
     for day in days:
         got = ledger_costs(account_id, day)
         assert got == pytest.approx(expected_costs(account_id, day), rel=1e-9), day
-        start, end = day.timestamp(), day.timestamp() + ledger.DAY
+        start, end = day.timestamp(), day.timestamp() + DAY
         for cluster in ("prod-eu", "prod-us"):
             truth = ground_truth(estate, start, end, cluster=cluster, include_idle=True)
             expected = truth.total + cluster_management_cost(estate, cluster, start, end)  # idle included

@@ -31,10 +31,12 @@ import pytest
 import ray
 
 from actors.tenant import TenantActor
-from k8scost import devstack, ledger
+from devstack import stack
+from k8scost import raylocal
+from k8scost import ledger
 from k8scost.settings import StoreSettings, from_env
-from k8scost.simulator.history import write_blocks
-from k8scost.simulator.model import cluster_management_cost
+from devstack.simulator.history import write_blocks
+from devstack.simulator.model import cluster_management_cost
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.resources import RESOURCE_TYPES, Kind, Resource, ResourceStore
@@ -659,9 +661,9 @@ def simulated(serve_apps: str, tmp_path_factory: pytest.TempPathFactory) -> Simu
     blocks = tmp_path_factory.mktemp("blocks")
     # Two hours of margin each side: the exporter averages an hour back, the ledger reads half an hour late.
     write_blocks(estate, {c.name: account for c in estate.clusters}, days[0] - 7200, last_day + DAY + 7200, blocks)
-    devstack.load_blocks(blocks)
+    stack.load_blocks(blocks)
 
-    ray.init(address=helpers.RAY_ADDRESS, namespace="dashboard-tests", logging_level="warning")
+    raylocal.connect(helpers.RAY_ADDRESS, "dashboard-tests")
     try:
         actor = TenantActor.remote(account, organization_id, config())
         # The actor starts with a cycle of its own over the open days, which the history

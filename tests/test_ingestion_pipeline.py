@@ -12,13 +12,14 @@ import pytest
 import ray
 
 from actors.tenant import TenantActor, TenantConfig
+from devstack.simulator import generate_estate, ground_truth
+from devstack.simulator.customer import CustomerCluster
+from devstack.simulator.spec import to_json
+from k8scost import raylocal
 from k8scost import ledger
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.stores.clickhouse import ExpenseStore
 
-from k8scost.simulator import generate_estate, ground_truth
-from k8scost.simulator.customer import CustomerCluster
-from k8scost.simulator.spec import to_json
 from tests import helpers
 
 pytestmark = pytest.mark.services
@@ -127,7 +128,7 @@ def test_live_costs_reach_the_ledger(customer: CustomerCluster, accounts) -> Non
     helpers.wait_for("a minute of live samples", lambda: float(helpers.tsdb_query(
         f'count_over_time(kubecost_cluster_cpu_cost{{tenant_id="{customer.account_id}"}}[2m])')[0]["value"][1]) >= 30,
         timeout=120, interval=2)
-    ray.init(address=helpers.RAY_ADDRESS, namespace="ingestion-tests", logging_level="warning")
+    raylocal.connect(helpers.RAY_ADDRESS, "ingestion-tests")
     try:
         # No lag: the live data is minutes old; the day's rates are read as they are.
         config = TenantConfig(from_env(LedgerSettings, cycle_seconds=3600.0, rate_lag_seconds=0),

@@ -9,8 +9,8 @@ import uuid
 import httpx
 import pytest
 
-from k8scost.remote_write import encode
 from k8scost.stores.accounts import Credentials
+from serve_apps.ingress.remote_write import encode
 from tests import helpers
 from tests.conftest import TEST_SERVE_ENV
 from tests.test_remote_write import raw_body

@@ -1,7 +1,7 @@
 """Simulated history → TSDB → Metroculus → tenant actors → MongoDB + ClickHouse, on real servers.
 
 The history is what the exporter would have exported over whole past days (replayed as
-TSDB blocks, see k8scost/simulator/history.py), so every day can be checked against the
+TSDB blocks, see devstack/simulator/history.py), so every day can be checked against the
 simulator's exact ground truth. The live path into the TSDB is tested in
 test_ingestion_pipeline.py.
 """
@@ -16,13 +16,14 @@ import pytest
 import ray
 
 from actors.tenant import TenantActor, TenantConfig
+from devstack import stack
+from devstack.simulator.history import write_blocks
+from devstack.simulator.model import cluster_management_cost, ground_truth
+from devstack.simulator.spec import PV, Cluster, Container, Estate, LoadBalancer, Namespace, Node, Pod
+from k8scost import raylocal
 from k8scost import ledger
-from k8scost import devstack
 from k8scost.metroculus_client import MetroculusClient
-from k8scost.settings import LedgerSettings, StoreSettings, from_env
-from k8scost.simulator.history import write_blocks
-from k8scost.simulator.model import cluster_management_cost, ground_truth
-from k8scost.simulator.spec import PV, Cluster, Container, Estate, LoadBalancer, Namespace, Node, Pod
+from k8scost.settings import DAY, LedgerSettings, StoreSettings, from_env
 from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.resources import Kind, Resource, ResourceStore
@@ -51,7 +52,7 @@ def ledger_estate(day: float) -> Estate:
     def container(name: str, cpu: float, ram_gib: float, changes=()) -> Container:
         return Container(name, cpu, ram_gib * GIB, cpu * 0.4, ram_gib * GIB * 0.6, list(changes))
 
-    always = day - 30 * ledger.DAY
+    always = day - 30 * DAY
     web_eu = Pod("web-1", "n1", "deployment", "web", always, None,
                  [container("web", 2, 4, [(day + 12 * HOUR, 4, 8, 3.5, 5 * GIB)])])
     batch = Pod("batch-1", "n2", "job", "batch", day + 9 * HOUR, day + 15 * HOUR, [container("batch", 3, 6)])
@@ -84,14 +85,14 @@ def history(serve_apps: str, accounts, tmp_path_factory: pytest.TempPathFactory)
     start, end = first_day.timestamp() - 2 * HOUR, (last_day + timedelta(days=1)).timestamp() + 2 * HOUR
     write_blocks(estate, {c.name: tenant_a.id for c in estate.clusters}, start, end, blocks)
     write_blocks(estate, {"prod-eu": tenant_b.id}, start, end, blocks)
-    devstack.load_blocks(blocks)
+    stack.load_blocks(blocks)
     days = [first_day + timedelta(days=k) for k in range(DAYS_OF_HISTORY)]
     return estate, tenant_a, tenant_b, days
 
 
 @pytest.fixture(scope="module")
 def ray_driver():
-    ray.init(address=helpers.RAY_ADDRESS, namespace="cloudtuner-tests", logging_level="warning")
+    raylocal.connect(helpers.RAY_ADDRESS, "cloudtuner-tests")
     yield
     ray.shutdown()
 
@@ -118,8 +119,8 @@ def expected_costs(account_id: str, day: datetime) -> dict[str, float]:
     async def fetch():
         async with MetroculusClient(f"{helpers.SERVE_URL}/metroculus", SECRET) as client:
             start = int(day.timestamp())
-            return await client.kubecost_metrics(account_id, ledger.LEDGER_METRICS, start, start + ledger.DAY,
-                                                 step=ledger.DAY, lag=config().ledger.rate_lag_seconds)
+            return await client.kubecost_metrics(account_id, ledger.LEDGER_METRICS, start, start + DAY,
+                                                 step=DAY, lag=config().ledger.rate_lag_seconds)
 
     daily = ledger.daily_costs(account_id, [run(fetch())], [day])
     return {rid: cost for (rid, _), cost in daily.costs.items() if cost}
@@ -134,7 +135,7 @@ def test_day_costs_match_the_ground_truth(history, actor_a) -> None:
     day = days[-1]
     ray.get(actor_a.cycle.remote([day]))
     got = ledger_costs(tenant_a.id, day)
-    start, end = day.timestamp(), day.timestamp() + ledger.DAY
+    start, end = day.timestamp(), day.timestamp() + DAY
     a = tenant_a.id
 
     def truth(**where) -> float:
@@ -246,7 +247,7 @@ def test_tenants_see_only_their_own(history, actor_a, ray_driver) -> None:
     ray.get(actor_a.cycle.remote([day]))
     actor_b = TenantActor.remote(tenant_b.id, tenant_b.organization_id, config())
     ray.get(actor_b.cycle.remote([day]))
-    start, end = day.timestamp(), day.timestamp() + ledger.DAY
+    start, end = day.timestamp(), day.timestamp() + DAY
     # B's copy of prod-eu costs what prod-eu costs, A's prod-eu too: nothing leaked across.
     b_clusters = ledger_costs(tenant_b.id, day, by="k8s_cluster")
     a_clusters = ledger_costs(tenant_a.id, day, by="k8s_cluster")

@@ -21,7 +21,7 @@ import pytest_asyncio
 
 from k8scost.metroculus_client import MetroculusClient, MetroculusError
 from k8scost.promql import COST_METRICS, escape_label_value, integral, selector
-from k8scost.remote_write import STALE_NAN_BITS, encode
+from serve_apps.ingress.remote_write import STALE_NAN_BITS, encode
 from tests import helpers
 from tests.conftest import TEST_SERVE_ENV
 
@@ -297,14 +297,15 @@ BAD_REQUESTS = [
 def test_bad_requests_are_refused_naming_the_parameter(serve_apps: str, changes: dict[str, Any], message: str) -> None:
     answer = get("/v2/kubecost_metrics", valid_params(**changes))
     assert answer.status_code == 400, answer.text
-    assert message in answer.json()["error"]
+    assert answer.json()["error"]["reason"] == "bad_request"
+    assert message in answer.json()["error"]["message"]
 
 
 @services
 def test_cluster_costs_refuse_parameters_of_the_other_endpoint(serve_apps: str) -> None:
     answer = get("/v2/kubecost_cluster_costs", valid_params())
     assert answer.status_code == 400
-    assert answer.json()["error"].startswith("unknown query parameter(s): metrics")
+    assert answer.json()["error"]["message"].startswith("unknown query parameter(s): metrics")
 
 
 @services
@@ -312,24 +313,27 @@ def test_repeated_parameter_is_refused(serve_apps: str) -> None:
     params = [*valid_params().items(), ("start_date", END - 2 * HOUR)]
     answer = httpx.get(f"{METROCULUS}/v2/kubecost_metrics", params=params, headers={"Secret": SECRET}, timeout=30)
     assert answer.status_code == 400
-    assert answer.json()["error"] == "query parameter(s) given more than once: start_date"
+    assert answer.json()["error"] == {
+        "reason": "bad_request", "message": "query parameter(s) given more than once: start_date"}
 
 
 @services
 def test_the_secret_is_required(serve_apps: str) -> None:
     missing = get("/v2/kubecost_metrics", valid_params(), secret=None)
-    assert (missing.status_code, missing.json()) == (401, {"error": "missing Secret header"})
+    assert (missing.status_code, missing.json()["error"]) == (
+        401, {"reason": "unauthorized", "message": "missing Secret header"})
     wrong = get("/v2/kubecost_metrics", valid_params(), secret="not-the-secret")
-    assert (wrong.status_code, wrong.json()) == (403, {"error": "wrong Secret header"})
+    assert (wrong.status_code, wrong.json()["error"]) == (403, {"reason": "forbidden", "message": "wrong Secret header"})
     assert get("/nowhere", {}, secret=None).status_code == 401  # no probing of paths without it
 
 
 @services
 def test_unknown_path_and_method(serve_apps: str) -> None:
     answer = get("/v2/nowhere", {})
-    assert answer.status_code == 404 and "not found: /v2/nowhere" in answer.json()["error"]
+    assert answer.status_code == 404 and answer.json()["error"]["reason"] == "not_found"
+    assert "not found: /v2/nowhere" in answer.json()["error"]["message"]
     posted = httpx.post(f"{METROCULUS}/v2/kubecost_metrics", headers={"Secret": SECRET}, timeout=30)
-    assert posted.status_code == 405
+    assert (posted.status_code, posted.json()["error"]["reason"]) == (405, "method_not_allowed")
 
 
 @services
@@ -360,7 +364,8 @@ def test_tsdb_down_is_503(serve_apps: str) -> None:
         answer = get("/v2/kubecost_metrics", valid_params())
     finally:
         helpers.services("start", "tsdb")
-    assert (answer.status_code, answer.json()) == (503, {"error": "TSDB unavailable, retry later"})
+    assert (answer.status_code, answer.json()) == (
+        503, {"error": {"reason": "unavailable", "message": "TSDB unavailable, retry later"}})
 
 
 # --- PromQL building, no servers ------------------------------------------------------

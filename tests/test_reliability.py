@@ -33,15 +33,16 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.tenant import CRASH_POINTS, CycleReport, TenantActor, TenantConfig
+from devstack.simulator import cluster_management_cost, generate_estate, ground_truth, to_json
+from devstack.simulator.customer import REMOTE_WRITE_TEMPLATE, CustomerCluster
+from devstack.simulator.history import openmetrics
+from devstack.simulator.spec import Estate
+from k8scost import raylocal
 from k8scost import ledger, promql
 from k8scost.metroculus_client import MetroculusClient
-from k8scost.remote_write import encode
-from k8scost.settings import ExporterSettings, LedgerSettings, StoreSettings, from_env
-from k8scost.simulator import cluster_management_cost, generate_estate, ground_truth, to_json
-from k8scost.simulator.customer import REMOTE_WRITE_TEMPLATE, CustomerCluster
-from k8scost.simulator.history import openmetrics
-from k8scost.simulator.spec import Estate
+from k8scost.settings import DAY, ExporterSettings, LedgerSettings, StoreSettings, from_env
 from k8scost.stores.clickhouse import ExpenseStore
+from serve_apps.ingress.remote_write import encode
 from tests import figures, helpers
 from tests.conftest import TEST_SERVE_ENV
 from tests.test_ingress import post
@@ -141,8 +142,8 @@ def metroculus_costs(account_id: str, day: datetime, lag: int) -> dict[str, floa
     async def fetch() -> dict[str, Any]:
         async with MetroculusClient(f"{helpers.SERVE_URL}/metroculus", SECRET) as client:
             start = int(day.timestamp())
-            return await client.kubecost_metrics(account_id, ledger.LEDGER_METRICS, start, start + ledger.DAY,
-                                                 step=ledger.DAY, lag=lag)
+            return await client.kubecost_metrics(account_id, ledger.LEDGER_METRICS, start, start + DAY,
+                                                 step=DAY, lag=lag)
 
     daily = ledger.daily_costs(account_id, [run(fetch())], [day])
     return {rid: cost for (rid, _), cost in daily.costs.items() if cost}
@@ -174,7 +175,7 @@ def audit(account_id: str, days: Iterable[datetime], lag: int) -> Counter[str]:
 
 @pytest.fixture(scope="module")
 def ray_driver(serve_apps: str):
-    ray.init(address=helpers.RAY_ADDRESS, namespace="reliability-tests", logging_level="warning")
+    raylocal.connect(helpers.RAY_ADDRESS, "reliability-tests")
     yield
     ray.shutdown()
 
@@ -240,7 +241,7 @@ def test_r1_tsdb_outage_loses_no_sample(serve_apps: str, accounts, tmp_path: Pat
 def history(serve_apps: str, accounts):
     """A tenant with 3 whole past days in the TSDB, out of the open days (its actor's own cycles leave them alone).
 
-    The replayed samples (k8scost.simulator.history) go through the ingress, as a sender
+    The replayed samples (devstack.simulator.history) go through the ingress, as a sender
     catching up sends them: the TSDB takes out-of-order samples for 30 days, and loading
     blocks instead would restart it, minutes on a TSDB holding the demo's history.
     """
@@ -271,7 +272,7 @@ def send_late_samples(credentials, day: datetime, round_: int) -> None:
     write: −1/+1 corrections, as the open days get in production every cycle.
     """
     at = day.timestamp() + 10 * HOUR
-    pods = helpers.tsdb_query(f'{ledger.POD_METRIC}{{tenant_id="{credentials.account_id}"}}', at=at)
+    pods = helpers.tsdb_query(f'{promql.POD_METRIC}{{tenant_id="{credentials.account_id}"}}', at=at)
     offset = 7 + 29 * round_
     body = encode(
         (pod["metric"], [(int((at + offset + 300 * k) * 1000), float(pod["value"][1]) * (1 + 0.1 * (round_ + 1)))

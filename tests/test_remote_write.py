@@ -8,8 +8,8 @@ import struct
 import pytest
 import snappy
 
-from k8scost.proto.remote_write_pb2 import WriteRequest
-from k8scost.remote_write import STALE_NAN_BITS, Limits, TenantPolice, WriteRejected, decode, encode
+from serve_apps.ingress.proto.remote_write_pb2 import WriteRequest
+from serve_apps.ingress.remote_write import STALE_NAN_BITS, Limits, TenantPolice, WriteRejected, decode, encode
 
 NOW_MS = 1_790_000_000_000
 STALE_NAN = struct.unpack("<d", struct.pack("<Q", STALE_NAN_BITS))[0]

@@ -32,6 +32,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from devstack.simulator.history import SCRAPE_LABELS, exported_at
+from devstack.simulator.spec import GIB, MIB, Cluster, Container, Estate, Namespace, Node, Pod
 from exporter.snapshot import CONTAINER_GAUGES, NODE_PRICE_GAUGES
 from jobs.rightsizing import run_tenant, tenant_queries
 from k8scost import promql
@@ -51,8 +53,6 @@ from k8scost.rightsizing import (
     recommend_all,
 )
 from k8scost.settings import RestApiSettings, RightsizingSettings, StoreSettings, from_env
-from k8scost.simulator.history import SCRAPE_LABELS, exported_at
-from k8scost.simulator.spec import GIB, MIB, Cluster, Container, Estate, Namespace, Node, Pod
 from k8scost.stores.mongo import connect
 from k8scost.stores.rightsizing import COLLECTION, RightsizingStore
 from serve_apps.restapi.api import RestApiConfig, create_api

@@ -30,8 +30,9 @@ import httpx
 import pytest
 
 from k8scost import promql
-from k8scost.remote_write import encode
+from k8scost.api_errors import error_message
 from k8scost.stores.accounts import Credentials
+from serve_apps.ingress.remote_write import encode
 from tests import figures, helpers, hostile_bodies
 from tests.conftest import TEST_SERVE_ENV
 from tests.test_dashboard import call, ok, write_ledger
@@ -89,7 +90,7 @@ INJECTIONS = (
 
 R4_BODIES = 10_000
 R4_CONCURRENCY = 16
-# Words a refusal uses to name what is wrong (the ingress's messages, k8scost.remote_write).
+# Words a refusal uses to name what is wrong (the ingress's messages, serve_apps.ingress.remote_write).
 PROBLEM = re.compile(r"snappy|protobuf|UTF-8|label|series|in the (past|future)|decompresses|over the limit|TSDB refused|samples/s")
 
 
@@ -725,12 +726,12 @@ def metroculus_endpoints() -> dict[str, list[str]]:
     secret = {"Secret": CLUSTER_SECRET}
     missing = httpx.get(f"{METROCULUS}/v2/__r5__", headers=secret, timeout=30)
     assert missing.status_code == 404, missing.text
-    endpoints = missing.json()["error"].split("endpoints: ", 1)[1].split(", ")
+    endpoints = missing.json()["error"]["message"].split("endpoints: ", 1)[1].split(", ")
     found = {}
     for endpoint in endpoints:
         unknown = httpx.get(f"{METROCULUS}{endpoint}", params={"__r5__": "1"}, headers=secret, timeout=30)
         assert unknown.status_code == 400, unknown.text
-        found[endpoint] = unknown.json()["error"].split("allowed: ", 1)[1].split(", ")
+        found[endpoint] = unknown.json()["error"]["message"].split("allowed: ", 1)[1].split(", ")
     return found
 
 
@@ -830,7 +831,7 @@ async def test_r5f_injection_in_every_metroculus_parameter(estate: Estate) -> No
                 strangers = other_tenants_in(answer.json(), params["cloud_account_id"])
                 if strangers:
                     probes.leaks.append(f"{what}: {strangers}")
-            elif not 400 <= answer.status_code < 500 or not answer.json().get("error"):
+            elif not 400 <= answer.status_code < 500 or not error_message(answer.json()):
                 probes.unexpected.append(f"{what}: {answer.status_code} {answer.text[:200]}")
 
         pending = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from k8scost.devstack import ROOT
+from devstack.stack import ROOT
 from k8scost.settings import ExporterSettings, IngressSettings, SettingsError, from_env, settings_table
 
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from k8scost.simulator import (
+from devstack.simulator import (
     PV,
     Cluster,
     Container,
@@ -38,10 +38,12 @@ from k8scost.simulator import (
     to_json,
     usage_stats,
 )
-from k8scost.simulator.allocation import parse_aggregate, parse_window
-from k8scost.simulator.model import node_cost
+from devstack.simulator.allocation import parse_aggregate, parse_window
+from devstack.simulator.model import node_cost
 
 FIXTURE = Path(__file__).parent / "fixtures" / "opencost" / "allocation_namespace_7d.json"
+# `python -m devstack.simulator` runs from the repository root: devstack is not installed.
+REPO = Path(__file__).resolve().parent.parent
 GIB = 1024**3
 T0 = 1730419200  # 2024-11-01T00:00:00Z
 H = 3600
@@ -425,9 +427,9 @@ async def test_cli_serves_allocations(tmp_path: Path) -> None:
     # Another hash seed proves that the estate and its usage factors do not depend on the process.
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "k8scost.simulator", "--cluster", cluster, "--seed", "3",
+        [sys.executable, "-m", "devstack.simulator", "--cluster", cluster, "--seed", "3",
          "--clusters", "2", "--host", "127.0.0.1", "--port", str(port), "--write-spec", str(spec)],
-        stderr=subprocess.PIPE, env=env, text=True)
+        stderr=subprocess.PIPE, env=env, text=True, cwd=REPO)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             for _ in range(100):
@@ -451,8 +453,8 @@ async def test_cli_serves_allocations(tmp_path: Path) -> None:
 
 def test_cli_rejects_bad_input(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "k8scost.simulator", *args], capture_output=True, text=True,
-                              timeout=30)
+        return subprocess.run([sys.executable, "-m", "devstack.simulator", *args], capture_output=True, text=True,
+                              timeout=30, cwd=REPO)
 
     unknown = run("--cluster", "nope", "--seed", "3")
     assert unknown.returncode == 2 and "'nope' is not in the estate" in unknown.stderr

@@ -16,7 +16,7 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import DuplicateKeyError
 
-from k8scost import devstack
+from devstack import stack
 from k8scost.settings import StoreSettings, from_env
 from k8scost.stores import StoreUnavailable
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore, LedgerEntry
@@ -257,7 +257,7 @@ async def test_a_clickhouse_restart_fails_calls_then_the_same_store_recovers(
     # Several pooled connections, all of which the restart kills.
     await asyncio.gather(*(expenses.ledger(account, [DAY0]) for _ in range(3)))
 
-    restart = await asyncio.create_subprocess_exec(str(devstack.SERVICES), "restart", "clickhouse", cwd=devstack.ROOT)
+    restart = await asyncio.create_subprocess_exec(str(stack.SERVICES), "restart", "clickhouse", cwd=stack.ROOT)
     failure: StoreUnavailable | None = None
     try:
         while failure is None and restart.returncode is None:
@@ -402,12 +402,12 @@ async def test_the_unique_index_refuses_a_second_document_for_one_resource(
 @pytest.mark.skipif(bool(os.environ.get("MONGODB_URL")), reason="an external MongoDB is not ours to stop")
 async def test_a_stopped_mongodb_raises_store_unavailable_then_recovers(resources: ResourceStore, account: str) -> None:
     await resources.upsert(account, "org-1", _cluster_objects()[:1], 1000, 2000)
-    devstack.services("stop", "mongodb")
+    stack.services("stop", "mongodb")
     try:
         with pytest.raises(StoreUnavailable) as failure:
             await resources.upsert(account, "org-1", _cluster_objects(), 1000, 2000)
         assert failure.value.__cause__ is not None
     finally:
-        devstack.services("start", "mongodb")
+        stack.services("start", "mongodb")
     await resources.upsert(account, "org-1", _cluster_objects(), 1000, 2000)
     assert len(await resources.find(account)) == len(_cluster_objects())

@@ -13,6 +13,7 @@ import ray
 
 from actors.supervisor import TenantSupervisor, tenant_actor_name
 from actors.tenant import TenantConfig
+from k8scost import raylocal
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.stores.accounts import AccountStore
 from k8scost.stores.mongo import connect
@@ -32,7 +33,7 @@ def isolated(serve_apps: str):
     config = TenantConfig(ledger, stores, "test-secret")
     loop = asyncio.new_event_loop()
     store = AccountStore(connect(stores))
-    ray.init(address=helpers.RAY_ADDRESS, namespace=ledger.ray_namespace, logging_level="warning")
+    raylocal.connect(helpers.RAY_ADDRESS, ledger.ray_namespace)
     supervisor = TenantSupervisor.remote(config)
     yield config, store, loop, supervisor
     for account in loop.run_until_complete(store.list()):

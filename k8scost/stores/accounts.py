@@ -18,6 +18,8 @@ from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
 
+from k8scost.stores.mongo import raises_store_unavailable
+
 KUBERNETES_CNR = "kubernetes_cnr"
 COLLECTION = "cloud_accounts"
 
@@ -63,6 +65,7 @@ def _new_secret() -> tuple[dict[str, Any], str]:
     return {"salt": salt, "sha256": _digest(salt, password), "created_at": int(time.time())}, password
 
 
+@raises_store_unavailable
 class AccountStore:
     """Reads and writes ``cloud_accounts``."""
 

@@ -14,6 +14,8 @@ from datetime import date
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
 
+from k8scost.stores.mongo import raises_store_unavailable
+
 COLLECTION = "backfill_runs"
 
 
@@ -27,6 +29,7 @@ def task_key(account_id: str, day: date) -> str:
     return f"{account_id}/{day.isoformat()}"
 
 
+@raises_store_unavailable
 class BackfillStore:
     """Reads and writes ``backfill_runs``."""
 

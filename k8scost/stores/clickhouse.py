@@ -142,7 +142,7 @@ class ExpenseStore:
                         await conn.close()
                     raise
         except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"ClickHouse: {exc}") from exc
+            raise StoreUnavailable("ClickHouse", str(exc)) from exc
 
     async def _execute(self, query: str, args: Any = None, settings: dict[str, Any] | None = None) -> list[tuple]:
         async with self._connection() as conn:

@@ -17,7 +17,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from k8scost.ledger import IDLE_NAMESPACE, TENANCY_NAMESPACES
+from k8scost.ledger import TENANCY_NAMESPACES
+from k8scost.promql import IDLE_NAMESPACE
 from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.resources import RESOURCE_TYPES, Kind
 

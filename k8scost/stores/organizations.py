@@ -18,9 +18,9 @@ import uuid
 from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
-from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
-from k8scost.stores import StoreUnavailable
+from k8scost.stores.mongo import raises_store_unavailable
 
 ORGANIZATIONS = "organizations"
 USERS = "users"
@@ -93,6 +93,7 @@ def check_password(stored: dict[str, Any], password: str) -> bool:
 _DUMMY_PASSWORD = hash_password(secrets.token_urlsafe(16))
 
 
+@raises_store_unavailable
 class OrganizationStore:
     """Reads and writes ``organizations`` and ``users``."""
 
@@ -101,11 +102,8 @@ class OrganizationStore:
         self._users = db[USERS]
 
     async def ensure_indexes(self) -> None:
-        try:
-            await self._users.create_index("email", unique=True)
-            await self._users.create_index("organization_id")
-        except ConnectionFailure as exc:
-            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+        await self._users.create_index("email", unique=True)
+        await self._users.create_index("organization_id")
 
     async def signup(
         self, organization_name: str, email: str, password: str, display_name: str

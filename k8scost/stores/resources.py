@@ -21,7 +21,7 @@ from motor.motor_asyncio import AsyncIOMotorDatabase
 from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from k8scost.stores.mongo import reachable
+from k8scost.stores.mongo import raises_store_unavailable
 
 
 COLLECTION = "cloud_resource"
@@ -136,6 +136,7 @@ def _new_document(resource_id: str, changes: dict[str, dict[str, Any]]) -> dict[
     return {"_id": resource_id, **changes["$setOnInsert"], **changes["$set"], **changes["$min"], **changes["$max"]}
 
 
+@raises_store_unavailable
 class ResourceStore:
     """Reads and writes ``cloud_resource``."""
 
@@ -143,12 +144,11 @@ class ResourceStore:
         self._collection = db[COLLECTION]
 
     async def ensure_indexes(self) -> None:
-        async with reachable():
-            await self._collection.create_index(
-                [("cloud_account_id", ASCENDING), ("cloud_resource_id", ASCENDING)], unique=True
-            )
-            for field in FILTER_FIELDS:
-                await self._collection.create_index([("cloud_account_id", ASCENDING), (field, ASCENDING)])
+        await self._collection.create_index(
+            [("cloud_account_id", ASCENDING), ("cloud_resource_id", ASCENDING)], unique=True
+        )
+        for field in FILTER_FIELDS:
+            await self._collection.create_index([("cloud_account_id", ASCENDING), (field, ASCENDING)])
 
     async def upsert(
         self,
@@ -171,19 +171,18 @@ class ResourceStore:
         }
         if not changes:
             return
-        async with reachable():
-            fresh = [_new_document(rid, change) for rid, change in changes.items()]
-            existing: set[str] = set()
-            try:
-                await self._collection.insert_many(fresh, ordered=False)
-            except BulkWriteError as error:
-                failures = error.details.get("writeErrors", [])
-                if any(e.get("code") != _DUPLICATE_KEY for e in failures):
-                    raise
-                existing = {fresh[e["index"]]["_id"] for e in failures}
-            updates = [UpdateOne({"_id": rid}, change, upsert=True) for rid, change in changes.items() if rid in existing]
-            for batch in range(0, len(updates), UPDATE_BATCH):
-                await self._collection.bulk_write(updates[batch : batch + UPDATE_BATCH], ordered=False)
+        fresh = [_new_document(rid, change) for rid, change in changes.items()]
+        existing: set[str] = set()
+        try:
+            await self._collection.insert_many(fresh, ordered=False)
+        except BulkWriteError as error:
+            failures = error.details.get("writeErrors", [])
+            if any(e.get("code") != _DUPLICATE_KEY for e in failures):
+                raise
+            existing = {fresh[e["index"]]["_id"] for e in failures}
+        updates = [UpdateOne({"_id": rid}, change, upsert=True) for rid, change in changes.items() if rid in existing]
+        for batch in range(0, len(updates), UPDATE_BATCH):
+            await self._collection.bulk_write(updates[batch : batch + UPDATE_BATCH], ordered=False)
 
     async def find(self, cloud_account_id: str, **filters: Any) -> list[dict[str, Any]]:
         """The account's resources whose fields equal ``filters``, by ``cloud_resource_id``."""
@@ -194,5 +193,4 @@ class ResourceStore:
         if any(not isinstance(v, str | bool | None) for v in filters.values()):
             raise ValueError("resource filters take str, bool or None values")
         query = {"cloud_account_id": cloud_account_id, **filters}
-        async with reachable():
-            return await self._collection.find(query).sort("cloud_resource_id", ASCENDING).to_list(None)
+        return await self._collection.find(query).sort("cloud_resource_id", ASCENDING).to_list(None)

@@ -23,7 +23,7 @@ from pymongo import ASCENDING, DESCENDING, ReplaceOne
 from pymongo.errors import BulkWriteError
 
 from k8scost.rightsizing import Recommendation, Status
-from k8scost.stores.mongo import reachable
+from k8scost.stores.mongo import raises_store_unavailable
 from k8scost.stores.resources import UPDATE_BATCH
 
 COLLECTION = "k8s_rightsizing"
@@ -72,6 +72,7 @@ def document(cloud_account_id: str, organization_id: str, r: Recommendation, run
     }
 
 
+@raises_store_unavailable
 class RightsizingStore:
     """Reads and writes ``k8s_rightsizing``."""
 
@@ -79,25 +80,23 @@ class RightsizingStore:
         self._collection = db[COLLECTION]
 
     async def ensure_indexes(self) -> None:
-        async with reachable():
-            await self._collection.create_index([("cloud_account_id", ASCENDING), ("monthly_savings", DESCENDING)])
+        await self._collection.create_index([("cloud_account_id", ASCENDING), ("monthly_savings", DESCENDING)])
 
     async def replace(self, cloud_account_id: str, documents: Sequence[dict[str, Any]]) -> None:
         """Make ``documents`` (all of the account) the account's recommendations."""
-        async with reachable():
-            await self._collection.delete_many({"cloud_account_id": cloud_account_id})
-            if not documents:
-                return
-            try:
-                await self._collection.insert_many(list(documents), ordered=False)
-            except BulkWriteError as error:
-                # Another run of the same account inserted in between: ours replaces its documents.
-                failures = error.details.get("writeErrors", [])
-                if any(e.get("code") != _DUPLICATE_KEY for e in failures):
-                    raise
-                again = [ReplaceOne({"_id": documents[e["index"]]["_id"]}, documents[e["index"]]) for e in failures]
-                for batch in range(0, len(again), UPDATE_BATCH):
-                    await self._collection.bulk_write(again[batch : batch + UPDATE_BATCH], ordered=False)
+        await self._collection.delete_many({"cloud_account_id": cloud_account_id})
+        if not documents:
+            return
+        try:
+            await self._collection.insert_many(list(documents), ordered=False)
+        except BulkWriteError as error:
+            # Another run of the same account inserted in between: ours replaces its documents.
+            failures = error.details.get("writeErrors", [])
+            if any(e.get("code") != _DUPLICATE_KEY for e in failures):
+                raise
+            again = [ReplaceOne({"_id": documents[e["index"]]["_id"]}, documents[e["index"]]) for e in failures]
+            for batch in range(0, len(again), UPDATE_BATCH):
+                await self._collection.bulk_write(again[batch : batch + UPDATE_BATCH], ordered=False)
 
     async def find(
         self,
@@ -117,13 +116,12 @@ class RightsizingStore:
         query: dict[str, Any] = {"cloud_account_id": {"$in": [str(a) for a in cloud_account_ids]}}
         query.update({field: {"$in": [str(v) for v in values]} for field, values in filters.items() if values})
         order = DESCENDING if descending else ASCENDING
-        async with reachable():
-            cursor = self._collection.find(query).sort([(sort_by, order), ("_id", ASCENDING)]).limit(limit)
-            found = await cursor.to_list(None)
-            summary = {str(status): {"count": 0, "monthly_savings": 0.0} for status in Status}
-            # One accumulator per $group: FerretDB 1.24 answers 0 for every one after the first.
-            for field, accumulated in (("count", 1), ("monthly_savings", "$monthly_savings")):
-                pipeline = [{"$match": query}, {"$group": {"_id": "$status", field: {"$sum": accumulated}}}]
-                async for row in self._collection.aggregate(pipeline):
-                    summary.setdefault(row["_id"], {"count": 0, "monthly_savings": 0.0})[field] = row[field]
+        cursor = self._collection.find(query).sort([(sort_by, order), ("_id", ASCENDING)]).limit(limit)
+        found = await cursor.to_list(None)
+        summary = {str(status): {"count": 0, "monthly_savings": 0.0} for status in Status}
+        # One accumulator per $group: FerretDB 1.24 answers 0 for every one after the first.
+        for field, accumulated in (("count", 1), ("monthly_savings", "$monthly_savings")):
+            pipeline = [{"$match": query}, {"$group": {"_id": "$status", field: {"$sum": accumulated}}}]
+            async for row in self._collection.aggregate(pipeline):
+                summary.setdefault(row["_id"], {"count": 0, "monthly_savings": 0.0})[field] = row[field]
         return found, summary

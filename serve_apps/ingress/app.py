@@ -16,13 +16,14 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from k8scost.remote_write import Limits, TenantPolice, WriteRejected
 from k8scost.settings import IngressSettings, StoreSettings, from_env
+from k8scost.stores import StoreUnavailable
 from k8scost.stores.accounts import AccountStore, Credentials
 from k8scost.stores.mongo import connect
 from serve_apps.ingress import metrics
 from serve_apps.ingress.auth import CredentialCache, basic_auth
 from serve_apps.ingress.ratelimit import TokenBuckets
+from serve_apps.ingress.remote_write import Limits, TenantPolice, WriteRejected
 
 log = logging.getLogger("ray.serve")
 
@@ -76,6 +77,9 @@ class RemoteWriteIngress:
             response = await self._write(tenant, request)
         except _Refused as refused:
             response = refused.response
+        except StoreUnavailable as exc:  # the account store or the TSDB: the sender retries, nothing is lost
+            log.warning("%s", exc)
+            response = PlainTextResponse(f"{exc.store} unavailable, retry later\n", status_code=503)
         metrics.REQUESTS.inc(tags={"tenant": tenant, "code": str(response.status_code)})
         return response
 
@@ -93,11 +97,7 @@ class RemoteWriteIngress:
         account_id = header or username
         if username != account_id:
             raise _Refused(401, "basic auth username must be the Cloud-Account-Id", challenge)
-        try:
-            account = await self.credentials.account(Credentials(account_id, password))
-        except Exception as exc:  # the store is down: the sender must retry, not drop
-            log.warning("account store unavailable: %s", exc)
-            raise _Refused(503, "account store unavailable, retry later") from None
+        account = await self.credentials.account(Credentials(account_id, password))
         if account is None:
             raise _Refused(401, "unknown or deleted account, or wrong password", challenge)
         return account.id
@@ -149,13 +149,11 @@ class RemoteWriteIngress:
             )
         except httpx.HTTPError as exc:
             metrics.FORWARD_SECONDS.observe(time.perf_counter() - started, tags={"outcome": "unreachable"})
-            log.warning("TSDB unreachable: %r", exc)
-            raise _Refused(503, "TSDB unreachable, retry later") from None
+            raise StoreUnavailable("TSDB", f"unreachable: {exc!r}") from exc
         outcome = "ok" if answer.is_success else "error"
         metrics.FORWARD_SECONDS.observe(time.perf_counter() - started, tags={"outcome": outcome})
         if answer.status_code >= 500 or answer.status_code == 429:
-            log.warning("TSDB answered %s: %s", answer.status_code, answer.text[:_TSDB_ERROR_TEXT_LIMIT])
-            raise _Refused(503, f"TSDB answered {answer.status_code}, retry later")
+            raise StoreUnavailable("TSDB", f"answered {answer.status_code}: {answer.text[:_TSDB_ERROR_TEXT_LIMIT]}")
         if not answer.is_success:
             raise _Refused(400, f"TSDB refused the write: {answer.text[:_TSDB_ERROR_TEXT_LIMIT].strip()}")
 

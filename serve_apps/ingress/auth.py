@@ -38,7 +38,7 @@ class CredentialCache:
         self._answers: dict[tuple[str, bytes], tuple[float, Account | None]] = {}
 
     async def account(self, credentials: Credentials) -> Account | None:
-        """The account, or None when refused; raises the store's error when it is unreachable."""
+        """The account, or None when refused; StoreUnavailable when the store is unreachable."""
         key = (credentials.account_id, hashlib.sha256(credentials.password.encode()).digest())
         now = time.monotonic()
         cached = self._answers.get(key)

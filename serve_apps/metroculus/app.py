@@ -6,7 +6,8 @@ query is built by ``k8scost.promql.selector``, so it reads the asked tenant's se
 ``k8s_live`` (the live view) runs one of the allow-listed range queries of
 ``k8scost.promql.LIVE_QUERIES`` as is, without integrating: callers name a query, never PromQL.
 Answers: 400 for a request that can never succeed, 401/403 for a missing/wrong secret,
-503 when the TSDB is unreachable (retry), 502 when it refuses a query.
+503 when the TSDB is unreachable (retry), 502 when it refuses a query; errors are
+``{"error": {"reason", "message"}}`` (``k8scost.api_errors``), as the REST API's.
 """
 
 from __future__ import annotations
@@ -22,24 +23,27 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from k8scost.api_errors import error_body
+from k8scost.metroculus_client import SECRET_HEADER
 from k8scost.promql import CLUSTER_COST_COMPONENTS, LIVE_MAX_SERIES, LIVE_QUERIES, PART_LABEL, integral, live_promql, selector, window
+from k8scost.query_params import BadParameter
 from k8scost.settings import MetroculusSettings, StoreSettings, from_env
-from k8scost.tsdb import TsdbClient, TsdbQueryError, TsdbUnavailable
+from k8scost.stores import StoreUnavailable
+from k8scost.tsdb import TsdbClient, TsdbQueryError
 from serve_apps.metroculus import metrics
-from serve_apps.metroculus.params import BadRequest, Span, parse_live_request, parse_metrics_request, parse_span
+from serve_apps.metroculus.params import Span, parse_live_request, parse_metrics_request, parse_span
 
 log = logging.getLogger("ray.serve")
 
-SECRET_HEADER = "Secret"
 HOUR = 3600
 # The gauge whose samples tell whether a cluster reported in an hour.
-COVERAGE_METRIC = "kubecost_cluster_cpu_cost"
+COVERAGE_METRIC = CLUSTER_COST_COMPONENTS["cpu_cost"]
 
 QueryItems = list[tuple[str, str]]
 
 
 class _Refused(Exception):
-    """Ends a request early with ``{"error": message}`` and this status."""
+    """Ends a request early with this status and error message."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -78,14 +82,14 @@ class Metroculus:
                 raise _Refused(405, f"method {request.method} not allowed; use GET")
             response = JSONResponse(await handler(request.query_params.multi_items()))
         except _Refused as refused:
-            response = JSONResponse({"error": refused.message}, status_code=refused.status)
-        except BadRequest as bad:
-            response = JSONResponse({"error": str(bad)}, status_code=400)
-        except TsdbUnavailable as exc:
+            response = _error(refused.status, refused.message)
+        except BadParameter as bad:
+            response = _error(400, bad.message)
+        except StoreUnavailable as exc:
             log.warning("%s", exc)
-            response = JSONResponse({"error": "TSDB unavailable, retry later"}, status_code=503)
+            response = _error(503, f"{exc.store} unavailable, retry later")
         except TsdbQueryError as exc:
-            response = JSONResponse({"error": f"TSDB refused the query: {exc}"}, status_code=502)
+            response = _error(502, f"TSDB refused the query: {exc}")
         metrics.REQUESTS.inc(tags={"endpoint": endpoint, "code": str(response.status_code)})
         return response
 
@@ -223,7 +227,7 @@ class Metroculus:
         outcome = "ok"
         try:
             return await pending
-        except TsdbUnavailable:
+        except StoreUnavailable:
             outcome = "unavailable"
             raise
         except TsdbQueryError:
@@ -233,6 +237,10 @@ class Metroculus:
             metrics.TSDB_SECONDS.observe(time.perf_counter() - started, tags={"kind": kind, "outcome": outcome})
             if outcome != "ok":
                 metrics.TSDB_ERRORS.inc(tags={"kind": kind, "reason": outcome})
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(error_body(status, message), status_code=status)
 
 
 def _span_fields(span: Span) -> dict[str, Any]:

@@ -13,9 +13,9 @@ import time
 
 import jwt
 
+from k8scost.metroculus_client import SECRET_HEADER
 from serve_apps.restapi.errors import ApiError
 
-SECRET_HEADER = "Secret"
 _ALGORITHM = "HS256"
 # Checked on decode, so a token minted for another service with the same key is refused.
 _AUDIENCE = "cloudtuner-restapi"

@@ -1,8 +1,5 @@
-"""Error answers: ``{"error": {"reason": ..., "message": ...}}`` with the HTTP status.
-
-``reason`` is a stable machine word (``bad_request``, ``unauthorized``, ``not_found``,
-``conflict``, ``unavailable``); ``message`` tells a person what to change, naming the
-parameter at fault — the same contract as Metroculus's ``error`` text.
+"""Error answers: ``{"error": {"reason": ..., "message": ...}}`` with the HTTP status, the
+shape Metroculus answers too (``k8scost.api_errors``), for every error, FastAPI's own included.
 """
 
 from __future__ import annotations
@@ -11,24 +8,22 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from k8scost.api_errors import error_body
+from k8scost.query_params import BadParameter
 from k8scost.stores import StoreUnavailable
 
 log = logging.getLogger("ray.serve")
 
-_REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict"}
-
 
 class ApiError(Exception):
-    """Ends a request with this status and error body."""
+    """Ends a request with this status and message (its reason is the status's)."""
 
-    def __init__(self, status: int, message: str, reason: str | None = None) -> None:
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-        self.reason = reason or _REASONS.get(status, "error")
         self.message = message
 
 
@@ -42,8 +37,8 @@ def not_found(kind: str, value: str) -> ApiError:
     return ApiError(404, f"{kind} {value[:128]!r} not found")
 
 
-def error_response(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"reason": reason, "message": message}}, status_code=status, headers=headers)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message), status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -62,20 +57,21 @@ def install(api: FastAPI) -> None:
     @api.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return error_response(exc.status, exc.reason, exc.message, headers)
+        return error_response(exc.status, exc.message, headers)
+
+    @api.exception_handler(BadParameter)
+    async def _bad_parameter(request: Request, exc: BadParameter) -> JSONResponse:
+        return error_response(400, exc.message)
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, "bad_request", _validation_message(exc))
+        return error_response(400, _validation_message(exc))
 
     @api.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, _REASONS.get(exc.status_code, "error"), str(exc.detail))
+        return error_response(exc.status_code, str(exc.detail))
 
-    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    @api.exception_handler(StoreUnavailable)
+    async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
-        return error_response(503, "unavailable", "a store is unreachable, retry later", {"Retry-After": "5"})
-
-    # Some stores wrap driver errors in StoreUnavailable, the account store lets pymongo's through.
-    api.add_exception_handler(StoreUnavailable, _unavailable)
-    api.add_exception_handler(ConnectionFailure, _unavailable)
+        return error_response(503, f"{exc.store} unavailable, retry later", {"Retry-After": "5"})

@@ -21,9 +21,10 @@ from typing import Any
 from k8scost.promql import CLUSTER_COST_COMPONENTS
 from k8scost.stores.accounts import Account, AccountStore
 from k8scost.stores.expense_queries import ExpenseQueries, ResourceCost, Scope
+from k8scost.settings import DAY
 from k8scost.stores.resources import RESOURCE_TYPES, Kind, Resource
 from serve_apps.restapi.errors import not_found
-from serve_apps.restapi.params import DAY, NAMESPACE, ExpenseRequest, summed_type
+from serve_apps.restapi.params import NAMESPACE, ExpenseRequest, summed_type
 
 CLUSTER = RESOURCE_TYPES[Kind.CLUSTER]
 # The level a breakdown sums when the request names no resource_type: the one that

@@ -1,15 +1,15 @@
 """``k8s_live``: Metroculus's live view for the browser, scoped to the caller's organization.
 
-The REST API only checks the parameter names and that the account is the organization's
-(404 otherwise); Metroculus checks the values, and its 400 comes back as is, naming the
-parameter. Any other failure of Metroculus is the gateway's: 503 when it or the TSDB is
-unreachable (retry), 502 when it answers something else.
+The REST API only checks the parameter names (``k8scost.query_params``) and that the
+account is the organization's (404 otherwise); Metroculus checks the values, and its 400
+comes back as is (the error shape is the same), naming the parameter. Any other failure of
+Metroculus is the gateway's: 503 when it or the TSDB is unreachable (retry), 502 when it
+answers something else.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -17,8 +17,9 @@ import httpx
 
 from k8scost.metroculus_client import MetroculusError
 from k8scost.promql import LIVE_FILTERS, LIVE_QUERIES
+from k8scost.query_params import QueryParams
 from serve_apps.restapi import metrics
-from serve_apps.restapi.errors import ApiError, bad_request
+from serve_apps.restapi.errors import ApiError
 
 log = logging.getLogger("ray.serve")
 
@@ -50,21 +51,11 @@ class LiveSource(Protocol):
 
 
 def parse(items: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """The parameters, all known, each once and the required ones given; else 400 naming them."""
-    pairs = list(items)
-    counts = Counter(name for name, _ in pairs)
-    unknown = sorted(set(counts) - set(LIVE_PARAMS))
-    if unknown:
-        shown = ", ".join(name[:64] for name in unknown)
-        raise bad_request(f"unknown query parameter(s): {shown}; allowed: {', '.join(LIVE_PARAMS)}")
-    repeated = sorted(name for name, count in counts.items() if count > 1)
-    if repeated:
-        raise bad_request(f"query parameter(s) given more than once: {', '.join(repeated)}")
-    values = dict(pairs)
+    """The parameters, all known, each once and the required ones given; else ``BadParameter`` naming them."""
+    query = QueryParams(items, LIVE_PARAMS)
     for name in REQUIRED:
-        if not values.get(name):
-            raise bad_request(f"{name}: missing")
-    return values
+        query.required(name)
+    return query.single
 
 
 async def live(source: LiveSource, values: dict[str, str], timeout: float) -> dict[str, Any]:
@@ -79,14 +70,13 @@ async def live(source: LiveSource, values: dict[str, str], timeout: float) -> di
         metrics.METROCULUS_FAILURES.inc()
         log.warning("k8s_live: %s", exc)
         if exc.status == 503:
-            raise ApiError(503, f"live data unavailable, retry later: {exc.message}", "unavailable") from None
-        raise ApiError(502, f"Metroculus failed: {exc.status} {exc.message}", "bad_gateway") from None
+            raise ApiError(503, f"live data unavailable, retry later: {exc.message}") from None
+        raise ApiError(502, f"Metroculus failed: {exc.status} {exc.message}") from None
     except httpx.TimeoutException:
         metrics.METROCULUS_FAILURES.inc()
         log.warning("k8s_live: no answer from Metroculus within %s s", timeout)
-        message = f"live data unavailable, retry later: no answer within {timeout:g} s"
-        raise ApiError(503, message, "unavailable") from None
+        raise ApiError(503, f"live data unavailable, retry later: no answer within {timeout:g} s") from None
     except httpx.TransportError as exc:
         metrics.METROCULUS_FAILURES.inc()
         log.warning("k8s_live: Metroculus unreachable: %r", exc)
-        raise ApiError(503, "live data unavailable, retry later: Metroculus unreachable", "unavailable") from None
+        raise ApiError(503, "live data unavailable, retry later: Metroculus unreachable") from None

@@ -1,7 +1,7 @@
 """``GET /v2/organizations/{organization_id}/k8s_rightsizing``: the rightsizing job's recommendations.
 
-Parameters are checked as the expense endpoints check theirs (``params``): unknown or
-repeated ones are refused, every problem is a 400 naming the parameter. Only the
+Parameters are checked as every endpoint checks its own (``k8scost.query_params``): unknown
+or repeated ones are refused, every problem is a 400 naming the parameter. Only the
 organization's live accounts are read; an account id of another organization is a 404.
 """
 
@@ -11,11 +11,10 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from k8scost.query_params import QueryParams
 from k8scost.rightsizing import Status
 from k8scost.stores.accounts import Account
 from k8scost.stores.rightsizing import SORT_FIELDS, RightsizingStore
-from serve_apps.restapi.errors import bad_request
-from serve_apps.restapi.params import _integer, split_query
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 50_000
@@ -60,22 +59,16 @@ class RightsizingRequest:
 
 
 def parse(items: Iterable[tuple[str, str]]) -> RightsizingRequest:
-    """The checked request, or ``ApiError`` 400 naming the first parameter at fault."""
-    single, given = split_query(items, PARAMS, FILTERS)
-    filters: dict[str, tuple[str, ...]] = {}
-    for name, field in FILTERS.items():
-        values = given.get(name, ())
-        if name == "status" and (wrong := [v for v in values if v not in STATUSES]):
-            raise bad_request(f"status: {wrong[0][:64]!r} is not one of {', '.join(STATUSES)}")
-        if values:
-            filters[field] = values
-    sort_by = single.get("sort_by", "monthly_savings")
-    if sort_by not in SORT_FIELDS:
-        raise bad_request(f"sort_by: {sort_by[:64]!r} is not one of {', '.join(SORT_FIELDS)}")
-    order = single.get("order", "desc")
-    if order not in ORDERS:
-        raise bad_request(f"order: {order[:64]!r} is not one of {', '.join(ORDERS)}")
-    limit = _integer(single, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    """The checked request, or ``BadParameter`` naming the first parameter at fault."""
+    query = QueryParams(items, PARAMS, FILTERS)
+    filters = {
+        field: values
+        for name, field in FILTERS.items()
+        if (values := query.values(name, STATUSES if name == "status" else None))
+    }
+    sort_by = query.choice("sort_by", SORT_FIELDS, "monthly_savings")
+    order = query.choice("order", ORDERS, "desc")
+    limit = query.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     accounts = filters.pop("cloud_account_id", ())
     return RightsizingRequest(accounts, filters, sort_by, order == "desc", limit)
 

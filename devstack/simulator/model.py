@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from k8scost.simulator.spec import GIB, Cluster, Container, Estate, Namespace, Node, Pod
+from devstack.simulator.spec import GIB, Cluster, Container, Estate, Namespace, Node, Pod
 
 HOUR = 3600.0
 IDLE = "__idle__"

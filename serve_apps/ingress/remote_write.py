@@ -19,7 +19,8 @@ from typing import NamedTuple
 import snappy
 from google.protobuf.message import DecodeError
 
-from k8scost.proto.remote_write_pb2 import Label, RawTimeSeries, RawWriteRequest, WriteRequest
+from k8scost.settings import DAY
+from serve_apps.ingress.proto.remote_write_pb2 import Label, RawTimeSeries, RawWriteRequest, WriteRequest
 
 TENANT_LABEL = "tenant_id"
 METRIC_NAME_LABEL = "__name__"
@@ -54,7 +55,7 @@ class Limits:
     max_label_name_length: int = 1024
     max_label_value_length: int = 2048
     max_future_seconds: float = 600.0
-    max_past_seconds: float = 29 * 86_400.0
+    max_past_seconds: float = 29.0 * DAY
     max_decoded_bytes: int = 64 << 20
 
 
@@ -171,7 +172,7 @@ class TenantPolice:
         return WriteRejected(
             400,
             "past_timestamp",
-            f"series {index}: sample at {timestamp} ms is more than {self.limits.max_past_seconds / 86_400:g} days in the past",
+            f"series {index}: sample at {timestamp} ms is more than {self.limits.max_past_seconds / DAY:g} days in the past",
         )
 
     def _judge(self, key: tuple[bytes, ...], index: int) -> _Verdict:

@@ -5,10 +5,10 @@ the exact cost of any cluster, node, namespace or pod over any time range, so th
 pipeline's accuracy can be checked. Everything is deterministic for a given seed.
 """
 
-from k8scost.simulator.allocation import QueryError, allocation_response, assets_response
-from k8scost.simulator.model import Costs, UsageStats, cluster_management_cost, ground_truth, usage_stats
-from k8scost.simulator.server import create_app
-from k8scost.simulator.spec import (
+from devstack.simulator.allocation import QueryError, allocation_response, assets_response
+from devstack.simulator.model import Costs, UsageStats, cluster_management_cost, ground_truth, usage_stats
+from devstack.simulator.server import create_app
+from devstack.simulator.spec import (
     PV,
     Cluster,
     Container,

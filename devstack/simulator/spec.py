@@ -2,7 +2,7 @@
 
 An estate is what a customer's Kubecost would observe: clusters of nodes with prices,
 namespaces of pods with containers whose requests and usage may change at known instants.
-Everything is plain data; the cost model lives in :mod:`k8scost.simulator.model`.
+Everything is plain data; the cost model lives in :mod:`devstack.simulator.model`.
 """
 
 from __future__ import annotations

@@ -17,10 +17,13 @@ from typing import Any
 from bson import Binary
 from motor.motor_asyncio import AsyncIOMotorDatabase
 
+from k8scost.stores.mongo import raises_store_unavailable
+
 COLLECTION = "expenses_tasks"
 PENDING, DONE, FAILED = "pending", "done", "failed"
 
 
+@raises_store_unavailable
 class TaskStore:
     def __init__(self, db: AsyncIOMotorDatabase, timeout_seconds: float) -> None:
         self._collection = db[COLLECTION]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from exporter.allocation import parse_allocations, parse_management_rate
 from exporter.snapshot import AGGREGATES, Snapshot, allocation_params, assets_params, build_snapshot
-from k8scost.simulator.allocation import allocation_response, assets_response
-from k8scost.simulator.spec import Estate
+from devstack.simulator.allocation import allocation_response, assets_response
+from devstack.simulator.spec import Estate
 
 # The labels the customer's Prometheus adds when it scrapes the exporter (honor_labels
 # keeps the exporter's own); replayed samples carry them too, so they are the same series.

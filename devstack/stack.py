@@ -7,7 +7,6 @@ Everything listens on 127.0.0.1 at the ports services.sh documents.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time
@@ -28,11 +27,6 @@ RAY_ADDRESS = "127.0.0.1:6379"
 WRITE_URL = f"{SERVE_URL}/storage/api/v2/write"
 # Ray's workers listen on 20000-24999 and its agents on 25001-25099 (scripts/services.sh).
 _RAY_PORTS = range(20000, 26000)
-
-# Ray replaces 127.0.0.1 by the machine's first other address unless told it runs a
-# single-node cluster; drivers need the same word as `ray start` (see services.sh).
-# Ray reads it when imported: drivers import this module before ray.
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 T = TypeVar("T")
 
@@ -121,7 +115,7 @@ def deploy_serve(env_vars: dict[str, str] | None = None, *, fresh: bool = True) 
 
 def load_blocks(blocks_dir: Path) -> None:
     """Move the TSDB blocks of ``blocks_dir`` into the local TSDB, which is stopped meanwhile."""
-    from k8scost.simulator.history import load_into  # the simulator imports this module
+    from devstack.simulator.history import load_into  # the simulator imports this module
 
     services("stop", "tsdb")
     try:

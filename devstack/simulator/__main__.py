@@ -1,6 +1,6 @@
 """Command line: serve one cluster of a simulated estate as its Kubecost would.
 
-    python -m k8scost.simulator --cluster NAME [--spec estate.json | --seed N --clusters N
+    python -m devstack.simulator --cluster NAME [--spec estate.json | --seed N --clusters N
         --namespaces N --pods N --nodes N --start UNIX] [--host 127.0.0.1] [--port 9003] [--write-spec out.json]
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import uvicorn
 
-from k8scost.simulator.server import create_app
-from k8scost.simulator.spec import DEFAULT_START, Estate, from_json, generate_estate, to_json
+from devstack.simulator.server import create_app
+from devstack.simulator.spec import DEFAULT_START, Estate, from_json, generate_estate, to_json
 
-log = logging.getLogger("k8scost.simulator")
+log = logging.getLogger("devstack.simulator")
 
 # Defaults of the generation options; the parser leaves them None so that mixing them with --spec is refused.
 _GENERATION = {"seed": 0, "clusters": 1, "namespaces": 3, "pods": 4, "nodes": 3, "start": DEFAULT_START}
@@ -31,7 +31,7 @@ def _port(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m k8scost.simulator", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devstack.simulator", description=__doc__.splitlines()[0])
     parser.add_argument("--cluster", required=True, help="name of the cluster of the estate to serve")
     parser.add_argument("--spec", type=Path, help="estate JSON (as written by --write-spec); else one is generated")
     parser.add_argument("--seed", type=int, help="seed of the generated estate (default 0)")

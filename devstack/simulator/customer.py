@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from k8scost.devstack import ROOT, free_port, wait_until_answers
+from devstack.stack import ROOT, free_port, wait_until_answers
 
 REMOTE_WRITE_TEMPLATE = ROOT / "cluster_config" / "customer" / "prometheus-remote-write.yaml"
 
@@ -99,7 +99,7 @@ class CustomerCluster:
     def start_kubecost(self) -> None:
         self._spawn(
             "kubecost",
-            [sys.executable, "-m", "k8scost.simulator", "--cluster", self.cluster, "--spec", str(self.estate_file),
+            [sys.executable, "-m", "devstack.simulator", "--cluster", self.cluster, "--spec", str(self.estate_file),
              "--host", "127.0.0.1", "--port", str(self.simulator_port)],
         )
         wait_until_answers(f"{self.kubecost_url}/healthz", process=self.processes["kubecost"])

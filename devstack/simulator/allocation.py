@@ -14,7 +14,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from k8scost.simulator.model import (
+from devstack.simulator.model import (
     HOUR,
     IDLE,
     Allocation,
@@ -24,7 +24,7 @@ from k8scost.simulator.model import (
     load_balancer_cost,
     node_cost,
 )
-from k8scost.simulator.spec import Cluster, Estate
+from devstack.simulator.spec import Cluster, Estate
 
 DAY = 86400.0
 DEFAULT_RESOLUTION = 300.0

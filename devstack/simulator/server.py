@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from k8scost.simulator.allocation import QueryError, allocation_response, assets_response, error_body
-from k8scost.simulator.model import find_cluster
-from k8scost.simulator.spec import Estate
+from devstack.simulator.allocation import QueryError, allocation_response, assets_response, error_body
+from devstack.simulator.model import find_cluster
+from devstack.simulator.spec import Estate
 
 FAULT_MODES = ("ok", "error", "garbage", "slow")
 SLOW_SECONDS = 30.0

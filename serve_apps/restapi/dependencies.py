@@ -1,0 +1,76 @@
+"""The routes' FastAPI dependencies: the app's settings and stores, who calls, and the path's
+organization or cloud account once the caller may see it.
+
+A route declares what it needs by a parameter of one of the ``…Dep`` types below (an
+``OrganizationIdDep`` is the path's organization id, checked by ``organization_of_caller``)
+rather than calling checks in its body, so none can skip one. FastAPI runs each once per
+request and before it reads the body: a bad token is 401, and an id the caller may not see
+404, whatever the body. A user's token names its organization: any other organization, and
+any cloud account of another, is answered 404 as if it did not exist, so ids of others
+cannot be discovered by probing.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads these signatures (see api.py).
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from k8scost.metroculus_client import SECRET_HEADER
+from k8scost.settings import RestApiSettings
+from k8scost.stores.accounts import Account
+from serve_apps.restapi.auth import Caller, Tokens
+from serve_apps.restapi.errors import not_found
+from serve_apps.restapi.state import OpenStores
+
+
+def api_settings(request: Request) -> RestApiSettings:
+    return request.app.state.config.api  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[RestApiSettings, Depends(api_settings)]
+
+
+async def open_stores(request: Request) -> OpenStores:
+    """The stores of the running event loop; 503 when one is unreachable."""
+    return await request.app.state.stores.get()  # type: ignore[no-any-return]
+
+
+StoresDep = Annotated[OpenStores, Depends(open_stores)]
+
+
+def tokens(request: Request) -> Tokens:
+    return request.app.state.tokens  # type: ignore[no-any-return]
+
+
+TokensDep = Annotated[Tokens, Depends(tokens)]
+
+
+def caller(request: Request, issuer: TokensDep) -> Caller:
+    """The caller the headers prove; 401 otherwise."""
+    return issuer.caller(request.headers.get("Authorization"), request.headers.get(SECRET_HEADER))
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+
+
+async def organization_of_caller(organization_id: str, who: CallerDep, opened: StoresDep) -> str:
+    """The path's ``organization_id``, once the caller may see it; 404 otherwise."""
+    if not who.may_see(organization_id):
+        raise not_found("organization", organization_id)
+    if who.is_service and await opened.organizations.get_organization(organization_id) is None:
+        raise not_found("organization", organization_id)
+    return organization_id
+
+
+OrganizationIdDep = Annotated[str, Depends(organization_of_caller)]
+
+
+async def account_of_caller(cloud_account_id: str, who: CallerDep, opened: StoresDep) -> Account:
+    """The path's live cloud account, once it is of an organization the caller may see; 404 otherwise."""
+    account = await opened.accounts.get(cloud_account_id)
+    if account is None or not who.may_see(account.organization_id):
+        raise not_found("cloud account", cloud_account_id)
+    return account
+
+
+CloudAccountDep = Annotated[Account, Depends(account_of_caller)]
