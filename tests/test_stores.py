@@ -18,7 +18,7 @@ from pymongo.errors import DuplicateKeyError
 
 from devstack import stack
 from k8scost.settings import StoreSettings, from_env
-from k8scost.stores import StoreUnavailable
+from k8scost.stores import StoreUnavailable, migrations
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore, LedgerEntry
 from k8scost.stores.mongo import connect
 from k8scost.stores.resources import COLLECTION, UPDATE_BATCH, Kind, Resource, ResourceStore, resource_id
@@ -79,7 +79,7 @@ def _row(
 async def test_migrations_apply_once_and_create_the_ledger_table(scratch_database: str) -> None:
     store = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database)))
     try:
-        assert await store.migrate() == [1, 2]
+        assert await store.migrate() == [1, 2, 3]
         assert await store.migrate() == []
     finally:
         await store.close()
@@ -105,10 +105,12 @@ async def test_migrations_apply_once_and_create_the_ledger_table(scratch_databas
     )
     assert engine == "CollapsingMergeTree"
     assert engine_full.startswith(
-        "CollapsingMergeTree(sign) PARTITION BY toYYYYMM(date) ORDER BY (cloud_account_id, date, resource_id)"
+        "CollapsingMergeTree(sign) PARTITION BY toYYYYMM(date) ORDER BY (cloud_account_id, resource_type, date, resource_id)"
     )
     records = await _clickhouse("SELECT version, name FROM schema_migrations ORDER BY version", scratch_database)
-    assert records == [(1, "create expenses"), (2, "expenses name their resource and its type")]
+    assert records == [
+        (1, "create expenses"), (2, "expenses name their resource and its type"), (3, "expenses sorted by resource type")
+    ]
 
 
 async def test_concurrent_migrations_create_the_schema_once(scratch_database: str) -> None:
@@ -117,7 +119,7 @@ async def test_concurrent_migrations_create_the_schema_once(scratch_database: st
         results = await asyncio.gather(*(store.migrate() for store in stores))
         # Each version is applied by one of them at least; the same ALTER of version 2 run
         # again finds its columns there and counts as done.
-        assert {v for result in results for v in result} == {1, 2}
+        assert {v for result in results for v in result} == {1, 2, 3}
         assert all(result == sorted(set(result)) for result in results)
         assert await stores[0].migrate() == []
     finally:
@@ -126,7 +128,68 @@ async def test_concurrent_migrations_create_the_schema_once(scratch_database: st
     tables = await _clickhouse(f"SELECT name FROM system.tables WHERE database = '{scratch_database}' ORDER BY name")
     assert tables == [("expenses",), ("schema_migrations",)]
     versions = await _clickhouse("SELECT DISTINCT version FROM schema_migrations", scratch_database)
-    assert sorted(versions) == [(1,), (2,)]
+    assert sorted(versions) == [(1,), (2,), (3,)]
+
+
+async def _ledger_of_version_2(database: str, account: str) -> list[ExpenseRow]:
+    """A ledger as a store of migration 2 left it: sorted by account and day, with rows."""
+    for migration in migrations.MIGRATIONS[:2]:
+        await _clickhouse(migration.sql, database)
+    await _clickhouse(migrations.BOOKKEEPING_DDL, database)
+    rows = [_row(account, f"r{i}", DAY0 + timedelta(days=i % 40), 1.5 + i, 1) for i in range(200)]
+    rows += [_row(account, "r0", DAY0, 1.5, -1), _row(account, "r0", DAY0, 9.0, 1)]  # a correction
+    store = ExpenseStore(StoreSettings(clickhouse_url=_dsn(database)))
+    try:
+        applied = [(m.version, m.name, datetime.now(UTC)) for m in migrations.MIGRATIONS[:2]]
+        await store._execute(migrations.RECORD_INSERT, applied)
+        await store.insert(rows)
+    finally:
+        await store.close()
+    return rows
+
+
+async def test_the_rebuild_keeps_every_row_once_under_concurrent_starts(scratch_database: str, account: str) -> None:
+    rows = await _ledger_of_version_2(scratch_database, account)
+    stores = [ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database))) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(store.migrate() for store in stores))
+        assert all(result == [3] for result in results)  # the losers waited for the winner's table
+        live = await stores[0].ledger(account, sorted({row.date for row in rows}))
+    finally:
+        for store in stores:
+            await store.close()
+    expected: dict[tuple[str, datetime], float] = {}
+    for row in rows:
+        expected[(row.resource_id, row.date)] = expected.get((row.resource_id, row.date), 0.0) + row.cost * row.sign
+    assert {key: entry.cost for key, entry in live.items()} == pytest.approx(expected)
+    assert all(entry.copies == 1 for entry in live.values())
+    [(count,)] = await _clickhouse("SELECT count() FROM expenses", scratch_database)
+    assert count == len(rows)
+    tables = await _clickhouse(f"SELECT name FROM system.tables WHERE database = '{scratch_database}' ORDER BY name")
+    assert tables == [("expenses",), ("schema_migrations",)]
+
+
+async def test_a_rebuild_cut_short_is_taken_over(scratch_database: str, account: str) -> None:
+    """A claimant died after claiming the rows and half-filling its new table: the next start finishes."""
+    rows = await _ledger_of_version_2(scratch_database, account)
+    await _clickhouse("RENAME TABLE expenses TO expenses_claimed_dead", scratch_database)
+    await _clickhouse(migrations.EXPENSES_BY_TYPE_DDL.format(name="expenses_rebuilt_dead", source="expenses_claimed_dead"),
+                      scratch_database)
+    await _clickhouse("INSERT INTO expenses_rebuilt_dead SELECT * FROM expenses_claimed_dead LIMIT 50", scratch_database)
+    store = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database)))
+    try:
+        # A young claim is a claimant at work: it is waited for, not taken.
+        waiting = asyncio.create_task(store._rebuild(migrations.MIGRATIONS[2]))
+        await asyncio.sleep(1.5)
+        assert not waiting.done()
+        waiting.cancel()
+        await store._rebuild(migrations.MIGRATIONS[2], stale_after=0.0)
+    finally:
+        await store.close()
+    [(count, total)] = await _clickhouse("SELECT count(), sum(cost * sign) FROM expenses", scratch_database)
+    assert (count, total) == (len(rows), pytest.approx(sum(row.cost * row.sign for row in rows)))
+    tables = await _clickhouse(f"SELECT name FROM system.tables WHERE database = '{scratch_database}' ORDER BY name")
+    assert tables == [("expenses",), ("schema_migrations",)]
 
 
 # --- the expenses ledger ---------------------------------------------------------------

@@ -12,6 +12,8 @@ the driver would format a datetime parameter as wall-clock text in the server's 
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
@@ -26,6 +28,14 @@ from k8scost.stores import migrations
 
 # What the driver raises when the server is down, restarts, or answers with an error.
 _DRIVER_ERRORS = (AsynchError, OSError, EOFError)
+_UNKNOWN_TABLE = 60
+# A rebuild's tables (migrations with a sorting key): the rows claimed, and their new home.
+_CLAIMED, _REBUILT = "expenses_claimed_", "expenses_rebuilt_"
+# How long a process waits for another's rebuild before its cycle fails (and retries), and
+# after how long a claim that never finished is taken over: a rebuild copies about a
+# million rows a second here, so an hour covers a ledger of billions.
+REBUILD_WAIT_SECONDS = 600.0
+REBUILD_STALE_SECONDS = 3600.0
 _POOL_MAXSIZE = 4
 
 # Columns ``daily_costs`` may group by: the only text ever interpolated into SQL.
@@ -159,7 +169,10 @@ class ExpenseStore:
         done: list[int] = []
         for migration in migrations.pending(applied):
             try:
-                await self._execute(migration.sql)
+                if migration.sorting_key:
+                    await self._rebuild(migration)
+                else:
+                    await self._execute(migration.sql)
             except StoreUnavailable as exc:
                 if getattr(exc.__cause__, "code", None) not in migration.done_if_codes:
                     raise
@@ -168,6 +181,61 @@ class ExpenseStore:
             )
             done.append(migration.version)
         return done
+
+    async def _rebuild(self, migration: migrations.Migration, stale_after: float = REBUILD_STALE_SECONDS) -> None:
+        """Copy ``expenses`` into a table of ``migration``'s structure and put it in its place.
+
+        Safe with concurrent starts and live writers, and resumable after a crash at any
+        point. A process claims the rows by renaming ``expenses`` to a name of its own:
+        RENAME is atomic, so one claimant wins; the others wait for the new table. While
+        ``expenses`` is missing every INSERT fails and the writer's cycle retries (the
+        actors read their rows back first), so nothing is written twice or lost. The new
+        table takes the name only once it holds every row. A claim older than
+        ``stale_after`` whose claimant never finished (it crashed) is claimed again.
+        """
+        me = uuid.uuid4().hex[:12]
+        claimed, fresh = f"{_CLAIMED}{me}", f"{_REBUILT}{me}"
+        deadline = time.monotonic() + REBUILD_WAIT_SECONDS
+        while True:
+            tables = await self._tables()
+            if tables.get("expenses", (None,))[0] == migration.sorting_key:
+                break  # done, by this process or another
+            if "expenses" in tables:
+                source = "expenses"
+            else:
+                stale = [name for name, (_, age) in tables.items() if name.startswith(_CLAIMED) and age > stale_after]
+                source = stale[0] if stale else ""
+            if source and await self._claim(source, claimed):
+                await self._execute(migration.sql.format(name=fresh, source=claimed))
+                await self._execute(f"INSERT INTO {fresh} SELECT * FROM {claimed}")
+                await self._execute(f"RENAME TABLE {fresh} TO expenses")
+                await self._execute(f"DROP TABLE {claimed}")
+                break
+            if time.monotonic() > deadline:
+                raise StoreUnavailable("ClickHouse", "expenses is being rebuilt by another process; retry later")
+            await asyncio.sleep(1.0)
+        # Tables of claimants that crashed before the swap: every row is in expenses now.
+        for name, (_, age) in (await self._tables()).items():
+            if name.startswith(_REBUILT) and age > stale_after:
+                await self._execute(f"DROP TABLE IF EXISTS {name}")
+
+    async def _tables(self) -> dict[str, tuple[str, float]]:
+        """This database's tables: name → (sorting key, seconds since its metadata changed)."""
+        rows = await self._execute(
+            "SELECT name, sorting_key, now() - metadata_modification_time FROM system.tables "
+            "WHERE database = currentDatabase()"
+        )
+        return {name: (key, float(age)) for name, key, age in rows}
+
+    async def _claim(self, source: str, claimed: str) -> bool:
+        """Rename ``source`` to ``claimed``; False when another process renamed it first."""
+        try:
+            await self._execute(f"RENAME TABLE {source} TO {claimed}")
+        except StoreUnavailable as exc:
+            if getattr(exc.__cause__, "code", None) == _UNKNOWN_TABLE:
+                return False
+            raise
+        return True
 
     async def insert(self, rows: Sequence[ExpenseRow]) -> None:
         """Write ``rows`` with one INSERT sent as one block.
