@@ -154,7 +154,7 @@ def audit(account_id: str, days: Iterable[datetime], lag: int) -> Counter[str]:
 
     Duplicated: more (or fewer) than one live +1 row. Lost: a cost Metroculus has that the
     ledger lacks or holds different (beyond the ledger's own 1e-9 tolerance). Extra: a cost
-    the ledger holds that Metroculus does not. Both the live rows and the readers' sums
+    the ledger holds that Metroculus does not (a zero is none). Both the live rows and the readers' sums
     (``cost × sign`` with ``HAVING sum(sign) > 0``) are checked.
     """
     store = ExpenseStore(from_env(StoreSettings))
@@ -169,7 +169,10 @@ def audit(account_id: str, days: Iterable[datetime], lag: int) -> Counter[str]:
         found["lost"] += sum(1 for rid, cost in expected.items() if not (
             rid in entries and ledger.unchanged(entries[rid].cost, cost)
             and rid in totals and ledger.unchanged(totals[rid], cost)))
-        found["extra"] += len((entries.keys() | totals.keys()) - expected.keys())
+        # A live row of cost 0 is a cost corrected away (an __unallocated__ residue that
+        # settled under a hundredth of a cent), not an extra cost.
+        held = {rid for rid, entry in entries.items() if entry.cost} | {rid for rid, cost in totals.items() if cost}
+        found["extra"] += len(held - expected.keys())
     return found
 
 
