@@ -7,10 +7,12 @@ Everything listens on 127.0.0.1 at the ports services.sh documents.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / "scripts" / "services.sh"
 SERVE_CONFIG = ROOT / "cluster_config" / "serve_config.yaml"
 TSDB_URL = "http://127.0.0.1:9090"
+# scripts/services.sh's Thanos stack: Query's PromQL, the Store Gateway's HTTP, the bucket.
+THANOS_QUERY_URL = "http://127.0.0.1:10904"
+THANOS_STORE_URL = "http://127.0.0.1:10912"
+THANOS_OBJSTORE = ROOT / ".data" / "thanos" / "objstore.yaml"
+THANOS = Path(os.environ.get("CLOUDTUNER_TOOLS", Path.home() / ".cache" / "cloudtuner-k8s")) / "bin" / "thanos"
 SERVE_URL = "http://127.0.0.1:8000"
 RAY_DASHBOARD = "http://127.0.0.1:8265"
 RAY_ADDRESS = "127.0.0.1:6379"
@@ -122,3 +129,29 @@ def load_blocks(blocks_dir: Path) -> None:
         load_into(ROOT / ".data" / "tsdb" / "data", blocks_dir)
     finally:
         services("start", "tsdb")
+
+
+def upload_blocks(blocks: Mapping[str, Path], timeout: float = 120.0) -> dict[str, list[str]]:
+    """Upload each tenant's TSDB blocks (tenant id → its blocks' directory) to the local Thanos
+    bucket; the ids uploaded per tenant, once Query answers from them.
+
+    No restart: the Store Gateway loads them at its next sync (10 s), then Query learns at
+    its next look at the Store Gateway (5 s) which tenants and times it holds.
+    """
+    from devstack.simulator.history import upload_blocks  # the simulator imports this module
+
+    uploaded = {tenant: upload_blocks(path, tenant, THANOS_OBJSTORE, THANOS) for tenant, path in blocks.items()}
+    oldest = {tenant: min(json.loads((blocks[tenant] / ulid / "meta.json").read_text())["minTime"] for ulid in ulids)
+              for tenant, ulids in uploaded.items() if ulids}
+
+    def served() -> bool:
+        loaded = httpx.get(f"{THANOS_STORE_URL}/api/v1/blocks", params={"view": "loaded"}, timeout=10).json()
+        wanted = {ulid for ulids in uploaded.values() for ulid in ulids}
+        if not wanted <= {block["ulid"] for block in loaded["data"]["blocks"]}:
+            return False
+        stores = httpx.get(f"{THANOS_QUERY_URL}/api/v1/stores", timeout=10).json()["data"].get("store", [])
+        return all(any(store["minTime"] <= since and {"tenant_id": tenant} in store["labelSets"] for store in stores)
+                   for tenant, since in oldest.items())
+
+    wait_for(f"the Store Gateway and Query to serve the blocks of {len(oldest)} tenants", served, timeout, interval=0.5)
+    return uploaded

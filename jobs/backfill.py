@@ -36,13 +36,12 @@ from actors.supervisor import tenant_actor
 from actors.tenant import TenantConfig, query_daily_costs
 from k8scost import ledger, raylocal
 from k8scost.metroculus_client import MetroculusClient
+from k8scost.settings import StoreSettings, from_env
 from k8scost.stores.accounts import Account, AccountStore
 from k8scost.stores.backfills import BackfillStore, run_id, task_key
 from k8scost.stores.mongo import connect
 
 log = logging.getLogger("jobs.backfill")
-
-MAX_DAYS = 400  # a bound on typos (a year in the end date), above any TSDB's usual retention
 
 
 class BackfillError(Exception):
@@ -93,8 +92,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     tomorrow = datetime.now(UTC).date() + timedelta(days=1)
     if args.end > tomorrow:
         parser.error(f"--end {args.end} is after tomorrow ({tomorrow}): days that have not begun have no costs")
-    if (args.end - args.start).days > MAX_DAYS:
-        parser.error(f"--start to --end spans {(args.end - args.start).days} days, over the limit of {MAX_DAYS}")
+    # Older days would read as partly or wholly without cost, and the actor would write that
+    # over what was billed. The Compactor deletes a block only once its newest sample is
+    # older than the retention, so every day from today - (retention - 1) on is whole.
+    retention = from_env(StoreSettings).tsdb_raw_retention_days
+    oldest = tomorrow - timedelta(days=retention)
+    if args.start < oldest:
+        parser.error(f"--start {args.start} is before {oldest}: the TSDB keeps raw samples for {retention} days "
+                     "(TSDB_RAW_RETENTION_DAYS), older days cannot be recomputed")
     return args
 
 

@@ -103,6 +103,12 @@ class StoreSettings:
     tsdb_url: str = setting(
         "TSDB_URL", "http://127.0.0.1:9090", "PromQL API of the TSDB (Thanos Query in production)."
     )
+    tsdb_raw_retention_days: int = setting(
+        "TSDB_RAW_RETENTION_DAYS",
+        100,
+        "Days the TSDB keeps raw samples (the Thanos Compactor's `--retention.resolution-raw`, "
+        "cluster_config/thanos/compact.yaml); the backfill refuses older days, which would read as no cost.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,11 +4,15 @@
 #
 #   scripts/services.sh start|stop|status|restart [SERVICE...]
 #
-# SERVICE: clickhouse, mongodb, tsdb (the default set) and ray (started on demand by the
-# tests and the demo). With MONGODB_URL set, that MongoDB is used and no FerretDB runs.
+# SERVICE: clickhouse, mongodb, tsdb (the default set), ray (started on demand by the
+# tests and the demo) and thanos (production's TSDB: Receive, Query, Store Gateway and
+# Compactor over a filesystem bucket; not yet the tests' TSDB). With MONGODB_URL set, that
+# MongoDB is used and no FerretDB runs.
 # Ports (env overrides): CLICKHOUSE_TCP_PORT=9000 CLICKHOUSE_HTTP_PORT=8123
 # FERRETDB_PORT=27017 TSDB_PORT=9090 RAY_GCS_PORT=6379 RAY_DASHBOARD_PORT=8265
-# SERVE_HTTP_PORT=8000 RAY_METRICS_PORT=25080. Ray's workers take ports 20000-24999 and
+# SERVE_HTTP_PORT=8000 RAY_METRICS_PORT=25080; Thanos: THANOS_QUERY_PORT=10904 (PromQL),
+# THANOS_RECEIVE_WRITE_PORT=10908 (remote write, /api/v1/receive), and gRPC/HTTP ports
+# 10903, 10907, 10909-10913 (below). Ray's workers take ports 20000-24999 and
 # its agents 25001-25099, so no listener of ours (all below 20000 or the named ones)
 # ever collides with a Ray worker.
 set -euo pipefail
@@ -24,6 +28,15 @@ TSDB_PORT=${TSDB_PORT:-9090}
 RAY_GCS_PORT=${RAY_GCS_PORT:-6379}
 RAY_DASHBOARD_PORT=${RAY_DASHBOARD_PORT:-8265}
 RAY_METRICS_PORT=${RAY_METRICS_PORT:-25080}
+THANOS_QUERY_PORT=${THANOS_QUERY_PORT:-10904}
+THANOS_QUERY_GRPC_PORT=${THANOS_QUERY_GRPC_PORT:-10903}
+THANOS_RECEIVE_WRITE_PORT=${THANOS_RECEIVE_WRITE_PORT:-10908}
+THANOS_RECEIVE_GRPC_PORT=${THANOS_RECEIVE_GRPC_PORT:-10907}
+THANOS_RECEIVE_HTTP_PORT=${THANOS_RECEIVE_HTTP_PORT:-10909}
+THANOS_RECEIVE_CAPNPROTO_PORT=${THANOS_RECEIVE_CAPNPROTO_PORT:-10910}
+THANOS_STORE_GRPC_PORT=${THANOS_STORE_GRPC_PORT:-10911}
+THANOS_STORE_HTTP_PORT=${THANOS_STORE_HTTP_PORT:-10912}
+THANOS_COMPACT_HTTP_PORT=${THANOS_COMPACT_HTTP_PORT:-10913}
 DEFAULT_SERVICES=(clickhouse mongodb tsdb)
 
 log() { echo "services: $*" >&2; }
@@ -81,7 +94,7 @@ stop_pid() {
 
 ensure_installed() {
     if ! command -v clickhouse-server >/dev/null || ! command -v prometheus >/dev/null \
-        || [ ! -x "$TOOLS/bin/ferretdb" ]; then
+        || [ ! -x "$TOOLS/bin/ferretdb" ] || [ ! -x "$TOOLS/bin/thanos" ]; then
         "$ROOT/scripts/setup.sh" system
     fi
 }
@@ -187,6 +200,93 @@ YML
 tsdb_stop() { stop_pid tsdb; }
 tsdb_status() { tsdb_ready >/dev/null && echo "tsdb: up" || echo "tsdb: down"; }
 
+# --- Thanos (Receive, Store Gateway, Query, Compactor) ----------------------------------
+# Production's layout (cluster_config/thanos/) on one node: Receive takes the ingress's
+# writes and uploads a block per tenant every 2 h to the bucket, a directory here; the
+# Store Gateway serves the bucket, Query answers PromQL over both, the Compactor compacts
+# the bucket and applies production's retention.
+thanos_ready_one() { curl -sf "http://127.0.0.1:$1/-/ready"; }
+# Query answers before it has asked Receive and the Store Gateway what they hold: ready
+# means it lists both.
+thanos_query_ready() {
+    local stores
+    stores=$(curl -sf "http://127.0.0.1:$THANOS_QUERY_PORT/api/v1/stores") || return 1
+    grep -q "127.0.0.1:$THANOS_RECEIVE_GRPC_PORT" <<<"$stores" && grep -q "127.0.0.1:$THANOS_STORE_GRPC_PORT" <<<"$stores"
+}
+thanos_ready() {
+    thanos_ready_one "$THANOS_RECEIVE_HTTP_PORT" && thanos_ready_one "$THANOS_STORE_HTTP_PORT" \
+        && thanos_ready_one "$THANOS_COMPACT_HTTP_PORT" && thanos_query_ready
+}
+# The raw retention production's Compactor applies, read from its manifest: one number.
+thanos_raw_retention() {
+    sed -n 's/^ *- --retention.resolution-raw=\([0-9]*d\)$/\1/p' "$ROOT/cluster_config/thanos/compact.yaml"
+}
+thanos_start() {
+    local dir=$DATA/thanos bin=$TOOLS/bin/thanos retention
+    retention=$(thanos_raw_retention)
+    [ -n "$retention" ] || { log "no --retention.resolution-raw in cluster_config/thanos/compact.yaml"; return 1; }
+    mkdir -p "$dir/receive" "$dir/store" "$dir/compact" "$dir/bucket"
+    cat >"$dir/objstore.yaml" <<YML
+type: FILESYSTEM
+config:
+  directory: $dir/bucket
+YML
+    # Alive but not ready is a component still starting (Receive replays its WAL): wait for
+    # it, never start a second one over the same data.
+    if ! pid_alive thanos-receive; then
+        # As production's receive.yaml, but one replica and a 6 h local retention: anything
+        # older is answered from the bucket, as in production after 15 days. The 30-day
+        # out-of-order window is the Prometheus TSDB's (replayed history ends at "now").
+        # The default tenant is no account (ids are UUIDs), as in production.
+        spawn thanos-receive "$bin" receive --log.level=warn \
+            --http-address="127.0.0.1:$THANOS_RECEIVE_HTTP_PORT" --grpc-address="127.0.0.1:$THANOS_RECEIVE_GRPC_PORT" \
+            --remote-write.address="127.0.0.1:$THANOS_RECEIVE_WRITE_PORT" \
+            --receive.capnproto-address="127.0.0.1:$THANOS_RECEIVE_CAPNPROTO_PORT" \
+            --tsdb.path="$dir/receive" --tsdb.retention=6h --tsdb.out-of-order.time-window=30d \
+            --objstore.config-file="$dir/objstore.yaml" --label='replica="receive-0"' \
+            --receive.tenant-header=THANOS-TENANT --receive.tenant-label-name=tenant_id \
+            --receive.default-tenant-id=unattributed-no-account
+    fi
+    if ! pid_alive thanos-store; then
+        # Blocks uploaded to the bucket (Receive's, replayed history) are served within 10 s.
+        spawn thanos-store "$bin" store --log.level=warn \
+            --http-address="127.0.0.1:$THANOS_STORE_HTTP_PORT" --grpc-address="127.0.0.1:$THANOS_STORE_GRPC_PORT" \
+            --data-dir="$dir/store" --objstore.config-file="$dir/objstore.yaml" --sync-block-duration=10s
+    fi
+    if ! pid_alive thanos-compact; then
+        spawn thanos-compact "$bin" compact --log.level=warn --wait \
+            --http-address="127.0.0.1:$THANOS_COMPACT_HTTP_PORT" \
+            --data-dir="$dir/compact" --objstore.config-file="$dir/objstore.yaml" \
+            --retention.resolution-raw="$retention" --downsampling.disable --deduplication.replica-label=replica
+    fi
+    if ! pid_alive thanos-query; then
+        # A store down must fail the query, as in production, never shrink its answer: Query
+        # answers what the other stores hold, with a warning (partial response, Thanos'
+        # default), or without one once it has dropped an endpoint that stopped answering
+        # (after 5 s) unless that endpoint is strict. Metroculus would bill the remainder.
+        spawn thanos-query "$bin" query --log.level=warn \
+            --http-address="127.0.0.1:$THANOS_QUERY_PORT" --grpc-address="127.0.0.1:$THANOS_QUERY_GRPC_PORT" \
+            --endpoint.sd-config="endpoints: [{address: '127.0.0.1:$THANOS_RECEIVE_GRPC_PORT', strict: true},
+                {address: '127.0.0.1:$THANOS_STORE_GRPC_PORT', strict: true}]" \
+            --query.replica-label=replica --no-query.partial-response
+    fi
+    wait_until thanos-receive 600 thanos_ready_one "$THANOS_RECEIVE_HTTP_PORT"
+    wait_until thanos-store 600 thanos_ready_one "$THANOS_STORE_HTTP_PORT"
+    wait_until thanos-compact 60 thanos_ready_one "$THANOS_COMPACT_HTTP_PORT"
+    wait_until thanos-query 60 thanos_query_ready
+    log "thanos ready: query http://127.0.0.1:$THANOS_QUERY_PORT, receive http://127.0.0.1:$THANOS_RECEIVE_WRITE_PORT/api/v1/receive"
+}
+thanos_stop() { local c; for c in query compact store receive; do stop_pid "thanos-$c"; done; }
+thanos_status() {
+    if thanos_ready >/dev/null; then echo "thanos: up"; return; fi
+    local c down=()
+    for c in receive:$THANOS_RECEIVE_HTTP_PORT store:$THANOS_STORE_HTTP_PORT compact:$THANOS_COMPACT_HTTP_PORT; do
+        thanos_ready_one "${c#*:}" >/dev/null || down+=("${c%%:*}")
+    done
+    thanos_query_ready || down+=(query)
+    echo "thanos: down (${down[*]} not ready)"
+}
+
 # --- Ray (local head node) -------------------------------------------------------------
 # Ray replaces 127.0.0.1 by the machine's first non-loopback address unless it believes
 # it runs a single-node cluster, which this variable declares: every Ray process then
@@ -220,14 +320,14 @@ ray_start() {
 ray_stop() { "$(ray_bin)" stop --force >>"$LOGS/ray.log" 2>&1 || true; log "ray stopped"; }
 ray_status() { ray_ready >/dev/null 2>&1 && echo "ray: up" || echo "ray: down"; }
 
-usage() { echo "usage: $0 start|stop|status|restart [clickhouse|mongodb|tsdb|ray ...]" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|status|restart [clickhouse|mongodb|tsdb|ray|thanos ...]" >&2; exit 2; }
 
 command=${1:-}
 [ $# -gt 0 ] && shift
 services=("$@")
 [ ${#services[@]} = 0 ] && services=("${DEFAULT_SERVICES[@]}")
 for s in "${services[@]}"; do
-    case $s in clickhouse|mongodb|tsdb|ray) ;; *) log "unknown service: $s"; usage ;; esac
+    case $s in clickhouse|mongodb|tsdb|ray|thanos) ;; *) log "unknown service: $s"; usage ;; esac
 done
 case $command in
     start) ensure_installed; for s in "${services[@]}"; do "${s}_start"; done ;;

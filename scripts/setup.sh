@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the project needs, and only what is missing; safe to run again.
-#   scripts/setup.sh          system packages, FerretDB, the Python venv and the dashboard's npm packages
-#   scripts/setup.sh system   system packages and FerretDB only
+#   scripts/setup.sh          system packages, FerretDB, Thanos, the Python venv and the dashboard's npm packages
+#   scripts/setup.sh system   system packages, FerretDB and Thanos only
 #   scripts/setup.sh python   the Python venv only
 #   scripts/setup.sh dashboard   the dashboard's npm packages only (serve_apps/dashboard/node_modules)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FERRETDB_VERSION=v1.24.2
+THANOS_VERSION=v0.42.4
 TOOLS=${CLOUDTUNER_TOOLS:-$HOME/.cache/cloudtuner-k8s}
 PYTHON=${PYTHON:-python3}
 
@@ -51,6 +52,44 @@ install_ferretdb() {
     rm -rf "$src"
 }
 
+# Thanos v0.42.4: the newest release this machine's Go (1.26.8) builds. v0.37-v0.39 need
+# zenhack.net/go/util, which the module proxy refuses (its domain expired); v0.42 replaces it
+# with github.com/zenhack/go-util. v0.42.5 needs Go >= 1.26.10 and toolchains cannot be
+# downloaded here. v0.42 evaluates PromQL with the Prometheus 3 engine, as production does.
+# `go install` refuses a module with replace directives, so the module is built in a copy
+# of itself, the way its release is (.promu.yml): tags netgo,slicelabels (Thanos casts
+# Prometheus labels to its own slices in place, which is only sound with slicelabels) and
+# the version stamped, so `thanos --version` says what runs.
+install_thanos() {
+    local bin="$TOOLS/bin/thanos" version=${THANOS_VERSION#v}
+    # `thanos --version` prints to stderr.
+    if [ -x "$bin" ] && "$bin" --version 2>&1 | grep -q "version $version " \
+        && "$bin" --version 2>&1 | grep -q "tags: *netgo,slicelabels"; then
+        return
+    fi
+    command -v go >/dev/null || { log "Go is needed to build Thanos; install Go >= 1.26"; exit 1; }
+    log "building Thanos $THANOS_VERSION (about 5 minutes on 2 cores)"
+    local info dir sum src
+    info=$(GOTOOLCHAIN=local go mod download -json "github.com/thanos-io/thanos@$THANOS_VERSION")
+    dir=$(sed -n 's/^\t"Dir": "\(.*\)",$/\1/p' <<<"$info")
+    sum=$(sed -n 's/^\t"Sum": "\(.*\)",$/\1/p' <<<"$info")
+    [ -d "$dir" ] || { log "go mod download of Thanos $THANOS_VERSION failed"; exit 1; }
+    src=$(mktemp -d)
+    cp -r "$dir/." "$src" && chmod -R u+w "$src"
+    log "Thanos: downloading its dependencies"
+    (cd "$src" && GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download)
+    log "Thanos: compiling"
+    # The module zip carries no commit: its checksum names the exact source instead.
+    local pkg=github.com/prometheus/common/version
+    mkdir -p "$TOOLS/bin"
+    (cd "$src" && GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -trimpath -tags netgo,slicelabels -ldflags "\
+        -X $pkg.Version=$version -X $pkg.Revision=$sum -X $pkg.Branch=$THANOS_VERSION \
+        -X $pkg.BuildUser=cloudtuner -X $pkg.BuildDate=$(date -u +%Y%m%d-%H:%M:%S)" \
+        -o "$bin.tmp" ./cmd/thanos) && mv "$bin.tmp" "$bin"
+    rm -rf "$src"
+    log "Thanos: $("$bin" --version 2>&1 | head -n 1)"
+}
+
 install_python() {
     local venv="$ROOT/.venv" stamp="$ROOT/.venv/.installed"
     if [ ! -x "$venv/bin/python" ]; then
@@ -81,9 +120,9 @@ install_dashboard() {
 }
 
 case "${1:-all}" in
-    system) install_debian_packages; install_ferretdb ;;
+    system) install_debian_packages; install_ferretdb; install_thanos ;;
     python) install_python ;;
     dashboard) install_dashboard ;;
-    all) install_debian_packages; install_ferretdb; install_python; install_dashboard ;;
+    all) install_debian_packages; install_ferretdb; install_thanos; install_python; install_dashboard ;;
     *) echo "usage: $0 [all|system|python|dashboard]" >&2; exit 2 ;;
 esac

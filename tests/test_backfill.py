@@ -145,7 +145,7 @@ def test_ray_job_submit_runs_the_backfill_as_the_readme_says(history) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--start", "2026-10-05", "--end", "2026-10-01"], "must be before --end"),
     (["--start", "2026-13-01", "--end", "2026-10-01"], "is not a day in the form YYYY-MM-DD"),
-    (["--start", "2020-01-01", "--end", "2026-10-01"], "over the limit of 400"),
+    (["--start", "2020-01-01", "--end", "2020-01-02"], "the TSDB keeps raw samples for 100 days (TSDB_RAW_RETENTION_DAYS)"),
     (["--start", "2026-10-01", "--end", "2999-01-01"], "is after tomorrow"),
     (["--start", "2026-10-01", "--end", "2026-10-02", "--parallel", "0"], "is not a positive whole number"),
 ])

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import uuid
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from k8scost.settings import ALL_SETTINGS
+from k8scost.settings import ALL_SETTINGS, MetroculusSettings, StoreSettings, from_env
 
 # Ray Serve's schemas still use pydantic v1-style Field extras.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -342,14 +343,89 @@ def test_thanos_receive_tenancy() -> None:
         + [f"--receive.default-tenant-id={uuid.uuid4()}"], header)
 
 
-def test_thanos_query_reads_receive() -> None:
+def test_thanos_query_reads_receive_and_the_store_gateway() -> None:
     args = _container_args("Deployment", "thanos-query")
-    endpoints = [a.split("=", 1)[1] for a in args if a.startswith(("--endpoint=", "--store="))]
-    assert endpoints == ["dnssrv+_grpc._tcp.thanos-receive-headless.cloudtuner.svc.cluster.local"]
-    headless = _one("Service", "thanos-receive-headless")
-    assert headless["spec"]["clusterIP"] == "None"
-    assert any(p["name"] == "grpc" and p["port"] == 10901 for p in headless["spec"]["ports"])
+    assert not [a for a in args if a.startswith(("--endpoint=", "--store=", "--endpoint-"))]
+    config = [yaml.safe_load(a.split("=", 1)[1]) for a in args if a.startswith("--endpoint.sd-config=")]
+    assert config == [{"endpoints": [
+        {"address": "dnssrv+_grpc._tcp.thanos-receive-headless.cloudtuner.svc.cluster.local"},
+        {"address": "thanos-store.cloudtuner.svc.cluster.local:10901", "group": True, "strict": True},
+    ]}]
+    for service in ("thanos-receive-headless", "thanos-store"):
+        headless = _one("Service", service)
+        assert headless["spec"]["clusterIP"] == "None"
+        assert any(p["name"] == "grpc" and p["port"] == 10901 for p in headless["spec"]["ports"])
     assert "--query.replica-label=replica" in args
+    assert "--no-query.partial-response" in args  # a store down is an error, not a smaller bill
+
+
+def test_thanos_components_share_one_bucket() -> None:
+    for kind, name in (("StatefulSet", "thanos-receive"), ("StatefulSet", "thanos-store"),
+                       ("StatefulSet", "thanos-compact")):
+        spec = _one(kind, name)["spec"]["template"]["spec"]
+        assert "--objstore.config-file=/etc/thanos/objstore/objstore.yaml" in spec["containers"][0]["args"]
+        assert {"name": "objstore", "secret": {"secretName": "thanos-objstore"}} in spec["volumes"]
+    assert "objstore.yaml" in _one("Secret", "thanos-objstore")["stringData"]
+    assert _one("StatefulSet", "thanos-compact")["spec"]["replicas"] == 1  # two Compactors corrupt a bucket
+
+
+def retention_problems(compact_args: list[str], environ: dict[str, str]) -> list[str]:
+    """Where a range the code reads from the TSDB reaches past the raw samples the Compactor keeps."""
+    flags = dict(arg.split("=", 1) for arg in compact_args if arg.startswith("--") and "=" in arg)
+    raw = flags.get("--retention.resolution-raw", "0d")
+    match = re.fullmatch(r"(\d+)d", raw)
+    if match is None:
+        return [f"raw retention {raw!r} is not a number of days"]
+    days = int(match[1])
+    if days == 0:  # kept forever
+        return []
+    problems = []
+    if days < 90:
+        problems.append(f"raw retention of {days} days, under 90")
+    # A range ending now reads samples from a lookback before its start: strictly shorter.
+    metroculus = from_env(MetroculusSettings, environ).max_range_days
+    if metroculus >= days:
+        problems.append(f"METROCULUS_MAX_RANGE_DAYS ({metroculus}) reaches past the raw retention ({days} days)")
+    backfill = from_env(StoreSettings, environ).tsdb_raw_retention_days
+    if backfill > days:
+        problems.append(f"the backfill reads {backfill} days back (TSDB_RAW_RETENTION_DAYS), "
+                        f"past the raw retention ({days} days)")
+    return problems
+
+
+def test_raw_retention_covers_metroculus_and_the_backfill() -> None:
+    args = _container_args("StatefulSet", "thanos-compact")
+    environ = _one("ConfigMap", "cloudtuner-settings")["data"]
+    assert retention_problems(args, environ) == []
+    assert "--downsampling.disable" in args
+
+    def raw(value: str) -> list[str]:
+        return [a for a in args if not a.startswith("--retention.resolution-raw=")] + [f"--retention.resolution-raw={value}"]
+
+    assert retention_problems(raw("0d"), environ) == []
+    assert retention_problems(raw("90d"), environ) == [
+        "METROCULUS_MAX_RANGE_DAYS (92) reaches past the raw retention (90 days)",
+        "the backfill reads 100 days back (TSDB_RAW_RETENTION_DAYS), past the raw retention (90 days)",
+    ]
+    assert retention_problems(raw("30d"), {"METROCULUS_MAX_RANGE_DAYS": "7", "TSDB_RAW_RETENTION_DAYS": "7"}) == [
+        "raw retention of 30 days, under 90"]
+    assert retention_problems(args, {**environ, "TSDB_RAW_RETENTION_DAYS": "400"})
+    assert retention_problems(args, {**environ, "METROCULUS_MAX_RANGE_DAYS": "366"})
+
+
+def test_the_backfill_refuses_days_past_the_retention(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs.backfill import parse_args  # imports Ray, which only this test needs
+
+    monkeypatch.delenv("TSDB_RAW_RETENTION_DAYS", raising=False)
+    retention = from_env(StoreSettings, {}).tsdb_raw_retention_days
+    today = datetime.now(UTC).date()
+
+    def args(first: date) -> list[str]:
+        return ["--cloud-account-id", "x", "--start", first.isoformat(), "--end", (first + timedelta(days=1)).isoformat()]
+
+    assert parse_args(args(today - timedelta(days=retention - 1))).start == today - timedelta(days=retention - 1)
+    with pytest.raises(SystemExit):
+        parse_args(args(today - timedelta(days=retention)))
 
 
 def remote_write_senders(policy: dict[str, Any]) -> list[dict[str, str]]:

@@ -4,11 +4,13 @@ A customer's history cannot be remote-written (a TSDB takes only recent samples)
 demo, the tests and the benchmarks replay it: at every ``step`` of the past range the
 simulator answers the allocation API as of that instant, the exporter's own parsing turns
 the answers into its gauges, and ``promtool tsdb create-blocks-from openmetrics`` makes
-blocks that the TSDB loads on restart (Thanos: blocks uploaded to the bucket).
+blocks that the TSDB loads on restart (Prometheus) or that are uploaded to the bucket with
+a tenant's external labels, where the Store Gateway finds them (Thanos).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -125,3 +127,22 @@ def load_into(data_dir: Path, blocks_dir: Path) -> list[str]:
             shutil.move(str(block), str(data_dir / block.name))
             moved.append(block.name)
     return moved
+
+
+def upload_blocks(blocks_dir: Path, tenant_id: str, objstore_config: Path, thanos: Path) -> list[str]:
+    """Upload the blocks of ``blocks_dir`` to the Thanos bucket of ``objstore_config`` as ``tenant_id``'s; their ids.
+
+    The blocks must hold that tenant's series only (``write_blocks`` given its clusters
+    alone): Thanos answers every series of a block under the block's external labels,
+    whatever tenant_id the series carries. The blocks get the label tenant_id=<tenant> that
+    Receive gives its own, without Receive's replica label, which Query and the Compactor
+    merge over anyway. Thanos' own uploader writes the meta.json Thanos reads (external
+    labels, raw resolution, file list) and uploads it last, so the Store Gateway takes each
+    block whole at its next sync, without a restart.
+    """
+    subprocess.run(
+        [str(thanos), "tools", "bucket", "upload-blocks", "--log.level=warn", f"--objstore.config-file={objstore_config}",
+         f"--path={blocks_dir}", f"--label=tenant_id={json.dumps(tenant_id)}"],
+        check=True, capture_output=True,
+    )
+    return json.loads((blocks_dir / "thanos.shipper.json").read_text())["uploaded"]
