@@ -79,7 +79,7 @@ def write_openmetrics(path: Path, tenant: str, namespaces: int, pods: int, start
 
 def load_history(tenant: str, namespaces: int, pods: int, start: int, end: int) -> int:
     samples = 0
-    with tempfile.TemporaryDirectory(dir=stack.ROOT / ".data") as scratch:
+    with tempfile.TemporaryDirectory(dir=stack.DATA) as scratch:
         blocks = Path(scratch) / "blocks"
         chunk = 12 * 3600  # promtool gets the range half a day at a time, to bound file size
         for chunk_start in range(start, end, chunk):
