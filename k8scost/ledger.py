@@ -373,3 +373,26 @@ def corrections(
         changed[(rid, day)] = row
     return rows, changed
 
+
+
+Dimensions = tuple[Any, ...]  # a resource as its expense rows carry it: ``ExpenseRow[5:]``
+
+
+def documents_of_rows(known: Mapping[str, Dimensions], rows: Iterable[ExpenseRow]) -> dict[str, Dimensions]:
+    """``known`` (resource id → the dimensions its document was written with) and what live rows tell.
+
+    The actor writes a resource's document before its first row, and again before a row
+    of other dimensions (an expense never exists without its resource), so a live row
+    proves its resource's document exists with the row's dimensions. What ``known`` holds
+    wins: it is what this process wrote. A resource whose rows disagree (moved between
+    days, or a write that failed between document and rows) stays unknown, and its next
+    change rewrites its document. Rows do not carry a pod's ``meta`` (its controller's
+    kind), which does not change in a pod's life.
+    """
+    found: dict[str, Dimensions | None] = {}
+    for row in rows:
+        if row.resource_type == RESOURCE_TYPES[Kind.CLUSTER_COST] or row.resource_id in known:
+            continue  # a ledger row without a document; or known already
+        dimensions = row[5:]
+        found[row.resource_id] = dimensions if found.get(row.resource_id, dimensions) == dimensions else None
+    return {**known, **{rid: dimensions for rid, dimensions in found.items() if dimensions is not None}}

@@ -392,8 +392,10 @@ def test_killed_mid_incremental_cycle_loses_and_duplicates_nothing(live, ray_dri
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(actor.cycle.remote())
         # Ray restarts it; its first cycle settles and rebuilds what it wrote from ClickHouse.
-        restarted = first_cycle(actor, after_pid=pid)
-        assert restarted["last_report"]["read"] == "settle (no hours kept)" and restarted["last_report"]["rebuilt"]
+        restarted = first_cycle(actor, after_pid=pid)["last_report"]
+        assert restarted["read"] == "settle (no hours kept)" and restarted["rebuilt"]
+        # Its rows read back tell it every document exists: none is written again.
+        assert restarted["resources_upserted"] == 0
         assert ray.get(actor.cycle.remote()).read == "new hours"
         assert_ledger_is_metroculus(account.id)
     finally:
@@ -449,3 +451,29 @@ def test_a_failed_metroculus_call_fails_the_cycle_and_the_next_settles(live, ray
     finally:
         ray.kill(actor)
         metroculus.server.shutdown()
+
+
+def test_a_new_day_of_known_resources_writes_no_document(history, ray_driver) -> None:
+    _, _, tenant_b, days = history
+    actor = TenantActor.remote(tenant_b.id, tenant_b.organization_id, config())
+    store = ResourceStore(connect(from_env(StoreSettings)))
+
+    def last_seen() -> dict[str, int]:
+        return {doc["_id"]: doc["last_seen"] for doc in run(store.find(tenant_b.id))}
+
+    try:
+        ray.get(actor.cycle.remote([days[0]]))
+        before = last_seen()
+        # A day more of the same resources, by the same actor, then by a restarted one: the
+        # first knows the documents from its own writes, the second from the rows it reads back.
+        report = ray.get(actor.cycle.remote([days[0], days[1]]))
+        assert report.rows_written > 0 and report.resources_upserted == 0
+        ray.kill(actor, no_restart=False)
+        report = helpers.wait_for("the restarted actor", lambda: ray.get(actor.cycle.remote([days[1], days[2]])),
+                                  timeout=60, interval=1)
+        assert report.rebuilt and report.rows_written > 0 and report.resources_upserted == 0
+        assert last_seen() == before  # no document was written
+        for day in days[:3]:
+            assert ledger_costs(tenant_b.id, day) == pytest.approx(expected_costs(tenant_b.id, day), rel=1e-9)
+    finally:
+        ray.kill(actor)

@@ -1,4 +1,4 @@
-"""The incremental cycle's math (k8scost.ledger), without servers.
+"""The incremental cycle's math (k8scost.ledger), and what live rows tell of documents, without servers.
 
 A fake Metroculus integrates simulated samples exactly as the real one asks the TSDB to
 (k8scost.promql.integral: a point every resolution, the latest sample within the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,7 +20,8 @@ from k8scost import ledger
 from k8scost.ledger import HOUR, Hours, Read
 from k8scost.promql import CLUSTER_COST_COMPONENTS, IDLE_METRIC, LOOKBACK_SECONDS, NAMESPACE_METRIC, NODE_METRIC, POD_METRIC
 from k8scost.settings import DAY
-from k8scost.stores.resources import Kind, Resource
+from k8scost.stores.clickhouse import ExpenseRow
+from k8scost.stores.resources import RESOURCE_TYPES, Kind, Resource
 
 ACCOUNT = "acc-1"
 LAG = 1800
@@ -237,3 +239,22 @@ def test_late_samples_land_at_the_next_settle() -> None:
     assert plan.settle == "schedule"
     assert_same(daily, full(series, DAYS, now + 3600))
 
+
+# --- what live rows tell of the resource documents -------------------------------------------
+
+def row(resource: Resource, day: datetime, cost: float = 1.0) -> ExpenseRow:
+    return ExpenseRow(ACCOUNT, resource.id(ACCOUNT), day, cost, 1, resource.cluster, resource.namespace,
+                      resource.node, resource.service, RESOURCE_TYPES[resource.kind], resource.name)
+
+
+def test_live_rows_tell_which_documents_exist_and_with_what() -> None:
+    pod = Resource(Kind.POD, "c1", "ns", "a", node="n1", service="a")
+    moved = Resource(Kind.POD, "c1", "ns", "b", node="n1", service="b")
+    component = Resource(Kind.CLUSTER_COST, "c1", None, "cpu_cost")
+    day0, day1 = DAYS
+    rows = [row(pod, day0), row(pod, day1), row(moved, day0), row(replace(moved, node="n2"), day1), row(component, day1)]
+    # A component has no document; a pod whose rows disagree is left to its next change.
+    assert ledger.documents_of_rows({}, rows) == {pod.id(ACCOUNT): row(pod, day0)[5:]}
+    # What this process wrote itself wins over rows.
+    mine = {pod.id(ACCOUNT): row(replace(pod, node="n3"), day1)[5:]}
+    assert ledger.documents_of_rows(mine, rows) == mine
