@@ -77,6 +77,7 @@ _RELATIVE_TOLERANCE = 1e-9
 _ABSOLUTE_TOLERANCE = 1e-12
 
 ResourceDay = tuple[str, datetime]  # (resource id, UTC day start)
+Dimensions = tuple[Any, ...]  # a resource as its expense rows carry it: ``ExpenseRow[5:]``
 HOUR = 3600  # the bucket an incremental cycle reads and keeps
 
 
@@ -330,6 +331,12 @@ def _only_days(series: SeriesCosts, days: Sequence[datetime]) -> SeriesCosts:
     )
 
 
+def _dimensions(resource: Resource) -> Dimensions:
+    """``ExpenseRow[5:]`` of ``resource``: cluster, namespace, node, service, type, name."""
+    return (resource.cluster, resource.namespace, resource.node, resource.service,
+            RESOURCE_TYPES[resource.kind], resource.name)
+
+
 def unchanged(written: float, cost: float) -> bool:
     return math.isclose(written, cost, rel_tol=_RELATIVE_TOLERANCE, abs_tol=_ABSOLUTE_TOLERANCE)
 
@@ -346,36 +353,23 @@ def corrections(
     """
     rows: list[ExpenseRow] = []
     changed: dict[ResourceDay, ExpenseRow] = {}
+    dimensions: dict[str, Dimensions] = {}  # per resource, not per resource-day: most days are unchanged
     for (rid, day), cost in daily.costs.items():
         before = written.get((rid, day))
-        resource = daily.resources[rid]
-        row = ExpenseRow(
-            cloud_account_id=cloud_account_id,
-            resource_id=rid,
-            date=day,
-            cost=cost,
-            sign=1,
-            k8s_cluster=resource.cluster,
-            k8s_namespace=resource.namespace,
-            k8s_node=resource.node,
-            k8s_service=resource.service,
-            resource_type=RESOURCE_TYPES[resource.kind],
-            resource_name=resource.name,
-        )
-        if before is None:
-            if cost == 0.0:
-                continue
-        elif unchanged(before.cost, cost) and before[5:] == row[5:]:
+        if before is None and cost == 0.0:
             continue
-        else:
+        if rid not in dimensions:
+            dimensions[rid] = _dimensions(daily.resources[rid])
+        if before is not None:
+            if unchanged(before.cost, cost) and before[5:] == dimensions[rid]:
+                continue
             rows.append(before._replace(sign=-1))
+        row = ExpenseRow(cloud_account_id, rid, day, cost, 1, *dimensions[rid])
         rows.append(row)
         changed[(rid, day)] = row
     return rows, changed
 
 
-
-Dimensions = tuple[Any, ...]  # a resource as its expense rows carry it: ``ExpenseRow[5:]``
 
 
 def documents_of_rows(known: Mapping[str, Dimensions], rows: Iterable[ExpenseRow]) -> dict[str, Dimensions]:
