@@ -20,6 +20,9 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where scripts/services.sh keeps the servers' data, logs and pids: CLOUDTUNER_DATA lets a
+# second checkout use the servers of the first.
+DATA = Path(os.environ.get("CLOUDTUNER_DATA") or ROOT / ".data")
 SERVICES = ROOT / "scripts" / "services.sh"
 SERVE_CONFIG = ROOT / "cluster_config" / "serve_config.yaml"
 TSDB_URL = "http://127.0.0.1:9090"
@@ -126,7 +129,7 @@ def load_blocks(blocks_dir: Path) -> None:
 
     services("stop", "tsdb")
     try:
-        load_into(ROOT / ".data" / "tsdb" / "data", blocks_dir)
+        load_into(DATA / "tsdb" / "data", blocks_dir)
     finally:
         services("start", "tsdb")
 

@@ -14,13 +14,33 @@ Per cluster and day the namespaces add up to the cluster, to the cent:
 
 ``__unallocated__`` is every other cluster cost no namespace carries (an unmounted volume,
 a load balancer of no service); it is negative when allocations exceed the cluster's assets.
+
+A cycle reads either whole days (``LEDGER_MODE=full``: one bucket per day) or, by
+default, only the hours that can have changed since the last cycle (``plan_cycle``).
+Metroculus' bucket (b − s, b] of step s is the integral over its subquery points in
+(b − s + lag, b + lag], points at multiples of the resolution (``k8scost.promql.integral``);
+buckets that tile a day hold each point of the day once, so for hour ends h:
+
+    cost(day d) = Σ_{h = d+1h … d+24h} cost((h − 1h, h])     exactly, up to float rounding
+
+and every sum above (a resource's cost, a cluster-day's balance) is a sum over buckets.
+With now the cycle's clock, lag = LEDGER_RATE_LAG_SECONDS, delay = LEDGER_CLOSE_DELAY_SECONDS:
+
+    closed = ⌊(now − lag − delay) / 1h⌋ · 1h     hours ending by it are final: every sample
+                                                 their points read was due delay s ago
+    until  = ⌈(now − lag + lookback) / 1h⌉ · 1h  hours after it have no point within the TSDB's
+                                                 lookback of a sample taken by now
+    day cost = (its closed hours, folded once) + (its hours in (closed, until], read every cycle)
+
+Samples that arrive after their hour closed (a sender catching up) land at the next
+*settle*, which reads the days from their start again (``settle_reason``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +49,7 @@ from k8scost.promql import (
     CLUSTER_COST_METRICS,
     IDLE_METRIC,
     IDLE_NAMESPACE,
+    LOOKBACK_SECONDS,
     NAMESPACE_METRIC,
     NODE_METRIC,
     POD_METRIC,
@@ -56,6 +77,8 @@ _RELATIVE_TOLERANCE = 1e-9
 _ABSOLUTE_TOLERANCE = 1e-12
 
 ResourceDay = tuple[str, datetime]  # (resource id, UTC day start)
+Dimensions = tuple[Any, ...]  # a resource as its expense rows carry it: ``ExpenseRow[5:]``
+HOUR = 3600  # the bucket an incremental cycle reads and keeps
 
 
 def day_start(moment: float) -> datetime:
@@ -113,53 +136,205 @@ class DailyCosts:
     resources: dict[str, Resource]  # by resource id
 
 
-def daily_costs(
-    cloud_account_id: str, answers: Iterable[Mapping[str, Any]], days: Iterable[datetime]
-) -> DailyCosts:
-    """Turn ``kubecost_metrics`` answers with ``step`` = one day into costs per resource-day.
+@dataclass
+class SeriesCosts:
+    """Metroculus' buckets added up per resource-day, before the lines derived per cluster-day.
 
-    Each value is the cost of the day that ends at its timestamp. Series of one resource
-    (a pod that moved node, the six cluster cost components) add up. Each cluster-day
-    also gets its components and the namespaces ``__management__`` and ``__unallocated__``
-    (module docstring), so namespaces add up to clusters.
+    ``balance``: per (cluster, day), [cluster cost, namespaces' cost (idle included),
+    management fee], what ``__management__`` and ``__unallocated__`` are derived from. Every
+    field is a sum over buckets, so the costs of disjoint spans add up (``plus``).
+    """
+
+    costs: dict[ResourceDay, float] = field(default_factory=dict)
+    resources: dict[str, Resource] = field(default_factory=dict)
+    balance: dict[tuple[str, datetime], list[float]] = field(default_factory=dict)
+
+    def plus(self, other: SeriesCosts) -> SeriesCosts:
+        """The costs of both spans; a resource as ``other`` (the later read) has it."""
+        costs = dict(self.costs)
+        for key, cost in other.costs.items():
+            costs[key] = costs.get(key, 0.0) + cost
+        balance = {key: list(sums) for key, sums in self.balance.items()}
+        for key, sums in other.balance.items():
+            balance[key] = [a + b for a, b in zip(balance.get(key, [0.0, 0.0, 0.0]), sums)]
+        return SeriesCosts(costs, {**self.resources, **other.resources}, balance)
+
+
+def fold(cloud_account_id: str, answers: Iterable[Mapping[str, Any]], days: Iterable[datetime]) -> SeriesCosts:
+    """Add up the buckets of ``kubecost_metrics`` answers per resource-day of ``days``.
+
+    A value at t of an answer of step s is the cost of (t − s, t], a bucket that must lie
+    within one UTC day (the day of t − s). Series of one resource (a pod that moved node,
+    the six cluster cost components) add up.
     """
     wanted = set(days)
-    costs: dict[ResourceDay, float] = {}
-    resources: dict[str, Resource] = {}
+    folded = SeriesCosts()
+    costs, resources, balance = folded.costs, folded.resources, folded.balance
 
     def add(resource: Resource, day: datetime, cost: float) -> None:
         rid = resource.id(cloud_account_id)
         resources[rid] = resource
         costs[(rid, day)] = costs.get((rid, day), 0.0) + cost
 
-    # Per (cluster, day): [cluster cost, namespaces' cost, management fee].
-    balance: dict[tuple[str, datetime], list[float]] = {}
-    for metric, body in ((m, b) for answer in answers for m, b in answer["metrics"].items()):
-        for series in body["data"]["result"]:
-            resource = resource_of(metric, series["metric"])
-            if resource is None:
-                continue
-            component = _component_of(metric, series["metric"])
-            for end, value in series["values"]:
-                day, cost = day_start(float(end) - DAY), float(value)
-                if day not in wanted:
+    for answer in answers:
+        step = float(answer["step"])
+        for metric, body in answer["metrics"].items():
+            for series in body["data"]["result"]:
+                resource = resource_of(metric, series["metric"])
+                if resource is None:
                     continue
-                add(resource, day, cost)
-                sums = balance.setdefault((resource.cluster, day), [0.0, 0.0, 0.0])
-                if component is not None:
-                    add(component, day, cost)
-                    sums[0] += cost
-                    if component.name == "management_cost":
-                        sums[2] += cost
-                elif resource.kind is Kind.NAMESPACE:
-                    sums[1] += cost
-    for (cluster, day), (cluster_cost, allocated, management) in balance.items():
+                component = _component_of(metric, series["metric"])
+                for end, value in series["values"]:
+                    day, cost = day_start(float(end) - step), float(value)
+                    if day not in wanted:
+                        continue
+                    add(resource, day, cost)
+                    sums = balance.setdefault((resource.cluster, day), [0.0, 0.0, 0.0])
+                    if component is not None:
+                        add(component, day, cost)
+                        sums[0] += cost
+                        if component.name == "management_cost":
+                            sums[2] += cost
+                    elif resource.kind is Kind.NAMESPACE:
+                        sums[1] += cost
+    return folded
+
+
+def balanced(cloud_account_id: str, series: SeriesCosts) -> DailyCosts:
+    """The day costs: the series' own, and each cluster-day's ``__management__`` and
+    ``__unallocated__`` lines (module docstring), so namespaces add up to clusters."""
+    costs, resources = dict(series.costs), dict(series.resources)
+    for (cluster, day), (cluster_cost, allocated, management) in series.balance.items():
         if cluster_cost == 0.0 and management == 0.0:
             continue  # no cluster series that day: nothing to balance against
         unallocated = cluster_cost - allocated - management
-        add(_namespace(cluster, MANAGEMENT_NAMESPACE), day, management)
-        add(_namespace(cluster, UNALLOCATED_NAMESPACE), day, unallocated if abs(unallocated) >= UNALLOCATED_MIN_COST else 0.0)
+        lines = ((MANAGEMENT_NAMESPACE, management),
+                 (UNALLOCATED_NAMESPACE, unallocated if abs(unallocated) >= UNALLOCATED_MIN_COST else 0.0))
+        for name, cost in lines:
+            resource = _namespace(cluster, name)
+            rid = resource.id(cloud_account_id)
+            resources[rid] = resource
+            costs[(rid, day)] = costs.get((rid, day), 0.0) + cost
     return DailyCosts(costs, resources)
+
+
+def daily_costs(
+    cloud_account_id: str, answers: Iterable[Mapping[str, Any]], days: Iterable[datetime]
+) -> DailyCosts:
+    """Turn ``kubecost_metrics`` answers (buckets of whole days or less) into costs per resource-day."""
+    return balanced(cloud_account_id, fold(cloud_account_id, answers, days))
+
+
+@dataclass(frozen=True)
+class Read:
+    """One ``kubecost_metrics`` call: buckets of ``step`` seconds over (start, end], unix seconds."""
+
+    start: int
+    end: int
+    step: int
+
+
+@dataclass(frozen=True)
+class Hours:
+    """What lets a cycle read only new hours: the closed hours of ``days``, folded.
+
+    Kept in memory only, and only after a good cycle: a restarted or failed actor has
+    none, so its next cycle settles.
+    """
+
+    days: tuple[datetime, ...]
+    closed_until: int  # every bucket of ``days`` ending at or before it is in ``closed``
+    closed: SeriesCosts
+    settled_at: float  # when the days were last read from their start
+
+
+@dataclass(frozen=True)
+class CyclePlan:
+    """What a cycle reads: the hours closed since ``base`` (one bucket per day, then kept)
+    and the open hours (hourly, read again by the next cycle)."""
+
+    settle: str | None  # why the days are read from their start; None: from ``base`` on
+    base: SeriesCosts
+    closed_until: int
+    closed_reads: list[Read]
+    open_reads: list[Read]
+
+
+def closed_until(now: float, lag: int, delay: int) -> int:
+    """⌊(now − lag − delay) / 1h⌋ · 1h: the end of the last hour whose samples are all due (module docstring)."""
+    return math.floor((now - lag - delay) / HOUR) * HOUR
+
+
+def read_until(now: float, lag: int) -> int:
+    """⌈(now − lag + lookback) / 1h⌉ · 1h: the end of the last hour that can have cost yet (module docstring)."""
+    return math.ceil((now - lag + LOOKBACK_SECONDS) / HOUR) * HOUR
+
+
+def settle_reason(hours: Hours | None, days: Sequence[datetime], now: float, closed: int, settle_seconds: float) -> str | None:
+    """Why a cycle over ``days`` at ``now`` must read them from their start, or None.
+
+    ``hours`` must exist, be younger than ``settle_seconds``, hold every day it is asked
+    (a day it lacks must not have begun before ``closed_until``: nothing of it was folded),
+    and no day may have closed since: its last hours then get one full read, which also
+    picks up the samples that came after their hour closed.
+    """
+    if hours is None:
+        return "no hours kept"
+    if now - hours.settled_at >= settle_seconds:
+        return "schedule"
+    if any(day not in hours.days and day.timestamp() < hours.closed_until for day in days):
+        return "days changed"
+    if any(hours.closed_until < day.timestamp() + DAY <= closed for day in days):
+        return "day closed"
+    return None
+
+
+def plan_cycle(
+    hours: Hours | None, days: Sequence[datetime], now: float, lag: int, delay: int, settle_seconds: float
+) -> CyclePlan:
+    """The reads of a cycle over ``days`` at ``now``: a settle when ``settle_reason`` says so.
+
+    Per day d (D = d + 1 day), from f = ``hours.closed_until`` (d on a settle), with
+    C = ``closed_until`` and E = ``read_until``:
+
+        closed read  (max(f, d), min(C, D)]  one bucket       the hours closed since
+        open read    (max(f, C, d), min(E, D)]  hourly         the hours not closed yet
+
+    Settling a day that closed long ago is one bucket of a whole day: the full read.
+    """
+    closed = closed_until(now, lag, delay)
+    until = read_until(now, lag)
+    settle = settle_reason(hours, days, now, closed, settle_seconds)
+    known = None if settle or hours is None else hours.closed_until
+    base = SeriesCosts() if hours is None or known is None else _only_days(hours.closed, days)
+    closed_reads, open_reads = [], []
+    for day in sorted(days):
+        start, end = int(day.timestamp()), int(day.timestamp()) + DAY
+        first = start if known is None else max(known, start)
+        if first < min(closed, end):
+            closed_reads.append(Read(first, min(closed, end), min(closed, end) - first))
+        if max(first, closed) < min(until, end):
+            open_reads.append(Read(max(first, closed), min(until, end), HOUR))
+    return CyclePlan(settle, base, closed if known is None else max(known, closed), closed_reads, open_reads)
+
+
+def _only_days(series: SeriesCosts, days: Sequence[datetime]) -> SeriesCosts:
+    """``series`` without the days not in ``days`` (the open days moved on)."""
+    wanted = set(days)
+    if {day for _, day in series.balance} <= wanted:
+        return series
+    costs = {key: cost for key, cost in series.costs.items() if key[1] in wanted}
+    return SeriesCosts(
+        costs,
+        {rid: series.resources[rid] for rid, _ in costs},
+        {key: sums for key, sums in series.balance.items() if key[1] in wanted},
+    )
+
+
+def _dimensions(resource: Resource) -> Dimensions:
+    """``ExpenseRow[5:]`` of ``resource``: cluster, namespace, node, service, type, name."""
+    return (resource.cluster, resource.namespace, resource.node, resource.service,
+            RESOURCE_TYPES[resource.kind], resource.name)
 
 
 def unchanged(written: float, cost: float) -> bool:
@@ -178,29 +353,40 @@ def corrections(
     """
     rows: list[ExpenseRow] = []
     changed: dict[ResourceDay, ExpenseRow] = {}
+    dimensions: dict[str, Dimensions] = {}  # per resource, not per resource-day: most days are unchanged
     for (rid, day), cost in daily.costs.items():
         before = written.get((rid, day))
-        resource = daily.resources[rid]
-        row = ExpenseRow(
-            cloud_account_id=cloud_account_id,
-            resource_id=rid,
-            date=day,
-            cost=cost,
-            sign=1,
-            k8s_cluster=resource.cluster,
-            k8s_namespace=resource.namespace,
-            k8s_node=resource.node,
-            k8s_service=resource.service,
-            resource_type=RESOURCE_TYPES[resource.kind],
-            resource_name=resource.name,
-        )
-        if before is None:
-            if cost == 0.0:
-                continue
-        elif unchanged(before.cost, cost) and before[5:] == row[5:]:
+        if before is None and cost == 0.0:
             continue
-        else:
+        if rid not in dimensions:
+            dimensions[rid] = _dimensions(daily.resources[rid])
+        if before is not None:
+            if unchanged(before.cost, cost) and before[5:] == dimensions[rid]:
+                continue
             rows.append(before._replace(sign=-1))
+        row = ExpenseRow(cloud_account_id, rid, day, cost, 1, *dimensions[rid])
         rows.append(row)
         changed[(rid, day)] = row
     return rows, changed
+
+
+
+
+def documents_of_rows(known: Mapping[str, Dimensions], rows: Iterable[ExpenseRow]) -> dict[str, Dimensions]:
+    """``known`` (resource id → the dimensions its document was written with) and what live rows tell.
+
+    The actor writes a resource's document before its first row, and again before a row
+    of other dimensions (an expense never exists without its resource), so a live row
+    proves its resource's document exists with the row's dimensions. What ``known`` holds
+    wins: it is what this process wrote. A resource whose rows disagree (moved between
+    days, or a write that failed between document and rows) stays unknown, and its next
+    change rewrites its document. Rows do not carry a pod's ``meta`` (its controller's
+    kind), which does not change in a pod's life.
+    """
+    found: dict[str, Dimensions | None] = {}
+    for row in rows:
+        if row.resource_type == RESOURCE_TYPES[Kind.CLUSTER_COST] or row.resource_id in known:
+            continue  # a ledger row without a document; or known already
+        dimensions = row[5:]
+        found[row.resource_id] = dimensions if found.get(row.resource_id, dimensions) == dimensions else None
+    return {**known, **{rid: dimensions for rid, dimensions in found.items() if dimensions is not None}}

@@ -18,9 +18,12 @@ class MetroculusError(Exception):
     """Metroculus answered a non-2xx status; ``message`` is its error's message."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"Metroculus answered {status}: {message}")
+        super().__init__(status, message)  # both in args, so it unpickles: Ray ships it from the tenant actors
         self.status = status
         self.message = message
+
+    def __str__(self) -> str:
+        return f"Metroculus answered {self.status}: {self.message}"
 
 
 class MetroculusClient:

@@ -93,6 +93,11 @@ def _matchers(tenant_id: str, matchers: dict[str, str]) -> str:
     return ", ".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs.items())
 
 
+# How far back a PromQL point looks for a series' latest sample: Prometheus' and Thanos'
+# default --query.lookback-delta, which the TSDBs we run keep.
+LOOKBACK_SECONDS = 300
+
+
 def window(seconds: int) -> str:
     """A range duration covering exactly (t − seconds, t] when evaluated at t.
 
@@ -107,7 +112,7 @@ def integral(expr: str, range_seconds: int, resolution_seconds: int) -> str:
     """The cost in USD over (t − range, t] of ``expr``, an hourly-rate gauge, evaluated at t.
 
     A subquery samples ``expr`` every ``resolution_seconds``; each point takes the latest
-    sample within Prometheus' lookback (5 minutes) and nothing after a staleness marker,
+    sample within the lookback (``LOOKBACK_SECONDS``) and nothing after a staleness marker,
     so a vanished pod stops costing at once and a gap costs at most the lookback at the
     last rate. Each point stands for the ``resolution_seconds`` that end at it.
 

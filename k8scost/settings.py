@@ -17,6 +17,8 @@ T = TypeVar("T")
 
 # Seconds in a day: the unit of the settings counted in days and of the ledger's UTC days.
 DAY = 86_400
+# How a ledger cycle reads the TSDB (LedgerSettings.mode).
+LEDGER_MODES = ("incremental", "full")
 
 
 def setting(env: str, default: Any, doc: str) -> Any:
@@ -201,6 +203,24 @@ class LedgerSettings:
         1800,
         "Half the exporters' ALLOCATION_WINDOW: their rates are trailing averages, read this much later per day.",
     )
+    mode: str = setting(
+        "LEDGER_MODE",
+        "incremental",
+        "`incremental`: a cycle reads only the hours not closed yet, and settles (reads the open days whole) "
+        "on a schedule, when a day closes and after a restart or failed cycle; `full`: every cycle reads the open "
+        "days whole.",
+    )
+    settle_seconds: float = setting(
+        "LEDGER_SETTLE_SECONDS",
+        3600.0,
+        "Incremental mode: longest time between two settles, which pick up samples that came after their hour closed.",
+    )
+    close_delay_seconds: int = setting(
+        "LEDGER_CLOSE_DELAY_SECONDS",
+        300,
+        "Incremental mode: seconds after its last sample is due that an hour counts as closed and is no longer read; "
+        "a scrape and a remote-write batch still land in it.",
+    )
     ray_namespace: str = setting("RAY_NAMESPACE", "cloudtuner", "Ray namespace of the named, detached actors.")
     actor_memory_mb: int = setting(
         "TENANT_ACTOR_MEMORY_MB", 64, "Memory each tenant actor reserves, so Ray's autoscaler sees tenants."
@@ -217,6 +237,10 @@ class LedgerSettings:
     stalled_after_cycles: float = setting(
         "TENANT_ACTOR_STALLED_AFTER_CYCLES", 3.0, "A tenant actor with no good cycle for this many cycles is restarted."
     )
+
+    def __post_init__(self) -> None:
+        if self.mode not in LEDGER_MODES:
+            raise SettingsError(f"LEDGER_MODE={self.mode!r} is not one of {', '.join(LEDGER_MODES)}")
 
 
 @dataclasses.dataclass(frozen=True)

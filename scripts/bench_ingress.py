@@ -54,7 +54,7 @@ def ingress_pids() -> list[int]:
 
 
 def tsdb_pid() -> int:
-    return int((stack.ROOT / ".data" / "run" / "tsdb.pid").read_text())
+    return int((stack.DATA / "run" / "tsdb.pid").read_text())
 
 
 def bodies(tenant: str, path: str, series: int, count: int, rounds: int, t0_ms: int) -> list[list[bytes]]:

@@ -1,17 +1,25 @@
-"""Ledger cycle time for one big tenant, and what an idle tenant actor costs.
+"""Ledger cycle time for one big tenant, incremental against full-window, and what an idle tenant actor costs.
 
-    .venv/bin/python scripts/bench_ledger.py [--namespaces 1000] [--pods 20] [--resolutions 60,300] [--idle-actors 16]
+    .venv/bin/python scripts/bench_ledger.py [--namespaces 1000] [--pods 20] [--resolutions 60] [--cycles 8] [--idle-actors 16]
 
-1. One tenant with NAMESPACES × PODS pods: two whole days of exporter gauges (every 5 min)
-   are loaded into the TSDB as blocks, then one TenantActor runs a cycle over both days
-   (cold: every resource-day new) and another right after (nothing changed: 0 rows), at
-   each Metroculus integration resolution given; after the first, the first cycle is a
-   restarted actor's. Each cycle's time is split into query (Metroculus + TSDB) / compute /
-   MongoDB / ClickHouse. Target: ≤ 5 s, and 0 rows for the unchanged cycle.
+1. One tenant with NAMESPACES × PODS pods, as a live tenant looks: its exporter's gauges
+   (every 5 min) from an hour before yesterday up to now are loaded into the TSDB as
+   blocks, and from then on a sender writes one sample of every series (the exporter's
+   next scrape) before each cycle, so every cycle has today's costs to update. At each
+   Metroculus integration resolution given, a TenantActor in LEDGER_MODE=full runs its
+   first cycle (the run's first: every resource-day new; later: a restart, which rebuilds
+   its rows from ClickHouse) and CYCLES steady ones; then, on the same tenant (one writer at
+   a time), an actor in LEDGER_MODE=incremental runs its first cycle (a settle: the open
+   days read whole) and CYCLES steady ones (the new hours only). Steady cycles run twice
+   CYCLES times: after a scrape each (every resource's cost of today changes: 2 rows
+   each), then with nothing new (0 rows). Each cycle's time is split
+   into query (Metroculus + TSDB) / compute / MongoDB / ClickHouse, beside the TSDB's CPU
+   seconds in it (utime + stime of the TSDB process). Targets: a steady incremental cycle
+   ≤ 1 s, and ≥ 10× less TSDB CPU than a full one.
 2. IDLE_ACTORS tenant actors of tenants without data, left idle, beside as many bare Ray
    actors (the anchor) and as many tenant actors with MALLOC_ARENA_MAX=2: memory (PSS, the
    pages a process really adds) and CPU per actor over 30 s, and how many fit on a
-   16-core / 64 GB node.
+   16-core / 64 GB node (0 skips it).
 """
 
 from __future__ import annotations
@@ -19,12 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
+from collections.abc import Sequence
 from pathlib import Path
 
 # devstack/ is tooling, not installed (pyproject.toml): scripts import it from this checkout.
@@ -32,9 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # devstack.stack pins Ray to loopback, which Ray reads when it is imported.
 from devstack import stack
+import httpx
 import ray
 
-from actors.tenant import TenantActor, TenantConfig
+from actors.tenant import CycleReport, TenantActor, TenantConfig
 from devstack.simulator.history import SCRAPE_LABELS
 from k8scost import raylocal
 from k8scost import ledger
@@ -42,53 +52,69 @@ from k8scost.promql import CLUSTER_COST_METRICS
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.stores.accounts import AccountStore
 from k8scost.stores.mongo import connect
+from serve_apps.ingress.remote_write import encode
 
 STEP = 300
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Steady cycles: after a scrape of every series (today's costs change), and with nothing new.
+VARIANTS = ("new samples", "nothing new")
 
 
-def write_openmetrics(path: Path, tenant: str, namespaces: int, pods: int, start: int, end: int) -> int:
-    """Pod, namespace, node, idle and cluster gauges of one cluster, constant rates; the sample count."""
-    times = range(start, end, STEP)
-    scrape = ",".join(f'{k}="{v}"' for k, v in SCRAPE_LABELS.items())
-    base = f'tenant_id="{tenant}",cluster="bench",{scrape}'
-    families: dict[str, list[tuple[str, float]]] = {
+def gauges(tenant: str, namespaces: int, pods: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Pod, namespace, node, idle and cluster gauges of one cluster, constant rates: per family, (labels, rate)."""
+    base = {"tenant_id": tenant, "cluster": "bench", **SCRAPE_LABELS}
+    return {
         "cloudtuner_kubecost_pod_total_cost": [
-            (f'{base},namespace="ns-{n:04d}",pod="pod-{n:04d}-{p:02d}",node="node-{(n * pods + p) % 50:02d}",'
-             f'controller_kind="deployment",controller="app-{n:04d}"', 0.01 + 0.0001 * p)
+            ({**base, "namespace": f"ns-{n:04d}", "pod": f"pod-{n:04d}-{p:02d}", "node": f"node-{(n * pods + p) % 50:02d}",
+              "controller_kind": "deployment", "controller": f"app-{n:04d}"}, 0.01 + 0.0001 * p)
             for n in range(namespaces) for p in range(pods)
         ],
         "cloudtuner_kubecost_namespace_total_cost": [
-            (f'{base},namespace="ns-{n:04d}"', sum(0.01 + 0.0001 * p for p in range(pods))) for n in range(namespaces)
+            ({**base, "namespace": f"ns-{n:04d}"}, sum(0.01 + 0.0001 * p for p in range(pods))) for n in range(namespaces)
         ],
-        "cloudtuner_kubecost_node_total_cost": [(f'{base},node="node-{k:02d}"', 1.5) for k in range(50)],
+        "cloudtuner_kubecost_node_total_cost": [({**base, "node": f"node-{k:02d}"}, 1.5) for k in range(50)],
         "cloudtuner_kubecost_idle_cost": [(base, 3.0)],
         **{name: [(base, 0.5)] for name in CLUSTER_COST_METRICS},
     }
+
+
+def write_openmetrics(path: Path, families: dict[str, list[tuple[dict[str, str], float]]], start: int, end: int) -> int:
+    """``families``' samples every STEP s of [start, end) as OpenMetrics text; the sample count."""
+    times = range(start, end, STEP)
     samples = 0
     with path.open("w") as out:
         for family, series in families.items():
             out.write(f"# TYPE {family} gauge\n")
             for labels, value in series:
-                prefix = f"{family}{{{labels}}} {value!r} "
+                rendered = ",".join(f'{k}="{v}"' for k, v in labels.items())
+                prefix = f"{family}{{{rendered}}} {value!r} "
                 out.write("".join(f"{prefix}{t}\n" for t in times))
                 samples += len(times)
         out.write("# EOF\n")
     return samples
 
 
-def load_history(tenant: str, namespaces: int, pods: int, start: int, end: int) -> int:
+def load_history(families: dict[str, list[tuple[dict[str, str], float]]], start: int, end: int) -> int:
     samples = 0
-    with tempfile.TemporaryDirectory(dir=stack.ROOT / ".data") as scratch:
+    with tempfile.TemporaryDirectory(dir=stack.DATA) as scratch:
         blocks = Path(scratch) / "blocks"
         chunk = 12 * 3600  # promtool gets the range half a day at a time, to bound file size
         for chunk_start in range(start, end, chunk):
             text = Path(scratch) / "chunk.om"
-            samples += write_openmetrics(text, tenant, namespaces, pods, chunk_start, min(end, chunk_start + chunk))
+            samples += write_openmetrics(text, families, chunk_start, min(end, chunk_start + chunk))
             subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(blocks)],
                            check=True, capture_output=True)
         stack.load_blocks(blocks)
     return samples
+
+
+def send(families: dict[str, list[tuple[dict[str, str], float]]], times_ms: Sequence[int]) -> None:
+    """Samples of every series at ``times_ms`` straight into the TSDB, as its exporter's scrapes would land."""
+    series = [({"__name__": family, **labels}, [(t, value) for t in times_ms])
+              for family, members in families.items() for labels, value in members]
+    for first in range(0, len(series), 5000):
+        httpx.post(f"{stack.TSDB_URL}/api/v1/write", content=encode(series[first:first + 5000]),
+                   headers={"Content-Encoding": "snappy"}, timeout=60).raise_for_status()
 
 
 def pss_mb(pid: int) -> float:
@@ -105,11 +131,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def print_cycle(title: str, resolution: int, report) -> None:
-    total = report.query_seconds + report.compute_seconds + report.mongodb_seconds + report.clickhouse_seconds
-    print(f"| {title} | {resolution} | {report.rows_written:,} | {report.resources_upserted:,} | {report.query_seconds:.2f} | "
-          f"{report.compute_seconds:.2f} | {report.mongodb_seconds:.2f} | {report.clickhouse_seconds:.2f} | {total:.2f} |",
-          flush=True)
+def tsdb_pid() -> int:
+    return int((stack.DATA / "run" / "tsdb.pid").read_text())
+
+
+def timed_cycle(actor, tsdb: int) -> tuple[CycleReport, float]:
+    """One cycle of ``actor`` and the TSDB's CPU seconds meanwhile."""
+    before = cpu_seconds(tsdb)
+    report = ray.get(actor.cycle.remote())
+    return report, cpu_seconds(tsdb) - before
+
+
+def total_seconds(report: CycleReport) -> float:
+    return report.query_seconds + report.compute_seconds + report.mongodb_seconds + report.clickhouse_seconds
+
+
+def print_cycle(title: str, resolution: int, report: CycleReport, tsdb_cpu: float) -> None:
+    print(f"| {title} | {resolution} | {report.read} | {report.hours_read:.0f} | {report.rows_written:,} | "
+          f"{report.resources_upserted:,} | {report.query_seconds:.2f} | {report.compute_seconds:.2f} | "
+          f"{report.mongodb_seconds:.2f} | {report.clickhouse_seconds:.2f} | {total_seconds(report):.2f} | "
+          f"{tsdb_cpu:.2f} |", flush=True)
 
 
 @ray.remote(num_cpus=0)
@@ -135,18 +176,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--namespaces", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=20, help="pods per namespace")
-    parser.add_argument("--resolutions", default="60,300",
+    parser.add_argument("--resolutions", default="60",
                         help="METROCULUS_RESOLUTION_SECONDS values to run the cycles at, comma-separated")
+    parser.add_argument("--cycles", type=int, default=8, help="steady cycles per mode and resolution")
     parser.add_argument("--idle-actors", type=int, default=16)
     args = parser.parse_args()
     try:
         resolutions = [int(r) for r in args.resolutions.split(",")]
     except ValueError:
         parser.error(f"--resolutions must be integers, got {args.resolutions!r}")
-    if min(args.namespaces, args.pods) < 1 or not 1 <= args.idle_actors <= 200:
-        parser.error("--namespaces and --pods must be ≥ 1, --idle-actors between 1 and 200")
-    if any(r < 1 or STEP % r and r % STEP for r in resolutions):
-        parser.error(f"each resolution must divide or be a multiple of the samples' {STEP} s")
+    if min(args.namespaces, args.pods, args.cycles) < 1 or not 0 <= args.idle_actors <= 200:
+        parser.error("--namespaces, --pods and --cycles must be ≥ 1, --idle-actors between 0 and 200")
+    if any(r < 1 or STEP % r and r % STEP or ledger.HOUR % r for r in resolutions):
+        parser.error(f"each resolution must divide an hour, and divide or be a multiple of the samples' {STEP} s")
 
     stack.services("start", "clickhouse", "mongodb", "tsdb", "ray")
     # A database of its own: FerretDB's inserts slow down with the size of the collection
@@ -155,39 +197,85 @@ def main() -> None:
     store = AccountStore(connect(stores))
     loop = asyncio.new_event_loop()
     account, _ = loop.run_until_complete(store.create("bench", "bench cluster"))
-    # Two closed days, with no sample in the open days: the actor's own background cycle
-    # finds nothing, and the cold cycle below creates every resource.
-    first = ledger.day_start(time.time()) - timedelta(days=4)
-    days = [first, first + timedelta(days=1)]
-    start, end = int(first.timestamp()) - 3600, int((first + timedelta(days=2)).timestamp()) + 2 * 3600
+    families = gauges(account.id, args.namespaces, args.pods)
+    # The open days as a live tenant has them: from an hour before yesterday (the exporter
+    # averages an hour back) up to now.
+    now = int(time.time())
+    start = int(ledger.open_days(now, 2)[0].timestamp()) - 3600
     started = time.perf_counter()
-    samples = load_history(account.id, args.namespaces, args.pods, start, end)
+    samples = load_history(families, start, now - now % STEP)
     pods = args.namespaces * args.pods
-    print(f"loaded {samples:,} samples ({pods:,} pods, 2 days every {STEP} s) in {time.perf_counter() - started:.0f} s",
-          flush=True)
+    print(f"loaded {samples:,} samples ({pods:,} pods, {(now - start) / 86400:.1f} days every {STEP} s) "
+          f"in {time.perf_counter() - started:.0f} s", flush=True)
+    # The minutes since the blocks' last sample, as the exporter's scrapes sent them meanwhile.
+    send(families, range((now - now % STEP + 60) * 1000, int(time.time() * 1000), 60_000))
+    scrapes = iter(range(1, 1_000_000))
+
+    def scrape() -> None:
+        """A sample of every series now, each rate 1 % up from the last: today's costs change for every resource."""
+        scale = 1 + next(scrapes) / 100
+        send({family: [(labels, value * scale) for labels, value in members] for family, members in families.items()},
+             [int(time.time() * 1000)])
 
     raylocal.connect(stack.RAY_ADDRESS, "bench")
-    config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0), stores, TenantConfig.from_env().cluster_secret)
+    secret = TenantConfig.from_env().cluster_secret
+    tsdb = tsdb_pid()
     print()
-    print(f"| cycle over 2 days, {pods:,} pods | resolution s | rows written | resources upserted | query s | "
-          "compute s | MongoDB s | ClickHouse s | total s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| cycle, open days of {pods:,} pods | resolution s | read | hours read | rows written | resources upserted | "
+          "query s | compute s | MongoDB s | ClickHouse s | total s | TSDB CPU s |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    steady: dict[tuple[int, str, str], list[tuple[CycleReport, float]]] = {}
+    first: dict[tuple[int, str], tuple[CycleReport, float]] = {}
     for index, resolution in enumerate(resolutions):
         stack.deploy_serve({"METROCULUS_RESOLUTION_SECONDS": str(resolution)})
-        # A new actor each time: the first cycle after the first resolution is a restart,
-        # which rebuilds the written rows from ClickHouse.
-        actor = TenantActor.remote(account.id, account.organization_id, config)
-        print_cycle("cold (all new)" if index == 0 else "restarted actor", resolution,
-                    ray.get(actor.cycle.remote(days)))
-        print_cycle("nothing changed", resolution, ray.get(actor.cycle.remote(days)))
-        status = ray.get(actor.status.remote())
-        big_tenant = f"{pss_mb(status['pid']):.0f} MB PSS holding {status['resource_days_in_memory']:,} resource-days"
-        ray.kill(actor)
+        for mode in ("full", "incremental"):  # full first: the run's first cycle creates every resource-day
+            config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0, mode=mode), stores, secret)
+            # One writer at a time: each mode's actor replaces the other's. Its loop runs the
+            # first cycle at start, which rebuilds the written rows from ClickHouse.
+            scrape()
+            before = cpu_seconds(tsdb)
+            actor = TenantActor.remote(account.id, account.organization_id, config)
+            status = stack.wait_for("the actor's first cycle", lambda: (s := ray.get(actor.status.remote()))["cycles"] and s,
+                                    timeout=600, interval=0.2)
+            first[resolution, mode] = CycleReport(**status["last_report"]), cpu_seconds(tsdb) - before
+            title = "cold (all new)" if index == 0 and mode == "full" else "first after a (re)start"
+            print_cycle(f"{mode}: {title}", resolution, *first[resolution, mode])
+            for variant in VARIANTS:
+                for _ in range(args.cycles):
+                    if variant == "new samples":
+                        scrape()
+                    report, cpu = timed_cycle(actor, tsdb)
+                    steady.setdefault((resolution, mode, variant), []).append((report, cpu))
+                    print_cycle(f"{mode}: steady, {variant}", resolution, report, cpu)
+            status = ray.get(actor.status.remote())
+            big_tenant = f"{pss_mb(status['pid']):.0f} MB PSS holding {status['resource_days_in_memory']:,} resource-days"
+            ray.kill(actor)
+
+    print()
+    print("| steady cycle, median | resolution s | full s | incremental s | ratio | full TSDB CPU s | "
+          "incremental TSDB CPU s | ratio | incremental with a settle every LEDGER_SETTLE_SECONDS, TSDB CPU s per cycle "
+          "| ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    # At the defaults, one cycle in LEDGER_SETTLE_SECONDS / CYCLE_SECONDS is a settle (a full read).
+    defaults = from_env(LedgerSettings)
+    per_settle = max(1, round(defaults.settle_seconds / defaults.cycle_seconds))
+    for resolution in resolutions:
+        for variant in VARIANTS:
+            full, incremental = (steady[resolution, mode, variant] for mode in ("full", "incremental"))
+            full_s, incremental_s = (statistics.median(total_seconds(r) for r, _ in runs) for runs in (full, incremental))
+            full_cpu, incremental_cpu = (statistics.median(cpu for _, cpu in runs) for runs in (full, incremental))
+            amortized = (first[resolution, "incremental"][1] + (per_settle - 1) * incremental_cpu) / per_settle
+            print(f"| {pods:,} pods, open days, {variant} | {resolution} | {full_s:.2f} | {incremental_s:.2f} | "
+                  f"{full_s / incremental_s:.1f} | {full_cpu:.2f} | {incremental_cpu:.2f} | "
+                  f"{full_cpu / max(incremental_cpu, 1 / CLOCK_TICKS):.1f} | {amortized:.2f} | {full_cpu / amortized:.1f} |")
 
     print(f"\nthe big tenant's actor after its cycles: {big_tenant}")
 
     # Side by side, at the same moment: the anchor, our actor, our actor with fewer malloc arenas.
     count = args.idle_actors
+    if not count:
+        return
+    config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0), stores, secret)
     tenants = [TenantActor.remote(f"idle-{k}-{account.id}", "bench", config) for k in range(count)]
     lean = [TenantActor.options(runtime_env={"env_vars": {"MALLOC_ARENA_MAX": "2"}}).remote(
         f"lean-{k}-{account.id}", "bench", config) for k in range(count)]

@@ -90,7 +90,7 @@ def write_openmetrics(path: Path, tenant: str, containers: list[tuple[str, str, 
 
 def load_history(tenant: str, containers: list[tuple[str, str, str, int, int]], start: int, end: int) -> int:
     samples = 0
-    with tempfile.TemporaryDirectory(dir=stack.ROOT / ".data") as scratch:
+    with tempfile.TemporaryDirectory(dir=stack.DATA) as scratch:
         blocks = Path(scratch) / "blocks"
         chunk = 12 * 3600  # half a day a time: bounds the text file and promtool's memory
         for chunk_start in range(start, end, chunk):

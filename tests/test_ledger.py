@@ -9,25 +9,31 @@ test_ingestion_pipeline.py.
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
+import threading
 import time
 from datetime import datetime, timedelta
 
+import httpx
 import pytest
 import ray
 
-from actors.tenant import TenantActor, TenantConfig
+from actors.tenant import CRASH_POINTS, TenantActor, TenantConfig
 from devstack import stack
 from devstack.simulator.history import write_blocks
 from devstack.simulator.model import cluster_management_cost, ground_truth
 from devstack.simulator.spec import PV, Cluster, Container, Estate, LoadBalancer, Namespace, Node, Pod
-from k8scost import raylocal
-from k8scost import ledger
+from k8scost import ledger, promql, raylocal
+from k8scost.api_errors import error_body
 from k8scost.metroculus_client import MetroculusClient
 from k8scost.settings import DAY, LedgerSettings, StoreSettings, from_env
 from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.resources import Kind, Resource, ResourceStore
+from serve_apps.ingress.remote_write import encode
 from tests import helpers
+from tests.test_ingress import post
 
 pytestmark = pytest.mark.services
 
@@ -97,9 +103,9 @@ def ray_driver():
     ray.shutdown()
 
 
-def config() -> TenantConfig:
-    # Long cycles: the tests drive the cycles themselves.
-    return TenantConfig(from_env(LedgerSettings, cycle_seconds=3600.0), from_env(StoreSettings), SECRET)
+def config(**ledger_settings) -> TenantConfig:
+    # Long cycles: the tests drive the cycles themselves (the actor's loop runs one at start).
+    return TenantConfig(from_env(LedgerSettings, cycle_seconds=3600.0, **ledger_settings), from_env(StoreSettings), SECRET)
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +266,214 @@ def test_tenants_see_only_their_own(history, actor_a, ray_driver) -> None:
     store = ResourceStore(connect(from_env(StoreSettings)))
     assert {d["k8s_cluster"] for d in run(store.find(tenant_b.id))} == {"prod-eu"}
     ray.kill(actor_b)
+
+
+# --- the incremental cycle: a day is its hours; late samples, crashes and outages ---------------
+
+def kubecost_metrics(account_id: str, start: int, end: int, step: int) -> dict:
+    async def fetch():
+        async with MetroculusClient(f"{helpers.SERVE_URL}/metroculus", SECRET) as client:
+            return await client.kubecost_metrics(account_id, ledger.LEDGER_METRICS, start, end, step=step,
+                                                 lag=config().ledger.rate_lag_seconds)
+
+    return run(fetch())
+
+
+def test_a_day_costs_the_sum_of_its_hours_in_the_tsdb(history) -> None:
+    _, tenant_a, _, days = history
+    start = int(days[-1].timestamp())
+    whole = kubecost_metrics(tenant_a.id, start, start + DAY, DAY)["metrics"]
+    hourly = kubecost_metrics(tenant_a.id, start, start + DAY, HOUR)["metrics"]
+    checked = 0
+    for metric in ledger.LEDGER_METRICS:
+        day = {tuple(sorted(s["metric"].items())): float(s["values"][0][1]) for s in whole[metric]["data"]["result"]}
+        hours = {tuple(sorted(s["metric"].items())): [float(v) for _, v in s["values"]]
+                 for s in hourly[metric]["data"]["result"]}
+        assert set(hours) == set(day), metric
+        for labels, cost in day.items():
+            assert sum(hours[labels]) == pytest.approx(cost, rel=1e-9), (metric, labels)
+            checked += 1
+    assert checked >= 15  # pods, namespaces, idle, nodes and cluster components of both clusters
+
+
+LIVE_PODS = {"p1": 0.4, "p2": 0.8}  # USD per hour
+
+
+def live_series(scale: float) -> list[tuple[dict[str, str], float]]:
+    """A small cluster's gauges (labels, rate): two pods, their namespace and node, idle, fee."""
+    cluster = {"cluster": "live"}
+    pods = [({"__name__": promql.POD_METRIC, **cluster, "namespace": "ns", "pod": pod, "node": "n1",
+              "controller_kind": "deployment", "controller": pod}, rate * scale) for pod, rate in LIVE_PODS.items()]
+    allocated = sum(rate for _, rate in pods)
+    return [*pods, ({"__name__": promql.NAMESPACE_METRIC, **cluster, "namespace": "ns"}, allocated),
+            ({"__name__": promql.NODE_METRIC, **cluster, "node": "n1"}, allocated),
+            ({"__name__": promql.IDLE_METRIC, **cluster}, 0.3),
+            ({"__name__": promql.CLUSTER_COST_COMPONENTS["cpu_cost"], **cluster}, allocated + 0.3),
+            ({"__name__": promql.CLUSTER_COST_COMPONENTS["management_cost"], **cluster}, 0.1)]
+
+
+def send(credentials, start: float, end: float, scale: float, offset: int = 0) -> None:
+    """The live cluster's samples every minute of [start, end), through the ingress as a sender sends them."""
+    post_samples(credentials, [1000 * at for at in range(int(start) + offset, int(end), 60)], scale)
+
+
+def scrape(credentials, scale: float) -> None:
+    """One sample of each series now, at rates no earlier sample had: the open hour's costs change."""
+    post_samples(credentials, [int(time.time() * 1000)], scale)
+
+
+def post_samples(credentials, times_ms: list[int], scale: float) -> None:
+    answer = post(encode((labels, [(at, rate) for at in times_ms]) for labels, rate in live_series(scale)), credentials)
+    assert answer.status_code == 204, answer.text
+
+
+@pytest.fixture(scope="module")
+def live(serve_apps: str, accounts):
+    """A tenant whose cluster has sent samples for the last 4 hours: open days with open hours."""
+    account, credentials = accounts.create("org-live")
+    now = time.time()
+    send(credentials, now - 4 * HOUR, now, 1.0)
+    return account, credentials
+
+
+def assert_ledger_is_metroculus(account_id: str) -> None:
+    """Every open day: one live row per resource-day, and the costs a whole-day read gives."""
+    days = ledger.open_days(time.time(), config().ledger.open_days)
+    entries = run(ExpenseStore(from_env(StoreSettings)).ledger(account_id, days))
+    assert entries and {entry.copies for entry in entries.values()} == {1}
+    for day in days:
+        assert ledger_costs(account_id, day) == pytest.approx(expected_costs(account_id, day), rel=1e-9), day
+
+
+def first_cycle(actor, after_pid: int | None = None) -> dict:
+    """The status once the actor's own first cycle (its loop runs one at start) is done."""
+    return helpers.wait_for("the actor's first cycle", lambda: (s := ray.get(actor.status.remote(), timeout=30))["cycles"] >= 1
+                            and s["pid"] != after_pid and s, timeout=120, interval=0.5)
+
+
+def test_late_samples_land_at_the_next_settle(live, ray_driver) -> None:
+    account, credentials = live
+    settle_seconds = 20.0
+    actor = TenantActor.remote(account.id, account.organization_id, config(settle_seconds=settle_seconds))
+    try:
+        assert first_cycle(actor)["last_report"]["read"] == "settle (no hours kept)"
+        settled = time.time()
+        assert_ledger_is_metroculus(account.id)
+        # Half an hour of samples that came late, long after their hour closed (a sender
+        # catching up), at twice the rate: the day costs more, and the hours kept miss it.
+        now = time.time()
+        send(credentials, now - 3 * HOUR, now - 2.5 * HOUR, 2.0, offset=17)
+        report = ray.get(actor.cycle.remote())
+        assert report.read == "new hours" and report.hours_read <= 2
+        p1 = rid(account.id, Kind.POD, "live", "ns", "p1")
+        missed = sum(expected_costs(account.id, day).get(p1, 0.0) - ledger_costs(account.id, day).get(p1, 0.0)
+                     for day in ledger.open_days(now, config().ledger.open_days))
+        assert missed > 0.1  # ≈ half an hour of p1 at 0.4 more per hour
+        time.sleep(max(0.0, settled + settle_seconds - time.time()))
+        report = ray.get(actor.cycle.remote())
+        assert report.read == "settle (schedule)" and report.rows_written > 0
+        assert_ledger_is_metroculus(account.id)
+    finally:
+        ray.kill(actor)
+
+
+@pytest.mark.parametrize("crash_at", CRASH_POINTS)
+def test_killed_mid_incremental_cycle_loses_and_duplicates_nothing(live, ray_driver, crash_at: str) -> None:
+    account, credentials = live
+    actor = TenantActor.remote(account.id, account.organization_id, config())
+    try:
+        pid = first_cycle(actor)["pid"]
+        scrape(credentials, 1.1 + CRASH_POINTS.index(crash_at))
+        report = ray.get(actor.cycle.remote())
+        assert report.read == "new hours" and report.rows_written > 0
+        # The cycle that dies has hours kept and new costs to write.
+        scrape(credentials, 1.6 + CRASH_POINTS.index(crash_at))
+        ray.get(actor.arm_crash.remote(crash_at))
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor.cycle.remote())
+        # Ray restarts it; its first cycle settles and rebuilds what it wrote from ClickHouse.
+        restarted = first_cycle(actor, after_pid=pid)["last_report"]
+        assert restarted["read"] == "settle (no hours kept)" and restarted["rebuilt"]
+        # Its rows read back tell it every document exists: none is written again.
+        assert restarted["resources_upserted"] == 0
+        assert ray.get(actor.cycle.remote()).read == "new hours"
+        assert_ledger_is_metroculus(account.id)
+    finally:
+        ray.kill(actor)
+
+
+class FlakyMetroculus:
+    """Metroculus behind a proxy that answers 503 while ``failing``: Metroculus down, nothing else."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if proxy.failing:
+                    status, body = 503, json.dumps(error_body(503, "Metroculus down for the test")).encode()
+                else:
+                    answer = httpx.get(f"{helpers.SERVE_URL}{self.path}", headers={"Secret": self.headers["Secret"]}, timeout=60)
+                    status, body = answer.status_code, answer.content
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", helpers.free_port()), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metroculus"
+
+
+def test_a_failed_metroculus_call_fails_the_cycle_and_the_next_settles(live, ray_driver) -> None:
+    account, credentials = live
+    metroculus = FlakyMetroculus()
+    actor = TenantActor.remote(account.id, account.organization_id, config(metroculus_url=metroculus.url))
+    try:
+        first_cycle(actor)
+        assert ray.get(actor.cycle.remote()).read == "new hours"
+        scrape(credentials, 7.0)
+        metroculus.failing = True
+        with pytest.raises(ray.exceptions.RayTaskError) as failed:
+            ray.get(actor.cycle.remote())
+        assert "Metroculus answered 503" in str(failed.value)
+        assert ray.get(actor.status.remote())["last_error"].startswith("MetroculusError")
+        metroculus.failing = False
+        report = ray.get(actor.cycle.remote())
+        assert report.read == "settle (no hours kept)" and report.rows_written > 0
+        assert ray.get(actor.status.remote())["last_error"] is None
+        assert_ledger_is_metroculus(account.id)
+    finally:
+        ray.kill(actor)
+        metroculus.server.shutdown()
+
+
+def test_a_new_day_of_known_resources_writes_no_document(history, ray_driver) -> None:
+    _, _, tenant_b, days = history
+    actor = TenantActor.remote(tenant_b.id, tenant_b.organization_id, config())
+    store = ResourceStore(connect(from_env(StoreSettings)))
+
+    def last_seen() -> dict[str, int]:
+        return {doc["_id"]: doc["last_seen"] for doc in run(store.find(tenant_b.id))}
+
+    try:
+        ray.get(actor.cycle.remote([days[0]]))
+        before = last_seen()
+        # A day more of the same resources, by the same actor, then by a restarted one: the
+        # first knows the documents from its own writes, the second from the rows it reads back.
+        report = ray.get(actor.cycle.remote([days[0], days[1]]))
+        assert report.rows_written > 0 and report.resources_upserted == 0
+        ray.kill(actor, no_restart=False)
+        report = helpers.wait_for("the restarted actor", lambda: ray.get(actor.cycle.remote([days[1], days[2]])),
+                                  timeout=60, interval=1)
+        assert report.rebuilt and report.rows_written > 0 and report.resources_upserted == 0
+        assert last_seen() == before  # no document was written
+        for day in days[:3]:
+            assert ledger_costs(tenant_b.id, day) == pytest.approx(expected_costs(tenant_b.id, day), rel=1e-9)
+    finally:
+        ray.kill(actor)

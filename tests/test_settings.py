@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from devstack.stack import ROOT
-from k8scost.settings import ExporterSettings, IngressSettings, SettingsError, from_env, settings_table
+from k8scost.settings import ExporterSettings, IngressSettings, LedgerSettings, SettingsError, from_env, settings_table
 
 
 def test_values_are_read_and_typed() -> None:
@@ -19,6 +19,13 @@ def test_values_are_read_and_typed() -> None:
 def test_a_bad_value_names_its_variable(env: str, value: str) -> None:
     with pytest.raises(SettingsError, match=env):
         from_env(ExporterSettings, {env: value})
+
+
+def test_ledger_mode_is_one_of_two() -> None:
+    assert from_env(LedgerSettings, {}).mode == "incremental"
+    assert from_env(LedgerSettings, {"LEDGER_MODE": "full"}).mode == "full"
+    with pytest.raises(SettingsError, match="LEDGER_MODE"):
+        from_env(LedgerSettings, {"LEDGER_MODE": "hourly"})
 
 
 def test_readme_documents_every_setting_as_the_code_has_it() -> None:

@@ -3,6 +3,13 @@
 A resource's ``_id`` is a UUID5 of (account, cluster, kind, namespace, name): the same
 object always gets the same id, and a namespace of one name in two clusters gets two.
 
+A document is written when its resource is new or its fields change (the tenant actor),
+and a backfill writes it once for the days it covers: ``first_seen``..``last_seen`` spans
+the days of its writes, not every later day the resource has cost. Those days are the
+resource's ledger rows, where readers take them from (the REST API's ``clean_expenses``
+does): moving every running resource's ``last_seen`` each midnight would cost FerretDB
+≈ 25 ms per document, bulk or not (2,100 documents in one ``update_many``: 51 s).
+
 Writes are never half-applied in effect: ``upsert`` is idempotent (``$set`` of the same
 values, ``$min``/``$max`` of the same bounds), so when a bulk write fails midway the retry
 of the whole cycle completes it and changes nothing it had already written.
