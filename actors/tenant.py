@@ -148,9 +148,14 @@ class TenantActor:
             await asyncio.sleep(self.settings.cycle_seconds)
 
     async def cycle(self, days: Sequence[datetime] | None = None) -> CycleReport:
-        """Bring the ledger of ``days`` (default: the open days) in line with the TSDB."""
+        """Bring the ledger of ``days`` (default: the open days) in line with the TSDB.
+
+        Days given are read whole (a settle, "days asked"); the open days read only the
+        hours that can have changed since the last cycle (``k8scost.ledger.plan_cycle``).
+        """
+        asked = bool(days)
         days = sorted(days or ledger.open_days(time.time(), self.settings.open_days))
-        return await self._locked(self._cycle(days))
+        return await self._locked(self._cycle(days, asked))
 
     async def write(
         self, days: Sequence[datetime], daily: ledger.DailyCosts,
@@ -187,7 +192,7 @@ class TenantActor:
             self.last_report = report
             return report
 
-    async def _cycle(self, days: list[datetime]) -> CycleReport:
+    async def _cycle(self, days: list[datetime], asked: bool) -> CycleReport:
         started = time.perf_counter()
         lag = self.settings.rate_lag_seconds
         if self.settings.mode == "full":
@@ -196,7 +201,7 @@ class TenantActor:
         else:
             now = time.time()
             plan = ledger.plan_cycle(self.hours, days, now, lag, self.settings.close_delay_seconds,
-                                     self.settings.settle_seconds)
+                                     self.settings.settle_seconds, asked)
             closed_answers, open_answers = await asyncio.gather(
                 read_costs(self.metroculus, self.account_id, plan.closed_reads, lag),
                 read_costs(self.metroculus, self.account_id, plan.open_reads, lag),

@@ -33,7 +33,8 @@ With now the cycle's clock, lag = LEDGER_RATE_LAG_SECONDS, delay = LEDGER_CLOSE_
     day cost = (its closed hours, folded once) + (its hours in (closed, until], read every cycle)
 
 Samples that arrive after their hour closed (a sender catching up) land at the next
-*settle*, which reads the days from their start again (``settle_reason``).
+*settle*, which reads the days from their start again (``settle_reason``): on a schedule,
+when a day closes, after a restart or a failed cycle, and for days asked for by name.
 """
 
 from __future__ import annotations
@@ -270,14 +271,21 @@ def read_until(now: float, lag: int) -> int:
     return math.ceil((now - lag + LOOKBACK_SECONDS) / HOUR) * HOUR
 
 
-def settle_reason(hours: Hours | None, days: Sequence[datetime], now: float, closed: int, settle_seconds: float) -> str | None:
+def settle_reason(
+    hours: Hours | None, days: Sequence[datetime], now: float, closed: int, settle_seconds: float, asked: bool = False
+) -> str | None:
     """Why a cycle over ``days`` at ``now`` must read them from their start, or None.
 
+    Days ``asked`` for by name (an operator's or a test's ``cycle(days)``) are read whole:
+    whoever names a day wants all of it, late samples included, not the hours since the
+    last cycle of other days.
     ``hours`` must exist, be younger than ``settle_seconds``, hold every day it is asked
     (a day it lacks must not have begun before ``closed_until``: nothing of it was folded),
     and no day may have closed since: its last hours then get one full read, which also
     picks up the samples that came after their hour closed.
     """
+    if asked:
+        return "days asked"
     if hours is None:
         return "no hours kept"
     if now - hours.settled_at >= settle_seconds:
@@ -290,7 +298,8 @@ def settle_reason(hours: Hours | None, days: Sequence[datetime], now: float, clo
 
 
 def plan_cycle(
-    hours: Hours | None, days: Sequence[datetime], now: float, lag: int, delay: int, settle_seconds: float
+    hours: Hours | None, days: Sequence[datetime], now: float, lag: int, delay: int, settle_seconds: float,
+    asked: bool = False,
 ) -> CyclePlan:
     """The reads of a cycle over ``days`` at ``now``: a settle when ``settle_reason`` says so.
 
@@ -304,7 +313,7 @@ def plan_cycle(
     """
     closed = closed_until(now, lag, delay)
     until = read_until(now, lag)
-    settle = settle_reason(hours, days, now, closed, settle_seconds)
+    settle = settle_reason(hours, days, now, closed, settle_seconds, asked)
     known = None if settle or hours is None else hours.closed_until
     base = SeriesCosts() if hours is None or known is None else _only_days(hours.closed, days)
     closed_reads, open_reads = [], []

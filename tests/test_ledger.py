@@ -353,7 +353,9 @@ def first_cycle(actor, after_pid: int | None = None) -> dict:
 
 def test_late_samples_land_at_the_next_settle(live, ray_driver) -> None:
     account, credentials = live
-    settle_seconds = 20.0
+    # Long enough for the steps before the "new hours" cycle on a loaded CI machine (the
+    # full suite took them > 20 s once), which must not be a scheduled settle.
+    settle_seconds = 60.0
     actor = TenantActor.remote(account.id, account.organization_id, config(settle_seconds=settle_seconds))
     try:
         assert first_cycle(actor)["last_report"]["read"] == "settle (no hours kept)"
@@ -364,7 +366,8 @@ def test_late_samples_land_at_the_next_settle(live, ray_driver) -> None:
         now = time.time()
         send(credentials, now - 3 * HOUR, now - 2.5 * HOUR, 2.0, offset=17)
         report = ray.get(actor.cycle.remote())
-        assert report.read == "new hours" and report.hours_read <= 2
+        # at most the hour that closed since and the two not closed yet: not the late ones
+        assert report.read == "new hours" and report.hours_read <= 3, report
         p1 = rid(account.id, Kind.POD, "live", "ns", "p1")
         missed = sum(expected_costs(account.id, day).get(p1, 0.0) - ledger_costs(account.id, day).get(p1, 0.0)
                      for day in ledger.open_days(now, config().ledger.open_days))

@@ -175,6 +175,8 @@ def test_when_a_cycle_settles(now: float, kept_until: int, days: list[datetime],
     hours = Hours(tuple(DAYS), kept_until, ledger.SeriesCosts(), settled_at=now - (3600 if reason == "schedule" else 600))
     closed = ledger.closed_until(now, LAG, DELAY)
     assert ledger.settle_reason(hours, days, now, closed, 3600) == reason
+    # days asked for by name are read whole, whatever the hours kept
+    assert ledger.settle_reason(hours, days, now, closed, 3600, asked=True) == "days asked"
 
 
 def test_past_days_are_read_once() -> None:
