@@ -33,17 +33,22 @@ from serve_apps.restapi.state import RestApiConfig, Stores
 DOCS_STATIC = "/docs-static"
 
 
-def create_api(config: RestApiConfig, metroculus: MetroculusClient | None = None) -> FastAPI:
-    """The app; ``metroculus`` replaces the client of the live view (tests make it fail)."""
+def create_api(
+    config: RestApiConfig, metroculus: MetroculusClient | None = None, clock: Callable[[], float] = time.time
+) -> FastAPI:
+    """The app; ``metroculus`` replaces the client of the live view (tests make it fail), ``clock``
+    the sign-in throttle's (Unix seconds: every replica's windows are compared in it)."""
     api = FastAPIOffline(
         static_url=DOCS_STATIC,
         title="CloudTuner REST API",
         version="2",
         description="Organizations, users, Kubernetes cloud accounts and their costs. "
-        "Authenticate with `Authorization: Bearer <token>` (POST /v2/signup or /v2/tokens), "
+        "Authenticate with `Authorization: Bearer <token>` (POST /v2/signup or /v2/tokens; "
+        "DELETE /v2/tokens signs out), "
         f"or as a service with the `{SECRET_HEADER}` header.",
     )
     api.state.config = config
+    api.state.clock = clock
     api.state.stores = Stores(config, metroculus)
     api.state.tokens = Tokens(config.api.jwt_secret, config.api.token_ttl_seconds, config.cluster_secret)
     errors.install(api)
