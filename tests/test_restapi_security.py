@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 
 from k8scost.settings import RestApiSettings, StoreSettings, from_env
 from k8scost.stores.mongo import connect
+from k8scost.stores.organizations import OrganizationStore
 from serve_apps.restapi import metrics
 from serve_apps.restapi.api import RestApiConfig, create_api
 from serve_apps.restapi.dependencies import client_address
@@ -339,6 +340,30 @@ async def test_only_the_user_itself_changes_its_password(replicas: tuple[Api, Ap
     assert short.status_code == 400 and message(short).startswith("new_password:")
     assert await works(one, user["token"]) and await works(one, other["token"])
     assert (await sign_in(one, user["email"], PASSWORD, address())).status_code == 201  # unchanged
+
+
+async def test_a_password_change_during_a_sign_in_leaves_it_no_token(
+    replicas: tuple[Api, Api], config: RestApiConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The change's revocation may run between the old password's check and the new session:
+    the sign-in must not hand out a token that outlives the change."""
+    one, _ = replicas
+    user = await signup(one)
+    authenticate, change = OrganizationStore.authenticate, OrganizationStore.change_password
+
+    async def changed_meanwhile(self: OrganizationStore, email: str, password: str) -> Any:
+        checked = await authenticate(self, email, password)
+        assert await change(self, checked.id, PASSWORD, "changed meanwhile") is not None
+        return checked
+
+    monkeypatch.setattr(OrganizationStore, "authenticate", changed_meanwhile)
+    sessions = connect(config.stores)["sessions"]
+    before = await sessions.count_documents({"user_id": user["user_id"]})
+    answer = await sign_in(one, user["email"], PASSWORD, address())
+    assert (answer.status_code, message(answer)) == (401, "the password changed meanwhile; sign in with the new one")
+    assert await sessions.count_documents({"user_id": user["user_id"]}) == before  # none left open
+    monkeypatch.undo()
+    assert (await sign_in(one, user["email"], "changed meanwhile", address())).status_code == 201
 
 
 async def test_a_token_needs_an_open_session(replicas: tuple[Api, Api]) -> None:
