@@ -15,6 +15,7 @@ REASONS = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    429: "too_many_requests",
     502: "bad_gateway",
     503: "unavailable",
 }

@@ -257,7 +257,9 @@ class RestApiSettings:
         "HS256 key (32+ bytes) signing users' bearer tokens; every replica needs the same one.",
     )
     token_ttl_seconds: int = setting(
-        "RESTAPI_TOKEN_TTL_SECONDS", DAY, "Lifetime of a bearer token from sign-up or sign-in."
+        "RESTAPI_TOKEN_TTL_SECONDS",
+        DAY,
+        "Lifetime of a bearer token (sign-up, sign-in, password change); sign-out and a password change end it sooner.",
     )
     public_write_url: str = setting(
         "RESTAPI_PUBLIC_WRITE_URL",
@@ -280,6 +282,28 @@ class RestApiSettings:
         "RESTAPI_TASK_TIMEOUT_SECONDS",
         900.0,
         "An `expenses_async` task still pending after this long is reported failed (its replica died).",
+    )
+    signin_failures_per_email: int = setting(
+        "RESTAPI_SIGNIN_FAILURES_PER_EMAIL",
+        10,
+        "Failed password checks (sign-in, password change) of one email per throttle window; past them every "
+        "attempt is 429 until the window ends, the right password too.",
+    )
+    signin_failures_per_address: int = setting(
+        "RESTAPI_SIGNIN_FAILURES_PER_ADDRESS",
+        50,
+        "The same per client address (several users behind one NAT share it: keep it above the per-email limit).",
+    )
+    signin_window_seconds: float = setting(
+        "RESTAPI_SIGNIN_WINDOW_SECONDS",
+        900.0,
+        "Length of the sign-in throttle's windows, aligned on the Unix epoch; the counts are in MongoDB, for every replica.",
+    )
+    forwarded_hops: int = setting(
+        "RESTAPI_FORWARDED_HOPS",
+        0,
+        "Trusted proxies in front of Serve that append to `X-Forwarded-For`; the client address of the sign-in "
+        "throttle is the entry this far from its right end. 0: the TCP peer (no proxy).",
     )
 
 

@@ -596,7 +596,7 @@ def valid_query(op: Operation) -> dict[str, Any]:
     return chosen
 
 
-ID_PARAMS = ("organization_id", "cloud_account_id", "task_id")
+ID_PARAMS = ("organization_id", "cloud_account_id", "task_id", "user_id")
 
 
 def ids_of(estate: Estate, org: Org) -> dict[str, str]:
@@ -604,6 +604,7 @@ def ids_of(estate: Estate, org: Org) -> dict[str, str]:
         "organization_id": org.id,
         "cloud_account_id": org.account(),
         "task_id": estate.a_task if org is estate.a else estate.b_task,
+        "user_id": org.user_id,  # POST /v2/users/{user_id}/password: B's is 404 to A, and never changed
     }
 
 
@@ -617,7 +618,7 @@ async def test_r5d_a_token_of_another_organization_on_every_rest_route(estate: E
     async with httpx.AsyncClient(timeout=60, headers=a.headers) as client:
         for op in operations:
             if op.path in ("/v2/signup", "/v2/tokens"):
-                continue  # public, and about no organization
+                continue  # sign-up, sign-in and sign-out: about no organization (and sign-out would end A's token)
             query_ids = [name for name, _, _ in op.query if name in ID_PARAMS]
             unknown = [name for name in op.path_params if name not in ID_PARAMS]
             assert not unknown, f"{op.method} {op.path}: give the id parameter(s) {unknown} values in ID_PARAMS"
@@ -643,7 +644,8 @@ async def test_r5d_a_token_of_another_organization_on_every_rest_route(estate: E
         answer = await client.post(f"{REST}/v2/organizations/{a.id}/expenses_async", json=body)
         probes.check("POST expenses_async with B's account in the body", [b.account()], answer, allowed={404})
 
-    # B is untouched, its account still writes, and A's own answer is A's.
+    # B is untouched (its token still works: a password change would have revoked it), its
+    # account still writes, and A's own answer is A's.
     got = ok(call("GET", f"/cloud_accounts/{b.account()}", b.token))
     listed = ok(call("GET", f"/organizations/{b.id}/cloud_accounts", b.token))["cloud_accounts"]
     still_writes = post(gauges(b, estate.start, estate.end, 100.0), b.credentials()).status_code

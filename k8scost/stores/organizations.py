@@ -47,11 +47,14 @@ class Organization:
 
 @dataclasses.dataclass(frozen=True)
 class User:
+    """A user; ``password_stamp`` changes with every password change (it is the digest's salt)."""
+
     id: str
     email: str
     display_name: str
     organization_id: str
     created_at: int
+    password_stamp: str
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> User:
@@ -61,6 +64,7 @@ class User:
             display_name=doc["display_name"],
             organization_id=doc["organization_id"],
             created_at=doc["created_at"],
+            password_stamp=doc["password"]["salt"],
         )
 
 
@@ -159,6 +163,23 @@ class OrganizationStore:
         stored = _DUMMY_PASSWORD if doc is None else doc["password"]
         matches = await asyncio.to_thread(check_password, stored, password)
         return User.from_document(doc) if doc is not None and matches else None
+
+    async def change_password(self, user_id: str, current: str, new: str) -> User | None:
+        """The user with ``new`` as its password, or None if ``current`` is not its password, or no
+        longer is when ``new`` is written."""
+        doc = await self._users.find_one({"_id": user_id})
+        if doc is None or not await asyncio.to_thread(check_password, doc["password"], current):
+            return None
+        digest = await asyncio.to_thread(hash_password, new)
+        written = await self._users.update_one(
+            {"_id": user_id, "password.salt": doc["password"]["salt"]}, {"$set": {"password": digest}}
+        )
+        return User.from_document({**doc, "password": digest}) if written.matched_count else None
+
+    async def has_password_stamp(self, user_id: str, stamp: str) -> bool:
+        """Whether the user's password is still the one ``stamp`` was read with."""
+        doc = await self._users.find_one({"_id": user_id})
+        return doc is not None and doc["password"]["salt"] == stamp
 
     async def get_organization(self, organization_id: str) -> Organization | None:
         doc = await self._organizations.find_one({"_id": organization_id})

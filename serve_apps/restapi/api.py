@@ -1,4 +1,7 @@
-"""The FastAPI application: routes ``/v2/...`` (mounted at ``/restapi`` by Serve).
+"""The FastAPI application: routes ``/v2/...`` (mounted at ``/restapi`` by Serve), and its
+OpenAPI document with Swagger UI (``/docs``) and ReDoc (``/redoc``), whose scripts and styles
+it serves itself from the ``fastapi-offline`` package (``/docs-static/...``): the pages work
+without reaching any CDN.
 
 ``create_api(config)`` builds it without touching any store: they are opened on the first
 request, on the event loop that serves it, so the same app runs in a Serve replica, under
@@ -17,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi_offline import FastAPIOffline
 
 from k8scost.metroculus_client import SECRET_HEADER, MetroculusClient
 from serve_apps.restapi import errors, metrics
@@ -25,17 +29,26 @@ from serve_apps.restapi.dependencies import caller
 from serve_apps.restapi.routes import cloud_accounts, expenses, live, organizations, rightsizing, users
 from serve_apps.restapi.state import RestApiConfig, Stores
 
+# Where the docs pages' scripts, styles and icon are served (under the app's root path).
+DOCS_STATIC = "/docs-static"
 
-def create_api(config: RestApiConfig, metroculus: MetroculusClient | None = None) -> FastAPI:
-    """The app; ``metroculus`` replaces the client of the live view (tests make it fail)."""
-    api = FastAPI(
+
+def create_api(
+    config: RestApiConfig, metroculus: MetroculusClient | None = None, clock: Callable[[], float] = time.time
+) -> FastAPI:
+    """The app; ``metroculus`` replaces the client of the live view (tests make it fail), ``clock``
+    the sign-in throttle's (Unix seconds: every replica's windows are compared in it)."""
+    api = FastAPIOffline(
+        static_url=DOCS_STATIC,
         title="CloudTuner REST API",
         version="2",
         description="Organizations, users, Kubernetes cloud accounts and their costs. "
-        "Authenticate with `Authorization: Bearer <token>` (POST /v2/signup or /v2/tokens), "
+        "Authenticate with `Authorization: Bearer <token>` (POST /v2/signup or /v2/tokens; "
+        "DELETE /v2/tokens signs out), "
         f"or as a service with the `{SECRET_HEADER}` header.",
     )
     api.state.config = config
+    api.state.clock = clock
     api.state.stores = Stores(config, metroculus)
     api.state.tokens = Tokens(config.api.jwt_secret, config.api.token_ttl_seconds, config.cluster_secret)
     errors.install(api)

@@ -1,15 +1,16 @@
 """Who is calling: a user with a bearer token (JWT, HS256), or a SaaS service with the cluster secret.
 
-A token carries the user and the organization: requests are authorised without a database
-round trip. A user sees only its organization; a service (``Secret: <CLUSTER_SECRET>``,
-the header Metroculus takes too) may act on any organization.
+A token carries the user, the organization and its session (``jti``): its signature and
+expiry are checked here, without I/O; that its session is still open (not signed out, no
+password change since) is checked by ``serve_apps.restapi.dependencies.caller`` against
+``k8scost.stores.sessions``. A user sees only its organization; a service
+(``Secret: <CLUSTER_SECRET>``, the header Metroculus takes too) may act on any organization.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
-import time
 
 import jwt
 
@@ -27,6 +28,7 @@ class Caller:
 
     organization_id: str | None
     user_id: str | None = None
+    session_id: str | None = None  # the token's session: what sign-out closes
 
     @property
     def is_service(self) -> bool:
@@ -50,14 +52,20 @@ class Tokens:
         self._ttl = ttl_seconds
         self._cluster_secret = cluster_secret.encode()
 
-    def issue(self, user_id: str, organization_id: str, now: float | None = None) -> Token:
-        issued = int(time.time() if now is None else now)
-        expires = issued + self._ttl
-        claims = {"sub": user_id, "org": organization_id, "iat": issued, "exp": expires, "aud": _AUDIENCE}
+    def expiry(self, now: float) -> int:
+        """When a token issued at ``now`` expires (Unix seconds)."""
+        return int(now) + self._ttl
+
+    def issue(self, user_id: str, organization_id: str, session_id: str, now: float) -> Token:
+        """A token of the open session ``session_id``, expiring at ``expiry(now)``."""
+        expires = self.expiry(now)
+        claims = {
+            "sub": user_id, "org": organization_id, "jti": session_id, "iat": int(now), "exp": expires, "aud": _AUDIENCE,
+        }
         return Token(jwt.encode(claims, self._key, algorithm=_ALGORITHM), expires)
 
     def caller(self, authorization: str | None, secret: str | None) -> Caller:
-        """The caller these headers prove, or 401."""
+        """The caller these headers prove, or 401; a user's session is yet to be checked open."""
         if secret is not None:
             # Starlette decodes headers as latin-1: back to the bytes the caller sent.
             if not hmac.compare_digest(secret.encode("latin-1"), self._cluster_secret):
@@ -75,12 +83,12 @@ class Tokens:
                 self._key,
                 algorithms=[_ALGORITHM],
                 audience=_AUDIENCE,
-                options={"require": ["exp", "sub", "org", "aud"]},
+                options={"require": ["exp", "sub", "org", "jti", "aud"]},
             )
         except jwt.ExpiredSignatureError:
             raise ApiError(401, "token expired; sign in again (POST /v2/tokens)") from None
         except jwt.InvalidTokenError:
             raise ApiError(401, "invalid token") from None
-        if not isinstance(claims["org"], str) or not isinstance(claims["sub"], str):
+        if not all(isinstance(claims[name], str) for name in ("org", "sub", "jti")):
             raise ApiError(401, "invalid token")
-        return Caller(claims["org"], claims["sub"])
+        return Caller(claims["org"], claims["sub"], claims["jti"])

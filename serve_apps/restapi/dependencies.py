@@ -1,5 +1,5 @@
-"""The routes' FastAPI dependencies: the app's settings and stores, who calls, and the path's
-organization or cloud account once the caller may see it.
+"""The routes' FastAPI dependencies: the app's settings and stores, who calls (and from which
+address), and the path's organization, cloud account or user once the caller may see it.
 
 A route declares what it needs by a parameter of one of the ``…Dep`` types below (an
 ``OrganizationIdDep`` is the path's organization id, checked by ``organization_of_caller``)
@@ -11,6 +11,7 @@ cannot be discovered by probing.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads these signatures (see api.py).
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -19,7 +20,7 @@ from k8scost.metroculus_client import SECRET_HEADER
 from k8scost.settings import RestApiSettings
 from k8scost.stores.accounts import Account
 from serve_apps.restapi.auth import Caller, Tokens
-from serve_apps.restapi.errors import not_found
+from serve_apps.restapi.errors import ApiError, not_found
 from serve_apps.restapi.state import OpenStores
 
 
@@ -45,12 +46,57 @@ def tokens(request: Request) -> Tokens:
 TokensDep = Annotated[Tokens, Depends(tokens)]
 
 
-def caller(request: Request, issuer: TokensDep) -> Caller:
-    """The caller the headers prove; 401 otherwise."""
-    return issuer.caller(request.headers.get("Authorization"), request.headers.get(SECRET_HEADER))
+async def caller(request: Request, issuer: TokensDep) -> Caller:
+    """The caller the headers prove; 401 otherwise, also for a user's token whose session was
+    closed (signed out, or the password changed since): see k8scost/stores/sessions.py."""
+    who = issuer.caller(request.headers.get("Authorization"), request.headers.get(SECRET_HEADER))
+    # The token is checked first, without I/O: a bad one is 401 even while MongoDB is down.
+    if not who.is_service:
+        opened = await open_stores(request)
+        assert who.session_id is not None and who.user_id is not None
+        if not await opened.sessions.is_open(who.session_id, who.user_id):
+            raise ApiError(401, "token revoked (signed out, or the password changed); sign in again (POST /v2/tokens)")
+    return who
 
 
 CallerDep = Annotated[Caller, Depends(caller)]
+
+
+def client_address(request: Request, settings: SettingsDep) -> str:
+    """The caller's network address: the TCP peer, or with ``RESTAPI_FORWARDED_HOPS`` trusted
+    proxies in front the ``X-Forwarded-For`` entry they appended (entries further left are the
+    client's own to forge)."""
+    peer = request.client.host if request.client else "unknown"
+    hops = settings.forwarded_hops
+    if hops <= 0:
+        return peer
+    forwarded = [entry.strip() for entry in ",".join(request.headers.getlist("X-Forwarded-For")).split(",")]
+    forwarded = [entry for entry in forwarded if entry]
+    return forwarded[-hops] if len(forwarded) >= hops else peer
+
+
+ClientAddressDep = Annotated[str, Depends(client_address)]
+
+
+def clock(request: Request) -> Callable[[], float]:
+    """The sign-in throttle's clock (``create_api``'s; tests move it)."""
+    return request.app.state.clock  # type: ignore[no-any-return]
+
+
+ClockDep = Annotated[Callable[[], float], Depends(clock)]
+
+
+def user_of_caller(user_id: str, who: CallerDep) -> str:
+    """The path's ``user_id``, once it is the caller's own; 404 otherwise (a service has no
+    user: 403). Not even a colleague of the same organization may act as another user."""
+    if who.is_service:
+        raise ApiError(403, "a service acts for no user: the user does this with its own token")
+    if who.user_id != user_id:
+        raise not_found("user", user_id)
+    return user_id
+
+
+UserIdDep = Annotated[str, Depends(user_of_caller)]
 
 
 async def organization_of_caller(organization_id: str, who: CallerDep, opened: StoresDep) -> str:

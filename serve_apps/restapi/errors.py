@@ -19,12 +19,13 @@ log = logging.getLogger("ray.serve")
 
 
 class ApiError(Exception):
-    """Ends a request with this status and message (its reason is the status's)."""
+    """Ends a request with this status and message (its reason is the status's), and ``headers``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def bad_request(message: str) -> ApiError:
@@ -56,7 +57,7 @@ def install(api: FastAPI) -> None:
 
     @api.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer", **exc.headers} if exc.status == 401 else exc.headers
         return error_response(exc.status, exc.message, headers)
 
     @api.exception_handler(BadParameter)

@@ -28,3 +28,12 @@ METROCULUS_FAILURES = metrics.Counter(
     "cloudtuner_restapi_metroculus_failures",
     description="Cost breakdowns left null because Metroculus failed or was slow.",
 )
+SIGNIN_FAILURES = metrics.Counter(
+    "cloudtuner_restapi_signin_failures",
+    description="Wrong email or password at sign-in, or wrong current password at a password change.",
+)
+SIGNIN_THROTTLED = metrics.Counter(
+    "cloudtuner_restapi_signin_throttled",
+    description="Sign-ins and password changes answered 429, by the count at its limit: email or address.",
+    tag_keys=("by",),
+)

@@ -13,6 +13,8 @@ from k8scost.stores.expense_queries import ExpenseQueries
 from k8scost.stores.mongo import connect
 from k8scost.stores.organizations import OrganizationStore
 from k8scost.stores.rightsizing import RightsizingStore
+from k8scost.stores.sessions import SessionStore
+from k8scost.stores.signins import SignInThrottle
 from k8scost.stores.tasks import TaskStore
 from serve_apps.restapi.expenses import ExpenseService
 
@@ -45,6 +47,11 @@ class OpenStores:
         self.organizations = OrganizationStore(db)
         self.tasks = TaskStore(db, config.api.task_timeout_seconds)
         self.rightsizing = RightsizingStore(db)
+        self.sessions = SessionStore(db)
+        api = config.api
+        self.signins = SignInThrottle(
+            db, api.signin_failures_per_email, api.signin_failures_per_address, api.signin_window_seconds
+        )
         # The live view is its only use, and passes RESTAPI_LIVE_TIMEOUT with each call.
         self.metroculus = metroculus or MetroculusClient(config.metroculus_url, config.cluster_secret)
         self.expenses = ExpenseService(self.accounts, ExpenseQueries(expenses))
@@ -76,6 +83,8 @@ class Stores:
                     await opened.organizations.ensure_indexes()
                     await opened.accounts.ensure_indexes()
                     await opened.tasks.ensure_indexes()
+                    await opened.sessions.ensure_indexes()
+                    await opened.signins.ensure_indexes()
                     opened.indexed = True
         return opened
 

@@ -1016,7 +1016,16 @@ function wire() {
     event.preventDefault();
     authenticate("/signup", formValues(event.target), $("signup-submit"));
   });
-  $("signout").addEventListener("click", () => signOut());
+  $("signout").addEventListener("click", () => {
+    // Revoked on the server too (DELETE /tokens), not only forgotten by the page, which signs
+    // out at once whatever the answer.
+    const token = state.session?.token;
+    signOut();
+    if (token) {
+      fetch(new URL(API + "/tokens", location.origin), { method: "DELETE", headers: { Authorization: `Bearer ${token}` } })
+        .catch(() => {});
+    }
+  });
   $("org-select").addEventListener("change", (event) => {
     state.orgId = event.target.value;
     saveSession({ ...state.session, organization_id: state.orgId });
