@@ -41,11 +41,16 @@ from exporter.server import running
 from k8scost import ledger
 from k8scost.metroculus_client import MetroculusClient
 from k8scost.promql import CLUSTER_COST_COMPONENTS, IDLE_METRIC, NAMESPACE_METRIC, NODE_METRIC, POD_METRIC
-from k8scost.settings import DAY, ExporterSettings, LedgerSettings, RestApiSettings, StoreSettings, from_env
+from k8scost.query_params import BadParameter
+from k8scost.settings import (
+    DAY, ExporterSettings, LedgerSettings, MetroculusSettings, RestApiSettings, StoreSettings, from_env,
+)
 from k8scost.stores.mongo import connect
 from serve_apps.ingress import app as ingress_app
 from serve_apps.ingress.remote_write import STALE_NAN_BITS, encode
 from serve_apps.metroculus import app as metroculus_app
+from serve_apps.metroculus.params import parse_metrics_request, parse_span
+from serve_apps.restapi import params as rest_params
 from serve_apps.restapi.api import RestApiConfig, create_api
 from tests import helpers
 from tests.test_exporter import FakeKubecost, _scrape_text, _settings
@@ -819,3 +824,36 @@ def test_the_designs_urls_through_serve(serve_apps: str, accounts) -> None:
     started = httpx.post(f"{serve_apps}/restapi/v2/expenses_async", headers=headers, timeout=30, json={
         "start_date": D1, "end_date": D1 + DAY, "filter": {"k8s_namespace": "default"}})
     assert started.status_code == 202 and started.json()["task_id"]
+
+
+# --- the defaults, pure -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("resolution", "now", "span"), [
+    (60, 1_730_419_259.9, (1_730_415_600, 1_730_419_200)),  # rounded down to the minute, an hour long
+    (15, 1_730_419_229, (1_730_415_615, 1_730_419_215)),
+    (7, 1_730_419_200, (1_730_415_589, 1_730_419_194)),  # 1,730,419,200 = 6 mod 7; 3,600 s is no whole number of 7 s: 3,605
+])
+def test_metroculus_default_span_is_the_last_hour_in_whole_resolutions(
+    resolution: int, now: float, span: tuple[int, int]
+) -> None:
+    settings = from_env(MetroculusSettings, {}, resolution_seconds=resolution)
+    asked = parse_metrics_request([("cloud_account_id", "acct-1"), ("metrics", NS)], settings, now=now)
+    assert (asked.span.start, asked.span.end) == span
+    assert asked.span.start % resolution == 0 and asked.span.end % resolution == 0
+    assert parse_span([("cloud_account_id", "acct-1")], settings, now=now) == asked.span
+    given = parse_metrics_request([("cloud_account_id", "a"), ("metrics", NS), ("start_date", "0"), ("end_date", "3600")],
+                                  from_env(MetroculusSettings, {}, resolution_seconds=60), now=now)
+    assert (given.span.start, given.span.end) == (0, 3600)  # dates given: the default plays no part
+
+
+def test_rest_default_range_is_the_longest_allowed_ending_now() -> None:
+    settings = from_env(RestApiSettings, {}, jwt_secret=JWT_KEY)
+    before = int(time.time())
+    asked = rest_params.parse([("organization_id", "o")], rest_params.FILTERS_PARAMS, settings,
+                              frozenset({"organization_id"}), default_range=True)
+    assert before <= asked.end <= int(time.time()) and asked.end - asked.start == settings.max_range_days * DAY
+    with pytest.raises(BadParameter, match="^start_date: missing$"):
+        rest_params.parse([], rest_params.FILTERS_PARAMS, settings)  # the twins keep their required dates
+    with pytest.raises(BadParameter, match="^unknown query parameter"):
+        rest_params.parse([("organization_id", "o")], rest_params.FILTERS_PARAMS, settings)

@@ -36,8 +36,9 @@ _VERSION = "toUInt64(toUnixTimestamp(date)) * 2 + (sign > 0)"
 
 # One scan gives the page and the totals: per resource (or per resource and day: ``{group}``),
 # its cost and latest dimensions (one argMax over a tuple: a quarter faster than one per
-# column); then the count, the sum, and the costliest ``limit`` sorted by ClickHouse. A separate totals query would read every
-# row a second time (measured on 18.16, 90 days of 21,000 resources: 110 ms vs 190 ms).
+# column); then the count, the sum, and the costliest ``limit`` sorted by ClickHouse. A
+# separate totals query would read every row a second time (measured on 18.16, 90 days of
+# 21,000 resources: 110 ms vs 190 ms).
 _PAGE = f"""
 SELECT count(), sum(total),
        arraySlice(arraySort(r -> (-tupleElement(r, 4), tupleElement(r, 1), tupleElement(r, 5)),
