@@ -803,9 +803,9 @@ async def test_issue_6_cluster_and_allocation_rows_share_one_insert(stack: Stack
 # --- the design's URLs through Serve (the deployed paths) ------------------------------------------------------
 
 
-@pytest.mark.services
 def test_the_designs_urls_through_serve(serve_apps: str, accounts) -> None:
-    """The design's curl commands against Serve's proxy: /storage, /metroculus and /restapi."""
+    """The design's curl commands against Serve's proxy: /storage, /metroculus and /restapi
+    (the serve_apps fixture deploys Serve on the local Ray)."""
     assert httpx.get(f"{serve_apps}/storage/api/v2/write", timeout=30).status_code == 400
     account, _ = accounts.create()
     answer = httpx.get(f"{serve_apps}/metroculus/v2/kubecost_metrics", headers={"Secret": "test-secret"},
