@@ -29,8 +29,13 @@ class MetroculusError(Exception):
 class MetroculusClient:
     """Calls ``base_url`` (e.g. ``http://127.0.0.1:8000/metroculus``) with the cluster secret."""
 
-    def __init__(self, base_url: str, secret: str, timeout: float = 60.0) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers={SECRET_HEADER: secret}, timeout=timeout)
+    def __init__(
+        self, base_url: str, secret: str, timeout: float = 60.0, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        """``transport``: httpx's, e.g. an ``httpx.ASGITransport`` to call a Metroculus in-process."""
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers={SECRET_HEADER: secret}, timeout=timeout, transport=transport
+        )
 
     async def kubecost_metrics(
         self, cloud_account_id: str, metrics: Sequence[str], start: int, end: int, step: int | None = None,

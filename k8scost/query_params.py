@@ -88,8 +88,11 @@ class QueryParams:
         """``name`` as Unix seconds."""
         return self.unsigned(name, "a Unix timestamp in whole seconds", default)
 
-    def date_range(self, max_days: int) -> tuple[int, int]:
-        """start_date and end_date, in order and at most ``max_days`` apart."""
+    def date_range(self, max_days: int, default: tuple[int, int] | None = None) -> tuple[int, int]:
+        """start_date and end_date, in order and at most ``max_days`` apart; ``default``
+        when neither is given (without one, both are required; one alone is always missing the other)."""
+        if default is not None and self.get("start_date") is None and self.get("end_date") is None:
+            return default
         start, end = self.timestamp("start_date"), self.timestamp("end_date")
         if start >= end:
             raise BadParameter("start_date", f"start_date ({start}) must be before end_date ({end})")

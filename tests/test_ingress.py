@@ -201,9 +201,11 @@ def test_tsdb_down_answers_503_then_recovers(tenant: Credentials) -> None:
     helpers.wait_for("the write after the TSDB came back", lambda: landed(marker), timeout=10)
 
 
-def test_unknown_path_is_404(serve_apps: str) -> None:
+def test_a_get_of_the_write_path_is_400_and_an_unknown_path_404(serve_apps: str) -> None:
     answer = httpx.get(f"{serve_apps}/storage/api/v2/write")
-    assert answer.status_code == 404 and "POST" in answer.text
+    assert answer.status_code == 400 and "method GET" in answer.text and "POST" in answer.text
+    answer = httpx.post(f"{serve_apps}/storage/api/v2/other")
+    assert answer.status_code == 404 and "POST /api/v2/write" in answer.text
 
 
 def test_ingress_metrics_count_requests_and_samples_by_outcome(tenant: Credentials) -> None:

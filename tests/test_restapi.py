@@ -407,6 +407,11 @@ async def test_every_endpoint_refuses_missing_bad_and_expired_tokens(world: Worl
         ("GET", f"/v2/organizations/{a.id}/breakdown_expenses?start_date={D0}&end_date={END}&breakdown_by=k8s_node"),
         ("POST", f"/v2/organizations/{a.id}/expenses_async"),
         ("GET", f"/v2/organizations/{a.id}/expenses_async/{uuid.uuid4()}"),
+        # The design's routes (routes/seed.py), with and without the organization in the query.
+        ("GET", f"/v2/clean_expenses?organization_id={a.id}&start_date={D0}&end_date={END}"),
+        ("GET", "/v2/available_filters"),
+        ("POST", f"/v2/expenses_async?organization_id={a.id}"),
+        ("GET", f"/v2/expenses_async/{uuid.uuid4()}"),
     ]
     for method, path in calls:
         answer = await world.client.request(method, path, headers=headers, json={"name": "x", "type": "kubernetes_cnr"})

@@ -4,6 +4,8 @@ The tenant is who authenticated, never what the body says: every series is stamp
 ``tenant_id=<account id>`` and forwarded with the tenant header. Answers follow what
 Prometheus senders do with them: 2xx done, 4xx dropped for good (so only for bodies that
 can never succeed), 429 and 5xx retried (so for everything that may pass later).
+Another method on the write path is 400 naming the method (the design's reachability check,
+a plain ``curl`` of the endpoint, expects a 400); any other path is 404.
 """
 
 from __future__ import annotations
@@ -71,8 +73,11 @@ class RemoteWriteIngress:
     async def __call__(self, request: Request) -> Response:
         tenant = "unauthenticated"
         try:
-            if request.method != "POST" or not request.url.path.endswith(WRITE_PATH):
+            if not request.url.path.endswith(WRITE_PATH):
                 raise _Refused(404, f"not found: {request.method} {request.url.path}; remote write is POST {WRITE_PATH}")
+            if request.method != "POST":
+                raise _Refused(400, f"method {request.method}: remote write is POST {WRITE_PATH} with a snappy "
+                               "Remote-Write protobuf body, Cloud-Account-Id header and basic auth")
             tenant = await self._authenticate(request)
             response = await self._write(tenant, request)
         except _Refused as refused:

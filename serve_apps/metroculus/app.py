@@ -8,6 +8,8 @@ query is built by ``k8scost.promql.selector``, so it reads the asked tenant's se
 Answers: 400 for a request that can never succeed, 401/403 for a missing/wrong secret,
 503 when the TSDB is unreachable (retry), 502 when it refuses a query; errors are
 ``{"error": {"reason", "message"}}`` (``k8scost.api_errors``), as the REST API's.
+Without start_date and end_date, the cost endpoints answer the last hour
+(``serve_apps.metroculus.params``).
 """
 
 from __future__ import annotations

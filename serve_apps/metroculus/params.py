@@ -2,12 +2,20 @@
 
 Each problem raises ``k8scost.query_params.BadParameter`` with a message that names the
 parameter, so callers can fix their request without reading our code.
+
+The cost endpoints (``kubecost_metrics``, ``kubecost_cluster_costs``) take start_date and
+end_date together or not at all. Without them (the design's troubleshooting Issue 3 calls
+``kubecost_metrics`` so) the span is the last hour: end_date is now rounded down to the
+resolution, start_date an hour (rounded up to a whole number of resolutions) before. The
+cost of that hour is the design's "current hourly rate" where the rate was steady, and
+still an integral, so it never bills a rate the cluster did not run at for the hour.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable
 
@@ -21,6 +29,9 @@ _ACCOUNT_ID = re.compile(ACCOUNT_ID_PATTERN)
 MAX_LAG_SECONDS = DAY
 # Prometheus refuses range queries of more points per series than this.
 MAX_BUCKETS = 11_000
+
+# The span of a cost request without dates (see the module docstring).
+DEFAULT_SPAN_SECONDS = 3600
 
 SPAN_PARAMS = frozenset({"cloud_account_id", "start_date", "end_date", "lag"})
 METRICS_PARAMS = SPAN_PARAMS | {"metrics", "step"}
@@ -53,24 +64,34 @@ class MetricsRequest:
     step: int | None
 
 
-def parse_span(items: Iterable[tuple[str, str]], settings: MetroculusSettings) -> Span:
-    """The span of a ``kubecost_cluster_costs`` request (its only parameters)."""
-    return _span(QueryParams(items, SPAN_PARAMS), settings)
+def parse_span(items: Iterable[tuple[str, str]], settings: MetroculusSettings, now: float | None = None) -> Span:
+    """The span of a ``kubecost_cluster_costs`` request (its only parameters); ``now``: the
+    clock the default span ends at (the time of the call when None)."""
+    return _span(QueryParams(items, SPAN_PARAMS), settings, now)
 
 
-def parse_metrics_request(items: Iterable[tuple[str, str]], settings: MetroculusSettings) -> MetricsRequest:
+def parse_metrics_request(
+    items: Iterable[tuple[str, str]], settings: MetroculusSettings, now: float | None = None
+) -> MetricsRequest:
     """A ``kubecost_metrics`` request: span, metric list and optional step."""
     query = QueryParams(items, METRICS_PARAMS)
-    span = _span(query, settings)
+    span = _span(query, settings, now)
     metrics = _metric_list(query.get("metrics"))
     step = None if query.get("step") is None else _step(query, span, settings)
     return MetricsRequest(span, metrics, step)
 
 
-def _span(query: QueryParams, settings: MetroculusSettings) -> Span:
+def default_span(resolution: int, now: float) -> tuple[int, int]:
+    """The span of a request without dates: the last hour, in whole resolutions, ending at ``now``."""
+    end = int(now) // resolution * resolution
+    return end - -(-DEFAULT_SPAN_SECONDS // resolution) * resolution, end
+
+
+def _span(query: QueryParams, settings: MetroculusSettings, now: float | None) -> Span:
     account = _account_id(query)
-    start, end = query.date_range(settings.max_range_days)
     resolution = settings.resolution_seconds
+    default = default_span(resolution, time.time() if now is None else now)
+    start, end = query.date_range(settings.max_range_days, default)
     lag = query.timestamp("lag", default=0)
     if lag > MAX_LAG_SECONDS:
         raise BadParameter("lag", f"lag: {lag} s is more than the maximum of {MAX_LAG_SECONDS} s")

@@ -10,7 +10,9 @@ checks ``serve_apps.restapi.dependencies``. Answers are JSON; errors are
 ``serve_apps.restapi.errors``.
 
 Scoping: a user's token names its organization; any other organization id, and any cloud
-account or task id of another organization, is answered 404 as if it did not exist.
+account or task id of another organization, is answered 404 as if it did not exist. The
+design's routes (``routes/seed.py``: ``/v2/clean_expenses?organization_id=…``) take the
+organization from the query and check it the same way.
 """
 
 # No `from __future__ import annotations` here nor in the modules of request models and routes:
@@ -26,7 +28,7 @@ from k8scost.metroculus_client import SECRET_HEADER, MetroculusClient
 from serve_apps.restapi import errors, metrics
 from serve_apps.restapi.auth import Tokens
 from serve_apps.restapi.dependencies import caller
-from serve_apps.restapi.routes import cloud_accounts, expenses, live, organizations, rightsizing, users
+from serve_apps.restapi.routes import cloud_accounts, expenses, live, organizations, rightsizing, seed, users
 from serve_apps.restapi.state import RestApiConfig, Stores
 
 # Where the docs pages' scripts, styles and icon are served (under the app's root path).
@@ -55,7 +57,7 @@ def create_api(
     _install_metrics(api)
     api.include_router(users.router, prefix="/v2")
     # Every other route authenticates first, whatever it declares: 401 before any other check.
-    for routes in (organizations, cloud_accounts, expenses, live, rightsizing):
+    for routes in (organizations, cloud_accounts, expenses, seed, live, rightsizing):
         api.include_router(routes.router, prefix="/v2", dependencies=[Depends(caller)])
     return api
 

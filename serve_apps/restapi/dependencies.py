@@ -20,7 +20,7 @@ from k8scost.metroculus_client import SECRET_HEADER
 from k8scost.settings import RestApiSettings
 from k8scost.stores.accounts import Account
 from serve_apps.restapi.auth import Caller, Tokens
-from serve_apps.restapi.errors import ApiError, not_found
+from serve_apps.restapi.errors import ApiError, bad_request, not_found
 from serve_apps.restapi.state import OpenStores
 
 
@@ -109,6 +109,20 @@ async def organization_of_caller(organization_id: str, who: CallerDep, opened: S
 
 
 OrganizationIdDep = Annotated[str, Depends(organization_of_caller)]
+
+
+async def organization_in_query(who: CallerDep, opened: StoresDep, organization_id: str | None = None) -> str:
+    """The design's routes name the organization in the query (``?organization_id=``):
+    checked as ``organization_of_caller`` checks the path's (404 for one the caller may not
+    see). Without it, a user's token's organization; a service must name one (400)."""
+    if organization_id is None and not who.is_service:
+        organization_id = who.organization_id
+    if not organization_id:
+        raise bad_request("organization_id: missing")
+    return await organization_of_caller(organization_id, who, opened)
+
+
+OrganizationQueryDep = Annotated[str, Depends(organization_in_query)]
 
 
 async def account_of_caller(cloud_account_id: str, who: CallerDep, opened: StoresDep) -> Account:

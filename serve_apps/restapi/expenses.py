@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from k8scost.promql import CLUSTER_COST_COMPONENTS
@@ -51,8 +52,14 @@ class ExpenseService:
                 raise not_found("cloud_account_id", account_id)
         return [by_id[account_id] for account_id in asked] if asked else accounts
 
-    async def clean_expenses(self, organization_id: str, request: ExpenseRequest) -> dict[str, Any]:
-        """The costliest resources of one type, totals, and each account's cluster cost by component."""
+    async def clean_expenses(
+        self, organization_id: str, request: ExpenseRequest, per_day: bool = False
+    ) -> dict[str, Any]:
+        """The costliest resources of one type, totals, and each account's cluster cost by component.
+
+        ``per_day`` (the design's shape): an entry per resource and day, dated ``date``
+        (``YYYY-MM-DD``, UTC), the limit and ``total_count`` counting resource-days.
+        """
         resource_type = summed_type(request, NAMESPACE)
         accounts = await self.scope_accounts(organization_id, request.accounts)
         ids = tuple(account.id for account in accounts)
@@ -63,7 +70,7 @@ class ExpenseService:
         # applies to them (they have no namespace, node or service).
         cluster_scope = Scope(ids, request.first_day, request.end, {"resource_type": (CLUSTER,), "k8s_cluster": clusters})
         page, per_account, components = await asyncio.gather(
-            self._queries.resource_page(scope, request.limit),
+            self._queries.resource_page(scope, request.limit, per_day),
             self._queries.per_account(cluster_scope),
             self._queries.cluster_components(cluster_scope),
         )
@@ -73,7 +80,7 @@ class ExpenseService:
             "end_date": request.end,
             "total_count": page.total_count,
             "total_cost": page.total_cost,
-            "clean_expenses": [_expense(row, by_id[row.cloud_account_id]) for row in page.resources],
+            "clean_expenses": [_expense(row, by_id[row.cloud_account_id], per_day) for row in page.resources],
             "k8s_costs": {
                 "k8s_total_cost": sum(per_account.values()),
                 "k8s_cost_breakdown": [
@@ -159,12 +166,14 @@ class ExpenseService:
         }
 
 
-def _expense(row: ResourceCost, account: Account) -> dict[str, Any]:
-    """One resource of a page. ``cloud_resource_id`` is built by the function the resource
-    store uses; ``first_seen``/``last_seen`` bound the resource's days with cost in the asked
-    range (the ledger's; MongoDB's document spans all time)."""
+def _expense(row: ResourceCost, account: Account, dated: bool = False) -> dict[str, Any]:
+    """One resource (or resource-day: ``dated``, with its ``date``) of a page. ``cloud_resource_id``
+    is built by the function the resource store uses; ``first_seen``/``last_seen`` bound the
+    resource's days with cost in the asked range (the ledger's; MongoDB's document spans all time)."""
     resource = Resource(_KINDS[row.resource_type], row.k8s_cluster or "", row.k8s_namespace, row.resource_name)
+    day = {"date": datetime.fromtimestamp(row.first_day, UTC).date().isoformat()} if dated else {}
     return {
+        **day,
         "resource_id": row.resource_id,
         "resource_name": row.resource_name,
         "cloud_resource_id": resource.cloud_resource_id(),

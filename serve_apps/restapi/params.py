@@ -10,6 +10,7 @@ naming the parameter. The same spec documents the parameters in the OpenAPI sche
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -77,11 +78,13 @@ class ExpenseRequest:
         return self.start - self.start % DAY
 
 
-def openapi_parameters(allowed: Iterable[str]) -> dict[str, Any]:
-    """``openapi_extra`` documenting the query parameters this module parses."""
+def openapi_parameters(allowed: Iterable[str], optional: Iterable[str] = ()) -> dict[str, Any]:
+    """``openapi_extra`` documenting the query parameters this module parses; ``optional``:
+    those of them with a default on this route (a default range)."""
     parameters = []
     for name in sorted(allowed, key=list(_DOCS).index):
         doc, required, schema = _DOCS[name]
+        required = required and name not in optional
         if name in FILTER_PARAMS:
             schema = {"type": "array", "items": schema}
         parameters.append({"name": name, "in": "query", "required": required, "description": doc, "schema": schema})
@@ -103,15 +106,43 @@ def items_from_body(body: Any) -> list[tuple[str, str]]:
     return items
 
 
-def parse(items: Iterable[tuple[str, str]], allowed: frozenset[str], settings: RestApiSettings) -> ExpenseRequest:
-    """The checked request, or ``BadParameter`` naming the first parameter at fault."""
-    query = QueryParams(items, allowed, FILTER_PARAMS)
+def items_from_design_body(body: Any) -> list[tuple[str, str]]:
+    """The design's (NGUI's) body as query items: the range and extras as fields, the
+    filters under ``filter`` (``{"start_date": …, "end_date": …, "filter": {"k8s_namespace": "default"}}``)."""
+    if not isinstance(body, Mapping):
+        raise BadParameter("body", "body: must be a JSON object: start_date, end_date and a filter object")
+    filters = body.get("filter", {})
+    if not isinstance(filters, Mapping):
+        raise BadParameter("filter", "filter: must be a JSON object of filter → value or list of values")
+    unknown = [str(name) for name in filters if name not in FILTER_PARAMS]
+    if unknown:
+        message = f"filter.{unknown[0][:64]}: not a filter; filters: {', '.join(FILTER_PARAMS)}"
+        raise BadParameter(f"filter.{unknown[0]}", message)
+    return items_from_body({name: value for name, value in body.items() if name != "filter"}) + items_from_body(filters)
+
+
+def parse(
+    items: Iterable[tuple[str, str]],
+    allowed: frozenset[str],
+    settings: RestApiSettings,
+    read_elsewhere: frozenset[str] = frozenset(),
+    default_range: bool = False,
+) -> ExpenseRequest:
+    """The checked request, or ``BadParameter`` naming the first parameter at fault.
+
+    ``read_elsewhere``: parameters a route's dependency reads (``organization_id`` of the
+    design's routes), accepted here once and ignored. ``default_range``: without
+    start_date and end_date, the longest range allowed (``max_range_days``) ending now.
+    """
+    query = QueryParams(items, allowed | read_elsewhere, FILTER_PARAMS)
     filters = {
         name: values
         for name in FILTER_PARAMS
         if (values := query.values(name, RESOURCE_TYPE_NAMES if name == "resource_type" else None))
     }
-    start, end = query.date_range(settings.max_range_days)
+    now = int(time.time())
+    default = (now - settings.max_range_days * DAY, now) if default_range else None
+    start, end = query.date_range(settings.max_range_days, default)
     limit = 0
     if "limit" in allowed:
         limit = query.integer("limit", settings.default_limit, 1, settings.max_limit)
