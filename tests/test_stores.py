@@ -537,6 +537,31 @@ async def test_upsert_is_idempotent_and_widens_the_seen_interval(
     assert (pod["first_seen"], pod["last_seen"]) == (1000, 2000)
 
 
+async def test_resource_indexes_are_the_designs_and_built_idempotently(real_services: None) -> None:
+    settings = from_env(StoreSettings, mongodb_database=f"test_indexes_{uuid.uuid4().hex[:12]}")
+    db = connect(settings)
+    try:
+        # What an earlier release left behind: its namespace index, now a prefix of the design's.
+        await db[COLLECTION].create_index([("cloud_account_id", 1), ("k8s_namespace", 1)])
+        store = ResourceStore(db)
+        await asyncio.gather(store.ensure_indexes(), store.ensure_indexes())  # two processes starting at once
+        await store.ensure_indexes()
+        indexes = {tuple(index["key"].items()): index.get("unique", False) async for index in db[COLLECTION].list_indexes()}
+    finally:
+        await db.client.drop_database(settings.mongodb_database)
+    assert indexes == {
+        (("_id", 1),): False,
+        (("cloud_account_id", 1), ("cloud_resource_id", 1)): True,
+        (("cloud_account_id", 1), ("k8s_cluster", 1)): False,
+        (("cloud_account_id", 1), ("k8s_node", 1)): False,
+        (("cloud_account_id", 1), ("k8s_service", 1)): False,
+        (("cloud_account_id", 1), ("resource_type", 1)): False,
+        # The design's production notes, as written there.
+        (("cloud_account_id", 1), ("k8s_namespace", 1), ("deleted_at", 1)): False,
+        (("k8s_namespace", 1), ("last_seen", -1)): False,
+    }
+
+
 async def test_refreshing_hundreds_of_existing_resources_completes(resources: ResourceStore, account: str) -> None:
     # More updates than one command may carry on FerretDB 1.24 (which hung at 100).
     pods = [Resource(Kind.POD, "c1", "ns", f"pod-{i}", node="n1") for i in range(3 * UPDATE_BATCH + 7)]
