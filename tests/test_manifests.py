@@ -38,6 +38,9 @@ CONFIG = ROOT / "cluster_config"
 CRD_DIR = ROOT / "tests" / "fixtures" / "kuberay"
 RULES = CONFIG / "alerts" / "cloudtuner.rules.yaml"
 RULES_TEST = CONFIG / "alerts" / "cloudtuner.rules.test.yaml"
+# The customer's Prometheus's own alerts on its remote write to CloudTuner.
+CUSTOMER_RULES = CONFIG / "customer" / "cloudtuner-remote-write.rules.yaml"
+CUSTOMER_RULES_TEST = CONFIG / "customer" / "cloudtuner-remote-write.rules.test.yaml"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 # A release kubernetes-validate ships schemas for (offline); strict: unknown fields refused.
 KUBERNETES_VERSION = "1.33.0"
@@ -45,6 +48,8 @@ KUBERNETES_VERSION = "1.33.0"
 NOT_MANIFESTS = {
     "serve_config.yaml",
     "customer/prometheus-remote-write.yaml",
+    "customer/cloudtuner-remote-write.rules.yaml",
+    "customer/cloudtuner-remote-write.rules.test.yaml",
     "alerts/cloudtuner.rules.yaml",
     "alerts/cloudtuner.rules.test.yaml",
 }
@@ -589,6 +594,43 @@ def test_promtool_rule_unit_tests(tmp_path: Path) -> None:
         RULES.read_text().replace("ray_cloudtuner_ledger_failing", "cloudtuner_ledger_failing"))
     (tmp_path / "cloudtuner.rules.test.yaml").write_text(RULES_TEST.read_text())
     assert _promtool("test", "rules", str(tmp_path / "cloudtuner.rules.test.yaml")).returncode != 0
+
+
+def test_customer_remote_write_rules_check(tmp_path: Path) -> None:
+    ok = _promtool("check", "rules", str(CUSTOMER_RULES))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "3 rules found" in ok.stdout
+
+    broken = tmp_path / "broken.rules.yaml"
+    broken.write_text(CUSTOMER_RULES.read_text().replace("group_right", "group_rihgt", 1))
+    assert _promtool("check", "rules", str(broken)).returncode != 0
+
+
+def test_customer_remote_write_alerts_fire_and_stay_quiet(tmp_path: Path) -> None:
+    """KubecostRemoteWriteFailing, …Behind and …NeverSent on a Prometheus sender's series
+    (cloudtuner-remote-write.rules.test.yaml: when each fires, and when not)."""
+    names = {rule["alert"] for group in yaml.safe_load(CUSTOMER_RULES.read_text())["groups"] for rule in group["rules"]}
+    assert names == {"KubecostRemoteWriteFailing", "KubecostRemoteWriteBehind", "KubecostRemoteWriteNeverSent"}
+    ok = _promtool("test", "rules", str(CUSTOMER_RULES_TEST))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    # The same tests against rules that read only the design's (pre-2.23) name of failed
+    # samples, or every queue rather than cloudtuner's: they fail.
+    for wrong in (
+        CUSTOMER_RULES.read_text().replace("prometheus_remote_storage_samples_failed_total", "prometheus_remote_storage_failed_samples_total"),
+        CUSTOMER_RULES.read_text().replace('{remote_name="cloudtuner"}', ""),
+    ):
+        (tmp_path / CUSTOMER_RULES.name).write_text(wrong)
+        (tmp_path / CUSTOMER_RULES_TEST.name).write_text(CUSTOMER_RULES_TEST.read_text())
+        assert _promtool("test", "rules", str(tmp_path / CUSTOMER_RULES_TEST.name)).returncode != 0
+
+
+def test_customer_rules_watch_the_queue_the_customer_config_names() -> None:
+    """The rules select remote_name="cloudtuner": the name the remote_write block gives its queue."""
+    config = yaml.safe_load((CONFIG / "customer" / "prometheus-remote-write.yaml").read_text())
+    assert [queue["name"] for queue in config["remote_write"]] == ["cloudtuner"]
+    exprs = [rule["expr"] for group in yaml.safe_load(CUSTOMER_RULES.read_text())["groups"] for rule in group["rules"]]
+    assert all('remote_name="cloudtuner"' in expr for expr in exprs)
 
 
 def exported_metric_names() -> set[str]:
