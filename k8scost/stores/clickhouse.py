@@ -175,7 +175,7 @@ class ExpenseStore:
                 server = tuple(int(part) for part in version.split(".")[:2])
             try:
                 if server < migration.since:
-                    pass  # recorded all the same: what it declares is done another way (its comment says how)
+                    pass  # recorded all the same: the migration's comment says what stands in for it
                 elif migration.sorting_key:
                     await self._rebuild(migration)
                 else:

@@ -103,7 +103,7 @@ EXPENSES_BY_TYPE_DDL = (
 )
 
 # Row TTL on the same boundary as the partitions ``expire`` drops (see the module docstring).
-# Table TTL arrived in ClickHouse 19.6: 18.16 refuses the syntax.
+# Table TTL arrived in ClickHouse 19.6: 18.16 refuses the syntax, and relies on ExpenseStore.expire alone.
 RETENTION_TTL_DDL = "ALTER TABLE expenses MODIFY TTL toStartOfMonth(date) + INTERVAL {retention_months} MONTH"
 TTL_SINCE = (19, 6)
 
