@@ -3,6 +3,8 @@
 It reconciles actors with the accounts in MongoDB (a new account gets its actor, a
 deleted one loses it — its ledger stays), restarts actors that do not answer or stall,
 and reports each tenant's last cycle, lag, rows written and last error, also as metrics.
+Being the one cluster-wide loop, it also enforces the ledger's retention
+(``ExpenseStore.expire``) every ``RETENTION_EVERY_SECONDS``.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import ray
 from actors import metrics
 from actors.tenant import TenantActor, TenantConfig
 from k8scost.stores.accounts import AccountStore
+from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.mongo import connect
 
 log = logging.getLogger(__name__)
 
 SUPERVISOR_NAME = "tenant-supervisor"
 _STATUS_TIMEOUT = 10.0
+# Months expire at most once a month; an hour keeps a missed or failed run short.
+RETENTION_EVERY_SECONDS = 3600.0
 
 
 def tenant_actor_name(account_id: str) -> str:
@@ -49,6 +54,9 @@ class TenantSupervisor:
         self.config = config
         self.settings = config.ledger
         self.accounts = AccountStore(connect(config.stores))
+        self.expenses = ExpenseStore(config.stores)
+        self.retention: dict[str, Any] = {"last_run": None, "dropped": [], "error": None}
+        self.next_expiry = 0.0  # time.monotonic() of the next retention run
         self.actors: dict[str, Any] = {}
         self.report: dict[str, dict[str, Any]] = {}
         self.last_error: str | None = None
@@ -61,7 +69,23 @@ class TenantSupervisor:
             except Exception as exc:  # MongoDB down: keep the actors as they are, retry
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("reconcile failed: %s", self.last_error)
+            if time.monotonic() >= self.next_expiry:
+                await self.expire()
             await asyncio.sleep(self.settings.reconcile_seconds)
+
+    async def expire(self) -> dict[str, Any]:
+        """Drop the ledger's months past the retention now; what this run did (also in ``status``)."""
+        self.next_expiry = time.monotonic() + RETENTION_EVERY_SECONDS
+        try:
+            dropped = await self.expenses.expire()
+        except Exception as exc:  # ClickHouse down: the actors are unaffected, retry within the hour
+            self.retention["error"] = f"{type(exc).__name__}: {exc}"
+            log.warning("retention failed: %s", self.retention["error"])
+        else:
+            self.retention = {"last_run": time.time(), "dropped": dropped, "error": None}
+            if dropped:
+                log.info("retention: dropped the expenses of months %s", dropped)
+        return self.retention
 
     async def reconcile(self) -> dict[str, dict[str, Any]]:
         """Match actors to accounts, check their health; the per-tenant report."""
@@ -102,4 +126,4 @@ class TenantSupervisor:
         ray.kill(actor, no_restart=False)  # Ray starts it again; it rebuilds its state from ClickHouse
 
     async def status(self) -> dict[str, Any]:
-        return {"tenants": self.report, "last_error": self.last_error}
+        return {"tenants": self.report, "last_error": self.last_error, "retention": self.retention}

@@ -105,6 +105,11 @@ class StoreSettings:
     tsdb_url: str = setting(
         "TSDB_URL", "http://127.0.0.1:9090", "PromQL API of the TSDB (Thanos Query in production)."
     )
+    expenses_retention_years: int = setting(
+        "EXPENSES_RETENTION_YEARS",
+        2,
+        "Years the ClickHouse ledger keeps a day's expenses (at least 1); a month goes whole once all of it is older.",
+    )
     tsdb_raw_retention_days: int = setting(
         "TSDB_RAW_RETENTION_DAYS",
         100,

@@ -27,7 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from k8scost.settings import ALL_SETTINGS, MetroculusSettings, StoreSettings, from_env
+from k8scost.settings import ALL_SETTINGS, IngressSettings, MetroculusSettings, StoreSettings, from_env
 
 # Ray Serve's schemas still use pydantic v1-style Field extras.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -38,6 +38,9 @@ CONFIG = ROOT / "cluster_config"
 CRD_DIR = ROOT / "tests" / "fixtures" / "kuberay"
 RULES = CONFIG / "alerts" / "cloudtuner.rules.yaml"
 RULES_TEST = CONFIG / "alerts" / "cloudtuner.rules.test.yaml"
+# The customer's Prometheus's own alerts on its remote write to CloudTuner.
+CUSTOMER_RULES = CONFIG / "customer" / "cloudtuner-remote-write.rules.yaml"
+CUSTOMER_RULES_TEST = CONFIG / "customer" / "cloudtuner-remote-write.rules.test.yaml"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 # A release kubernetes-validate ships schemas for (offline); strict: unknown fields refused.
 KUBERNETES_VERSION = "1.33.0"
@@ -45,6 +48,8 @@ KUBERNETES_VERSION = "1.33.0"
 NOT_MANIFESTS = {
     "serve_config.yaml",
     "customer/prometheus-remote-write.yaml",
+    "customer/cloudtuner-remote-write.rules.yaml",
+    "customer/cloudtuner-remote-write.rules.test.yaml",
     "alerts/cloudtuner.rules.yaml",
     "alerts/cloudtuner.rules.test.yaml",
 }
@@ -103,7 +108,7 @@ def test_every_yaml_under_cluster_config_is_checked() -> None:
             assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{rel}: not a Kubernetes object"
     kinds = {doc["kind"] for _, doc in _manifests()}
     assert {"RayService", "RayCluster", "RayJob", "RayCronJob", "Deployment", "StatefulSet", "Service",
-            "NetworkPolicy", "ConfigMap", "Secret"} <= kinds
+            "NetworkPolicy", "ConfigMap", "Secret", "Ingress"} <= kinds
 
 
 # --- KubeRay CRDs -------------------------------------------------------------------------
@@ -563,6 +568,103 @@ def test_serve_config_v2_is_a_valid_serve_config_with_autoscaling() -> None:
     assert serve_schema_problems(broken(lambda d: d.update(max_ongoing_request=3)))
 
 
+# --- the public HTTPS entry --------------------------------------------------------------
+
+
+def public_paths() -> set[tuple[str, str]]:
+    """(path, pathType) of everything the public may reach, from the code that serves it: the
+    REST API's prefix, the ingress app's one write path, the dashboard's files."""
+    from serve_apps.dashboard.app import FILES
+    from serve_apps.ingress.app import WRITE_PATH
+
+    prefixes = {app["name"]: app["route_prefix"] for app in _serve_config_v2()["applications"]}
+    assert prefixes["dashboard"] == "/"
+    return {(prefixes["restapi"], "Prefix"), (prefixes["ingress"] + WRITE_PATH, "Exact")} | {
+        (path, "Exact") for path in FILES
+    }
+
+
+def _size_bytes(quantity: str) -> int:
+    """nginx's size syntax (proxy-body-size): bytes, or a k/m/g suffix of 1024s."""
+    match = re.fullmatch(r"(\d+)([kmg]?)", quantity.lower())
+    assert match, f"not an nginx size: {quantity!r}"
+    return int(match[1]) * 1024 ** " kmg".index(match[2] or " ")
+
+
+def ingress_problems(ingress: dict[str, Any]) -> list[str]:
+    """What keeps the Ingress from being the TLS-only, public-paths-only entry to the Serve service."""
+    problems = []
+    annotations = ingress["metadata"].get("annotations", {})
+    spec = ingress["spec"]
+    tls = spec.get("tls") or []
+    rule_hosts = {rule.get("host") for rule in spec.get("rules", [])}
+    tls_hosts = {host for entry in tls for host in entry.get("hosts", [])}
+    if None in rule_hosts:
+        problems.append("a rule without a host: its certificate cannot name it")
+    if tls_hosts != rule_hosts:
+        problems.append(f"tls hosts {sorted(tls_hosts)} are not the rules' hosts {sorted(h for h in rule_hosts if h)}")
+    secrets = {entry.get("secretName") for entry in tls}
+    if not tls or None in secrets or "" in secrets:
+        problems.append("a tls entry without secretName")
+    tls_secrets = {doc["metadata"]["name"] for _, doc in _manifests()
+                   if doc["kind"] == "Secret" and doc.get("type") == "kubernetes.io/tls"}
+    issued = any(key in annotations for key in ("cert-manager.io/cluster-issuer", "cert-manager.io/issuer"))
+    if not issued and not secrets <= tls_secrets:
+        problems.append("no certificate: neither a cert-manager issuer annotation nor the tls Secret")
+    if annotations.get("nginx.ingress.kubernetes.io/ssl-redirect") != "true":
+        problems.append("plain HTTP is not redirected to HTTPS")
+    max_body = from_env(IngressSettings, _one("ConfigMap", "cloudtuner-settings")["data"]).max_body_bytes
+    if _size_bytes(annotations.get("nginx.ingress.kubernetes.io/proxy-body-size", "1m")) < max_body:
+        problems.append(f"proxy-body-size below INGRESS_MAX_BODY_BYTES ({max_body}): nginx would refuse writes the app accepts")
+
+    service = _one("RayService", "cloudtuner")
+    backend_ok = {"name": f"{service['metadata']['name']}-serve-svc", "port": {"number": _serve_config_v2()["http_options"]["port"]}}
+    paths = set()
+    for rule in spec.get("rules", []):
+        for entry in rule.get("http", {}).get("paths", []):
+            paths.add((entry.get("path"), entry.get("pathType")))
+            if entry.get("backend", {}).get("service") != backend_ok:
+                problems.append(f"{entry.get('path')}: backend {entry.get('backend')} is not the Serve service {backend_ok}")
+    wanted = public_paths()
+    if paths - wanted:
+        problems.append(f"not public, yet routed: {sorted(paths - wanted)}")
+    if wanted - paths:
+        problems.append(f"public, yet not routed: {sorted(wanted - paths)}")
+    return problems
+
+
+def test_the_public_ingress_is_tls_only_and_routes_only_public_paths() -> None:
+    ingress = _one("Ingress", "cloudtuner")
+    assert ingress_problems(ingress) == []
+    # What the public may not reach is not among what it may.
+    metroculus = next(app["route_prefix"] for app in _serve_config_v2()["applications"] if app["name"] == "metroculus")
+    assert not [path for path, _ in public_paths() if path.startswith((metroculus, "/-/"))]
+    assert ("/", "Prefix") not in public_paths()
+    # The write URL handed to customers is https on this host, on a routed path.
+    write_url = urlsplit(_one("ConfigMap", "cloudtuner-settings")["data"]["RESTAPI_PUBLIC_WRITE_URL"])
+    assert write_url.scheme == "https"
+    assert write_url.hostname in ingress["spec"]["tls"][0]["hosts"]
+    assert (write_url.path, "Exact") in public_paths()
+
+    def broken(change: Any) -> list[str]:
+        copy_ = copy.deepcopy(ingress)
+        change(copy_)
+        return ingress_problems(copy_)
+
+    paths = lambda doc: doc["spec"]["rules"][0]["http"]["paths"]  # noqa: E731
+    backend = lambda port: {"service": {"name": "cloudtuner-serve-svc", "port": {"number": port}}}  # noqa: E731
+    assert any("secretName" in p for p in broken(lambda d: d["spec"]["tls"][0].pop("secretName")))
+    assert any("tls hosts" in p for p in broken(lambda d: d["spec"]["tls"][0].update(hosts=["other.example"])))
+    assert any("tls hosts" in p for p in broken(lambda d: d["spec"].pop("tls")))
+    assert any("not public" in p for p in broken(lambda d: paths(d).append({"path": "/", "pathType": "Prefix", "backend": backend(8000)})))
+    assert any("not public" in p for p in broken(lambda d: paths(d).append({"path": "/metroculus", "pathType": "Prefix", "backend": backend(8000)})))
+    assert any("not the Serve service" in p for p in broken(lambda d: paths(d)[0].update(backend=backend(8265))))
+    assert any("not routed" in p for p in broken(lambda d: paths(d).pop(1)))
+    assert any("redirected" in p for p in broken(lambda d: d["metadata"]["annotations"].pop("nginx.ingress.kubernetes.io/ssl-redirect")))
+    assert any("no certificate" in p for p in broken(lambda d: d["metadata"]["annotations"].pop("cert-manager.io/cluster-issuer")))
+    assert any("proxy-body-size" in p for p in broken(lambda d: d["metadata"]["annotations"].pop("nginx.ingress.kubernetes.io/proxy-body-size")))
+
+
 # --- alert rules --------------------------------------------------------------------------
 
 
@@ -589,6 +691,43 @@ def test_promtool_rule_unit_tests(tmp_path: Path) -> None:
         RULES.read_text().replace("ray_cloudtuner_ledger_failing", "cloudtuner_ledger_failing"))
     (tmp_path / "cloudtuner.rules.test.yaml").write_text(RULES_TEST.read_text())
     assert _promtool("test", "rules", str(tmp_path / "cloudtuner.rules.test.yaml")).returncode != 0
+
+
+def test_customer_remote_write_rules_check(tmp_path: Path) -> None:
+    ok = _promtool("check", "rules", str(CUSTOMER_RULES))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "3 rules found" in ok.stdout
+
+    broken = tmp_path / "broken.rules.yaml"
+    broken.write_text(CUSTOMER_RULES.read_text().replace("group_right", "group_rihgt", 1))
+    assert _promtool("check", "rules", str(broken)).returncode != 0
+
+
+def test_customer_remote_write_alerts_fire_and_stay_quiet(tmp_path: Path) -> None:
+    """KubecostRemoteWriteFailing, …Behind and …NeverSent on a Prometheus sender's series
+    (cloudtuner-remote-write.rules.test.yaml: when each fires, and when not)."""
+    names = {rule["alert"] for group in yaml.safe_load(CUSTOMER_RULES.read_text())["groups"] for rule in group["rules"]}
+    assert names == {"KubecostRemoteWriteFailing", "KubecostRemoteWriteBehind", "KubecostRemoteWriteNeverSent"}
+    ok = _promtool("test", "rules", str(CUSTOMER_RULES_TEST))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    # The same tests against rules that read only the design's (pre-2.23) name of failed
+    # samples, or every queue rather than cloudtuner's: they fail.
+    for wrong in (
+        CUSTOMER_RULES.read_text().replace("prometheus_remote_storage_samples_failed_total", "prometheus_remote_storage_failed_samples_total"),
+        CUSTOMER_RULES.read_text().replace('{remote_name="cloudtuner"}', ""),
+    ):
+        (tmp_path / CUSTOMER_RULES.name).write_text(wrong)
+        (tmp_path / CUSTOMER_RULES_TEST.name).write_text(CUSTOMER_RULES_TEST.read_text())
+        assert _promtool("test", "rules", str(tmp_path / CUSTOMER_RULES_TEST.name)).returncode != 0
+
+
+def test_customer_rules_watch_the_queue_the_customer_config_names() -> None:
+    """The rules select remote_name="cloudtuner": the name the remote_write block gives its queue."""
+    config = yaml.safe_load((CONFIG / "customer" / "prometheus-remote-write.yaml").read_text())
+    assert [queue["name"] for queue in config["remote_write"]] == ["cloudtuner"]
+    exprs = [rule["expr"] for group in yaml.safe_load(CUSTOMER_RULES.read_text())["groups"] for rule in group["rules"]]
+    assert all('remote_name="cloudtuner"' in expr for expr in exprs)
 
 
 def exported_metric_names() -> set[str]:

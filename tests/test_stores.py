@@ -6,7 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -79,7 +79,7 @@ def _row(
 async def test_migrations_apply_once_and_create_the_ledger_table(scratch_database: str) -> None:
     store = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database)))
     try:
-        assert await store.migrate() == [1, 2, 3]
+        assert await store.migrate() == [1, 2, 3, 5]
         assert await store.migrate() == []
     finally:
         await store.close()
@@ -109,8 +109,15 @@ async def test_migrations_apply_once_and_create_the_ledger_table(scratch_databas
     )
     records = await _clickhouse("SELECT version, name FROM schema_migrations ORDER BY version", scratch_database)
     assert records == [
-        (1, "create expenses"), (2, "expenses name their resource and its type"), (3, "expenses sorted by resource type")
+        (1, "create expenses"), (2, "expenses name their resource and its type"), (3, "expenses sorted by resource type"),
+        (5, "expenses expire after the retention"),
     ]
+    [(version,)] = await _clickhouse("SELECT version()")
+    if tuple(int(part) for part in version.split(".")[:2]) < migrations.TTL_SINCE:
+        # 18.16 has no table TTL: version 5 is recorded, ExpenseStore.expire does its work.
+        assert "TTL" not in engine_full
+    else:
+        assert "TTL toStartOfMonth(date) + toIntervalMonth(25)" in engine_full
 
 
 async def test_concurrent_migrations_create_the_schema_once(scratch_database: str) -> None:
@@ -119,7 +126,7 @@ async def test_concurrent_migrations_create_the_schema_once(scratch_database: st
         results = await asyncio.gather(*(store.migrate() for store in stores))
         # Each version is applied by one of them at least; the same ALTER of version 2 run
         # again finds its columns there and counts as done.
-        assert {v for result in results for v in result} == {1, 2, 3}
+        assert {v for result in results for v in result} == {1, 2, 3, 5}
         assert all(result == sorted(set(result)) for result in results)
         assert await stores[0].migrate() == []
     finally:
@@ -128,7 +135,7 @@ async def test_concurrent_migrations_create_the_schema_once(scratch_database: st
     tables = await _clickhouse(f"SELECT name FROM system.tables WHERE database = '{scratch_database}' ORDER BY name")
     assert tables == [("expenses",), ("schema_migrations",)]
     versions = await _clickhouse("SELECT DISTINCT version FROM schema_migrations", scratch_database)
-    assert sorted(versions) == [(1,), (2,), (3,)]
+    assert sorted(versions) == [(1,), (2,), (3,), (5,)]
 
 
 async def _ledger_of_version_2(database: str, account: str) -> list[ExpenseRow]:
@@ -153,7 +160,7 @@ async def test_the_rebuild_keeps_every_row_once_under_concurrent_starts(scratch_
     stores = [ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database))) for _ in range(4)]
     try:
         results = await asyncio.gather(*(store.migrate() for store in stores))
-        assert all(result == [3] for result in results)  # the losers waited for the winner's table
+        assert all(result[0] == 3 for result in results)  # the losers waited for the winner's table
         live = await stores[0].ledger(account, sorted({row.date for row in rows}))
     finally:
         for store in stores:
@@ -190,6 +197,95 @@ async def test_a_rebuild_cut_short_is_taken_over(scratch_database: str, account:
     assert (count, total) == (len(rows), pytest.approx(sum(row.cost * row.sign for row in rows)))
     tables = await _clickhouse(f"SELECT name FROM system.tables WHERE database = '{scratch_database}' ORDER BY name")
     assert tables == [("expenses",), ("schema_migrations",)]
+
+
+# --- retention ------------------------------------------------------------------------
+
+
+def _months_back(day: date, months: int, day_of_month: int) -> datetime:
+    """``day_of_month`` of the month ``months`` before ``day``'s, a UTC midnight."""
+    index = day.year * 12 + day.month - 1 - months
+    return datetime(index // 12, index % 12 + 1, day_of_month, tzinfo=UTC)
+
+
+async def test_expire_drops_the_months_past_the_retention_and_keeps_the_rest_exact(
+    scratch_database: str, account: str
+) -> None:
+    [(today_text,)] = await _clickhouse("SELECT toString(today())")  # the server's clock, as expire reads it
+    today = date.fromisoformat(today_text)
+    # Months back from this one: 27 and 25 are wholly past two years, 24 is the oldest kept
+    # (its first days are older than two years: a month goes only when all of it is).
+    months_back = (27, 25, 24, 23, 12, 0)
+    days = [_months_back(today, m, d) for m in months_back for d in (2, 27) if _months_back(today, m, d).date() <= today]
+    rows = []
+    for i, day in enumerate(days):
+        # Each resource-day corrected once (−1 of the old cost, +1 of the new): days lose
+        # or keep both rows together, and the namespace sum is of several resources.
+        for r in range(3):
+            rows += [_row(account, f"pod-{r}", day, 0.1 * (i + r)), _row(account, f"pod-{r}", day, 0.1 * (i + r), -1),
+                     _row(account, f"pod-{r}", day, 1.25 * (i + 1) + 0.1 * r)]
+    store = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database), expenses_retention_years=2))
+    try:
+        await store.migrate()
+        await store.insert(rows)
+        window = (days[0], days[-1] + timedelta(days=1))
+        before = await store.daily_costs(account, *window, by="k8s_namespace")
+
+        dropped = await store.expire()
+        month = lambda day: day.year * 100 + day.month  # noqa: E731
+        assert dropped == [month(_months_back(today, 27, 1)), month(_months_back(today, 25, 1))]
+        after = await store.daily_costs(account, *window, by="k8s_namespace")
+        kept = [day for day in days if month(day) >= month(_months_back(today, 24, 1))]
+        assert sorted(day for _, day in after) == kept
+        expected = {("ns", day): sum(row.cost * row.sign for row in rows if row.date == day) for day in kept}
+        assert after == pytest.approx(expected, rel=1e-12)
+        assert after == {key: before[key] for key in after}  # what stays sums as before, to the bit
+        [(left,)] = await _clickhouse(
+            f"SELECT count() FROM expenses WHERE date < toDateTime({int(_months_back(today, 24, 1).timestamp())})",
+            scratch_database,
+        )
+        assert left == 0
+        assert await store.expire() == []  # nothing more to drop
+    finally:
+        await store.close()
+
+    # A shorter retention is followed at once: one year keeps 12 months back and this one.
+    shorter = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database), expenses_retention_years=1))
+    try:
+        assert await shorter.expire() == [month(_months_back(today, 24, 1)), month(_months_back(today, 23, 1))]
+        remaining = await shorter.daily_costs(account, *window, by="k8s_namespace")
+        assert sorted(day for _, day in remaining) == [day for day in kept if month(day) >= month(_months_back(today, 12, 1))]
+    finally:
+        await shorter.close()
+
+
+async def test_expire_refuses_a_table_partitioned_otherwise(scratch_database: str, account: str) -> None:
+    await _clickhouse(
+        "CREATE TABLE expenses (date DateTime, cost Float64) ENGINE = MergeTree PARTITION BY toYYYYMMDD(date) ORDER BY date",
+        scratch_database,
+    )
+    await _clickhouse("INSERT INTO expenses SELECT toDateTime('2001-01-01 00:00:00'), 1.0", scratch_database)
+    store = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database)))
+    try:
+        with pytest.raises(RuntimeError, match="toYYYYMMDD"):
+            await store.expire()
+    finally:
+        await store.close()
+    assert await _clickhouse("SELECT count() FROM expenses", scratch_database) == [(1,)]
+
+
+async def test_expire_before_the_table_exists_does_nothing(scratch_database: str) -> None:
+    store = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database)))
+    try:
+        assert await store.expire() == []
+    finally:
+        await store.close()
+
+
+def test_the_retention_is_at_least_a_year() -> None:
+    assert migrations.retention_months(2) == 25
+    with pytest.raises(ValueError, match="EXPENSES_RETENTION_YEARS"):
+        ExpenseStore(StoreSettings(expenses_retention_years=0))
 
 
 # --- the expenses ledger ---------------------------------------------------------------
@@ -439,6 +535,31 @@ async def test_upsert_is_idempotent_and_widens_the_seen_interval(
     assert (cluster["first_seen"], cluster["last_seen"]) == (500, 3000)
     [pod] = await resources.find(account, resource_type="K8s Pod")
     assert (pod["first_seen"], pod["last_seen"]) == (1000, 2000)
+
+
+async def test_resource_indexes_are_the_designs_and_built_idempotently(real_services: None) -> None:
+    settings = from_env(StoreSettings, mongodb_database=f"test_indexes_{uuid.uuid4().hex[:12]}")
+    db = connect(settings)
+    try:
+        # What an earlier release left behind: its namespace index, now a prefix of the design's.
+        await db[COLLECTION].create_index([("cloud_account_id", 1), ("k8s_namespace", 1)])
+        store = ResourceStore(db)
+        await asyncio.gather(store.ensure_indexes(), store.ensure_indexes())  # two processes starting at once
+        await store.ensure_indexes()
+        indexes = {tuple(index["key"].items()): index.get("unique", False) async for index in db[COLLECTION].list_indexes()}
+    finally:
+        await db.client.drop_database(settings.mongodb_database)
+    assert indexes == {
+        (("_id", 1),): False,
+        (("cloud_account_id", 1), ("cloud_resource_id", 1)): True,
+        (("cloud_account_id", 1), ("k8s_cluster", 1)): False,
+        (("cloud_account_id", 1), ("k8s_node", 1)): False,
+        (("cloud_account_id", 1), ("k8s_service", 1)): False,
+        (("cloud_account_id", 1), ("resource_type", 1)): False,
+        # The design's production notes, as written there.
+        (("cloud_account_id", 1), ("k8s_namespace", 1), ("deleted_at", 1)): False,
+        (("k8s_namespace", 1), ("last_seen", -1)): False,
+    }
 
 
 async def test_refreshing_hundreds_of_existing_resources_completes(resources: ResourceStore, account: str) -> None:

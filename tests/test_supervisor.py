@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import uuid
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -16,8 +18,10 @@ from actors.tenant import TenantConfig
 from k8scost import raylocal
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.stores.accounts import AccountStore
+from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
 from k8scost.stores.mongo import connect
 from tests import helpers
+from tests.test_stores import _clickhouse, _dsn, scratch_database  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.services
 
@@ -90,3 +94,32 @@ def test_supervisor_follows_accounts_and_restarts_actors(isolated) -> None:
     helpers.wait_for("the lag metric of the tenant", lambda: any(
         line.startswith("ray_cloudtuner_ledger_lag_seconds") and second.id in line
         for line in httpx.get(RAY_METRICS, timeout=10).text.splitlines()), timeout=60, interval=2)
+
+
+async def test_the_supervisors_loop_expires_the_ledger(scratch_database: str) -> None:
+    """The supervisor's own loop runs the retention (no Ray needed: the actor's class, run in this loop)."""
+    suffix = uuid.uuid4().hex[:8]
+    stores = from_env(StoreSettings, clickhouse_url=_dsn(scratch_database), mongodb_database=f"cloudtuner_supervisor_{suffix}")
+    expenses = ExpenseStore(stores)
+    old, recent = datetime(2001, 3, 5, tzinfo=UTC), datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    try:
+        await expenses.migrate()
+        await expenses.insert([ExpenseRow("acc", "pod", day, 2.5, 1, "c", "ns", "n", None) for day in (old, recent)])
+    finally:
+        await expenses.close()
+    supervisor = TenantSupervisor.__ray_metadata__.modified_class(
+        TenantConfig(from_env(LedgerSettings, reconcile_seconds=3600.0), stores, "test-secret"))
+    try:
+        deadline = time.monotonic() + 30
+        while supervisor.retention["last_run"] is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        status = await supervisor.status()
+    finally:
+        supervisor.loop.cancel()
+        await supervisor.expenses.close()
+        await connect(stores).client.drop_database(stores.mongodb_database)
+    assert status["retention"]["dropped"] == [200103]
+    assert status["retention"]["error"] is None
+    rows = await _clickhouse("SELECT toUnixTimestamp(date), cost FROM expenses", scratch_database)
+    assert rows == [(int(recent.timestamp()), 2.5)]
+    assert supervisor.next_expiry > time.monotonic() + 3000  # not again before an hour

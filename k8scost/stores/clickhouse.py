@@ -125,6 +125,7 @@ class ExpenseStore:
 
     def __init__(self, settings: StoreSettings) -> None:
         self._dsn = settings.clickhouse_url
+        self._retention_months = migrations.retention_months(settings.expenses_retention_years)
         self._pool: Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -167,12 +168,18 @@ class ExpenseStore:
         await self._execute(migrations.BOOKKEEPING_DDL)
         applied = {version for (version,) in await self._execute(migrations.APPLIED_QUERY)}
         done: list[int] = []
+        server: tuple[int, ...] | None = None
         for migration in migrations.pending(applied):
+            if server is None:
+                [(version,)] = await self._execute("SELECT version()")
+                server = tuple(int(part) for part in version.split(".")[:2])
             try:
-                if migration.sorting_key:
+                if server < migration.since:
+                    pass  # recorded all the same: the migration's comment says what stands in for it
+                elif migration.sorting_key:
                     await self._rebuild(migration)
                 else:
-                    await self._execute(migration.sql)
+                    await self._execute(migration.sql.format(retention_months=self._retention_months))
             except StoreUnavailable as exc:
                 if getattr(exc.__cause__, "code", None) not in migration.done_if_codes:
                     raise
@@ -236,6 +243,33 @@ class ExpenseStore:
                 return False
             raise
         return True
+
+    async def expire(self) -> list[int]:
+        """Drop the months of ``expenses`` past the retention (``migrations`` module docstring); the
+        partitions dropped, as YYYYMM.
+
+        Whole partitions only, so no row of a live month is touched and every day kept keeps
+        all its rows: its sums stay exact. Idempotent (dropping a partition already gone does
+        nothing); nothing to do before the table exists.
+        """
+        keys = await self._execute(
+            "SELECT partition_key FROM system.tables WHERE database = currentDatabase() AND name = 'expenses'"
+        )
+        if not keys:
+            return []
+        if keys[0][0] != migrations.PARTITION_KEY:
+            # Another key would make a partition more or less than a month: dropping could lose live days.
+            raise RuntimeError(f"expenses is partitioned by {keys[0][0]}, not {migrations.PARTITION_KEY}: not expiring it")
+        expired = await self._execute(
+            "SELECT DISTINCT toUInt32(partition) FROM system.parts "
+            "WHERE database = currentDatabase() AND table = 'expenses' AND active "
+            "AND toUInt32(partition) < toYYYYMM(addMonths(toStartOfMonth(today()), %(keep)s))",
+            {"keep": 1 - self._retention_months},
+        )
+        dropped = sorted(partition for (partition,) in expired)
+        for partition in dropped:
+            await self._execute(f"ALTER TABLE expenses DROP PARTITION {int(partition)}")
+        return dropped
 
     async def insert(self, rows: Sequence[ExpenseRow]) -> None:
         """Write ``rows`` with one INSERT sent as one block.

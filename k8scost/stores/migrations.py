@@ -7,7 +7,21 @@ serialises concurrent creations of one table). ClickHouse 18.16 has no
 harmless, or its "column already exists" error treated as success.
 
 Each applied version is recorded in ``schema_migrations``; concurrent starts may record one
-twice, so readers take the distinct versions.
+twice, so readers take the distinct versions. A migration the server is too old for (``since``)
+is recorded without being run: the store makes up for it another way.
+
+Retention: a day of expenses is kept ``EXPENSES_RETENTION_YEARS`` years at least, and goes
+with its whole month, the table's partition, once every day of that month is older:
+
+    a row of month M expires at  start(M) + (12 · years + 1) months
+                                  (``retention_months``), i.e. the months kept today are
+    M ≥ month(today) − 12 · years.
+
+Servers with table TTL (ClickHouse ≥ 19.6) get it declared (migration 5); on every server
+``ExpenseStore.expire`` drops the partitions past it, the only way on 18.16, which has no TTL.
+Both read the server's clock and time zone, so they agree on the boundary. ``expire`` follows a
+change of the setting at once; a declared TTL keeps the months it was declared with, so a longer
+retention also needs ``ALTER TABLE expenses MODIFY TTL`` by hand on such servers.
 """
 
 from __future__ import annotations
@@ -24,8 +38,10 @@ class Migration(NamedTuple):
 
     version: int
     name: str
-    sql: str
+    sql: str  # ``{retention_months}`` in it is filled from the store's settings
     done_if_codes: frozenset[int] = frozenset()
+    # The first server release (major, minor) that runs it; older ones record it as applied.
+    since: tuple[int, int] = (0, 0)
     # Set for a rebuild of ``expenses`` (what no ALTER can change on 18.16, its sorting
     # key): ``sql`` then creates the new table ``{name}`` from ``{source}``, and the store
     # copies the rows over and swaps the names (``ExpenseStore._rebuild``); done once
@@ -42,6 +58,10 @@ BOOKKEEPING_DDL = (
 )
 APPLIED_QUERY = "SELECT DISTINCT version FROM schema_migrations"
 RECORD_INSERT = "INSERT INTO schema_migrations (version, name, applied_at) VALUES"
+
+# Retention drops whole partitions: months, in the server's time zone (ExpenseStore.expire
+# checks the table still has this key before it drops anything).
+PARTITION_KEY = "toYYYYMM(date)"
 
 # The k8s_* columns stay out of the sorting key: Nullable columns may not be in it on 18.16
 # (newer releases need allow_nullable_key), and readers filter by account and day first.
@@ -82,10 +102,24 @@ EXPENSES_BY_TYPE_DDL = (
     f"PARTITION BY toYYYYMM(date) ORDER BY ({BY_TYPE_KEY})"
 )
 
+# Row TTL on the same boundary as the partitions ``expire`` drops (see the module docstring).
+# Table TTL arrived in ClickHouse 19.6: 18.16 refuses the syntax, and relies on ExpenseStore.expire alone.
+RETENTION_TTL_DDL = "ALTER TABLE expenses MODIFY TTL toStartOfMonth(date) + INTERVAL {retention_months} MONTH"
+TTL_SINCE = (19, 6)
+
+
+def retention_months(years: int) -> int:
+    """Months after its month's start at which a row expires: ``12 · years + 1``."""
+    if years < 1:
+        raise ValueError(f"EXPENSES_RETENTION_YEARS must be at least 1, got {years}")
+    return 12 * years + 1
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create expenses", EXPENSES_DDL),
     Migration(2, "expenses name their resource and its type", RESOURCE_COLUMNS_DDL, _COLUMN_EXISTS),
     Migration(3, "expenses sorted by resource type", EXPENSES_BY_TYPE_DDL, sorting_key=BY_TYPE_KEY),
+    Migration(5, "expenses expire after the retention", RETENTION_TTL_DDL, since=TTL_SINCE),
 )
 
 
