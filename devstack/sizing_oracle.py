@@ -16,7 +16,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from k8scost.cluster_sizing import GIB, HOURS_PER_MONTH, Container, Node, NodeType, Pod, Profile, SizingPlan
+from k8scost.cluster_sizing import Container, Node, NodeType, Pod, Profile, SizingPlan
+from k8scost.rightsizing import GIB, HOURS_PER_MONTH
 
 SLACK = 1e-9  # the contract's relative slack
 

@@ -8,7 +8,7 @@ Inputs, one cluster:
   its controller (kind and name, empty when none), its node, and whether it mounts node-local
   storage (emptyDir, hostPath, a local PV) or a persistent volume;
 - ``nodes``: the current nodes, each with its node type;
-- ``node_types``: the candidate types (default: the current nodes' types), each with its
+- ``candidate_types``: the node types a plan may use (default: the current nodes'), each with its
   allocatable CPU and memory and its prices per core-hour and per GiB-hour, the exporter's
   ``cloudtuner_kubecost_node_{cpu_price_per_core_hour,ram_price_per_gib_hour}``;
 - a ``Profile``: a target utilization ``u`` and a minimum node count.
@@ -41,9 +41,9 @@ plan then reports it (``PlannedNode.over_target``) and places no movable pod on 
 pod that fits no candidate type even alone makes the plan infeasible at that profile: it is
 named in ``unplaceable`` and the plan has no cost or saving.
 
-Profiles, as Kubecost's cluster sizing names them: development u = 0.8, production 0.65,
-high availability 0.5; the minimum node counts 1, 2 and 3 are ours (the HA profile's point
-is to survive a node's loss).
+Profiles, the presets of Kubecost's cluster sizing as the issue gives them: development
+u = 0.8, production 0.65, high availability 0.5; the minimum node counts 1, 2 and 3 are
+ours (the HA profile's point is to survive a node's loss).
 
 Algorithm: first-fit decreasing per base type and sort order, each node then downsized,
 the best of all. For each candidate type B (one that holds the overhead) and each order of
@@ -69,10 +69,10 @@ on small clusters instead, and to a linear-programming lower bound on the large 
 every type as the base and downsizing each node is the variable-sized bin packing idea of
 iterative FFD (Kang and Park 2003); the four orders matter with two resources (the bench
 prints the gap of the dominant order alone beside theirs). It costs 4 × (candidate types)
-FFD passes. A pass places a group of equal pods (a controller's
-replicas, mostly) at once: equal pods placed one by one by first fit fill, in order, the
-nodes holding one, each up to the copies it holds, then open new nodes; so a group costs one
-numpy pass over the open nodes, not one per pod. An exact solver (integer programming) would
+FFD passes. A pass places a group of equal pods (a controller's replicas, mostly) at once:
+equal pods placed one by one by first fit fill, in order, the nodes holding one, each up to
+the copies it holds, then open new nodes; so a group costs one numpy pass over the open
+nodes, not one per pod. An exact solver (integer programming) would
 need a solver dependency and does not scale to 20,000 pods.
 
 What a Ray job will need to call ``size_cluster`` (per cluster, from the stores): the pods
@@ -94,8 +94,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-GIB = 1024**3
-HOURS_PER_MONTH = 730.0  # Kubecost's month, as k8scost.rightsizing
+from k8scost.rightsizing import GIB, HOURS_PER_MONTH
+
 _SLACK = 1e-9  # relative: an exact fit computed by hand is not lost to float rounding
 
 

@@ -33,7 +33,8 @@ import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
 
-from k8scost.cluster_sizing import GIB, HOURS_PER_MONTH, Node, Pod
+from k8scost.cluster_sizing import Node, Pod
+from k8scost.rightsizing import GIB, HOURS_PER_MONTH
 
 DEFAULT_SPOT_DISCOUNT = 0.6  # a conservative typical discount; cloud providers advertise up to 90 %
 MIN_REPLICAS = 2

@@ -19,9 +19,7 @@ import pytest
 from devstack.sizing_oracle import lower_bound, optimum, random_cluster, violations
 from k8scost.cluster_sizing import (
     DEVELOPMENT,
-    GIB,
     HIGH_AVAILABILITY,
-    HOURS_PER_MONTH,
     PRODUCTION,
     PROFILES,
     Container,
@@ -32,6 +30,7 @@ from k8scost.cluster_sizing import (
     size_all,
     size_cluster,
 )
+from k8scost.rightsizing import GIB, HOURS_PER_MONTH
 from k8scost.spot_readiness import Rule, SpotParams, WorkloadKey, assess
 
 SMALL = NodeType("small", 2.0, 8 * GIB, 0.03, 0.005)
