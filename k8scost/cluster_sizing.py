@@ -390,8 +390,9 @@ class _Packer:
                 t = base if self.holds(base, g.cpu, g.memory) else self.cheapest(g.cpu, g.memory)
                 assert t is not None  # unplaceable pods were set aside
                 limit_cpu, limit_memory = self.limit(t)
-                k = min(_copies(limit_cpu - self.ds_cpu, g.cpu, count - placed),
-                        _copies(limit_memory - self.ds_memory, g.memory, count - placed))
+                # One at least: ``holds`` said so, whatever the rounding of limit − overhead.
+                k = max(1, min(_copies(limit_cpu - self.ds_cpu, g.cpu, count - placed),
+                               _copies(limit_memory - self.ds_memory, g.memory, count - placed)))
                 open_node(_Bin(t, None, list(g.pods[placed:placed + k]), self.ds_cpu + k * g.cpu,
                                self.ds_memory + k * g.memory))
                 placed += k

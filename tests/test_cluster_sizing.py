@@ -254,10 +254,11 @@ def test_spot_saving_at_each_node_types_discount() -> None:
     assert all(v.monthly_cost > 0 for v in verdicts)
 
 
-@pytest.mark.parametrize("discounts", [{"default": 1.0}, {"small": -0.1}, {"small": float("nan")}])
-def test_spot_discounts_are_checked(discounts: dict[str, float]) -> None:
+@pytest.mark.parametrize("bad", [
+    lambda: SpotParams(default_discount=1.0), lambda: SpotParams(discounts={"small": -0.1}),
+    lambda: SpotParams(discounts={"small": float("nan")}),
+    lambda: assess([pod("a", 1.0, node="gone")], [Node("n1", SMALL)]),
+])
+def test_spot_input_is_checked(bad) -> None:
     with pytest.raises(ValueError):
-        if "default" in discounts:
-            SpotParams(default_discount=discounts["default"])
-        else:
-            SpotParams(discounts=discounts)
+        bad()
