@@ -159,14 +159,13 @@ def forecast(model: Model, values: Sequence[float], origin: int, horizon: int, w
     needed = history_needed(model, weeks)
     if len(values) < needed:
         raise ValueError(f"{model} needs {needed} days of history, not {len(values)}")
-    days = range(origin + DAY, origin + (horizon + 1) * DAY, DAY)
     if model is Model.LAST_VALUE:
         return [values[-1]] * horizon
     if model is Model.MEAN_7:
         return [sum(values[-7:]) / 7] * horizon
     fitted = profile(values, origin, weeks)
     trend = model is Model.WEEKDAY_TREND
-    return [fitted.expected(day, trend) for day in days]
+    return [fitted.expected(origin + h * DAY, trend) for h in range(1, horizon + 1)]
 
 
 @dataclasses.dataclass(frozen=True)
