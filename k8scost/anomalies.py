@@ -32,10 +32,11 @@ over ``[first − W days, last]`` with ``daily_from`` at that start (no summed d
 tenancy lines not shared (``__idle__``, ``__management__``, ``__unallocated__`` are series
 of their own):
 
-- namespaces: ``ExpenseQueries.daily`` of a ``Scope`` restricted to resource type
-  ``K8s Namespace`` and one ``k8s_cluster``, by ``k8s_namespace`` (per cluster: a
-  namespace name is not unique across clusters);
-- clusters: resource type ``K8s Cluster``, by ``k8s_cluster``; their parts are the namespaces above;
+- namespaces: ``ExpenseQueries.daily`` of a ``Scope`` of one cloud account restricted to
+  resource type ``K8s Namespace`` and one ``k8s_cluster``, by ``k8s_namespace`` (a name
+  is unique only within its cluster, and a cluster's within its account);
+- clusters: resource type ``K8s Cluster`` of one account, by ``k8s_cluster``; their parts
+  are the namespaces above;
 - the pods of a flagged namespace: resource type ``K8s Pod`` filtered on its cluster and
   namespace, per pod (``resource_name``); ``daily`` offers no breakdown by resource yet,
   so the job adds that query (the ``_DAILY`` shape, keyed by ``resource_name``).
