@@ -10,7 +10,7 @@ with ``wd(t)`` the weekday and ``j(t)`` the week of day ``t``:
 
     M_j  = (1/7) Σ_(t in week j) c(t)                       week j's mean cost
     f'_w = median{c(t) / M_j(t) : wd(t) = w, M_j(t) > 0}    (1 when no week cost anything)
-    f_w  = f'_w / ((1/7) Σ_v f'_v)                          weekday factors, mean 1
+    f_w  = f'_w / ((1/7) Σ_v f'_v)                          weekday factors, mean 1 (all 1 if every f'_w is 0)
     x(t) = c(t) / f_wd(t)                                   the cost without its weekday
     L_j  = median{x(t) : t in week j}                       week j's level
     ℓ    = L_(K−1)                                          the level: the last week's, at day o − 3
