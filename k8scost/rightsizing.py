@@ -1,5 +1,10 @@
 """Container request rightsizing, the way Kubecost's requestSizingV2 does it. Pure: no I/O.
 
+This is the ``request-sizing-v2`` recommender (``k8scost.usage_sizing.Recommender``). The
+rightsizing job feeds it the exporter's container gauges, Kubecost's 1-hour allocation
+averages (below); ``k8scost.usage_sizing`` feeds the same formula per-container usage
+samples (``statistic`` and ``sized``), beside the VPA-style recommender.
+
 Groups. A recommendation is per (cluster, namespace, controller kind, controller,
 container): the pods of one controller are replicas of one container spec, so they get
 one recommendation. A pod without controller is a group of its own (keyed by its name).
@@ -21,6 +26,9 @@ over the window (end − window_days, end], from the exporter's container gauges
 Formulas, per resource, with t the target utilization (default 0.7) and floor 0.01 core
 (10 m) or 20 MiB:
 
+    statistic        = max(x_1 … x_n), or the q-quantile of the samples sorted x_(1) ≤ … ≤ x_(n):
+                       x_(⌊h⌋+1) + (h − ⌊h⌋)(x_(⌊h⌋+2) − x_(⌊h⌋+1)), h = q(n − 1) (1-based; Prometheus'
+                       max_over_time and quantile_over_time, as the job asks the TSDB)
     recommended      = max(floor, max over replicas r of statistic_r / t)
     efficiency       = Σ_r usage_sum_r / Σ_r request_sum_r            (None when nothing was requested)
     monthly savings  = Σ over running replicas r of (request_r − recommended) × price_r × 730 h
@@ -206,10 +214,28 @@ _CPU = _Resource("cpu", MIN_CPU_CORES, 1.0)
 _MEMORY = _Resource("memory", MIN_MEMORY_BYTES, float(GIB))
 
 
+def statistic(samples: Sequence[float], algorithm: Algorithm, quantile: float) -> float | None:
+    """What one replica is sized on: the peak or the quantile of its samples (None without any)."""
+    if not samples:
+        return None
+    if algorithm is Algorithm.MAX:
+        return max(samples)
+    ordered = sorted(samples)
+    rank = quantile * (len(ordered) - 1)
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (rank - low) * (ordered[high] - ordered[low])
+
+
+def sized(statistics: Iterable[float | None], target: float, floor: float) -> float | None:
+    """The recommended request of a group: max(floor, max statistic ÷ target); None without any statistic."""
+    known = [s for s in statistics if s is not None]
+    return max(floor, max(known) / target) if known else None
+
+
 def _recommend_resource(resource: _Resource, replicas: Sequence[Replica], target: float) -> ResourceRecommendation:
     observed = [getattr(r, resource.name) for r in replicas]
-    statistics = [o.statistic for o in observed if o.statistic is not None]
-    recommended = max(resource.floor, max(statistics) / target) if statistics else None
+    recommended = sized((o.statistic for o in observed), target, resource.floor)
     request_sum = sum(o.request_sum for o in observed)
     efficiency = sum(o.usage_sum for o in observed) / request_sum if request_sum > 0 else None
     running = [o for r, o in zip(replicas, observed) if r.running]

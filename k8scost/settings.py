@@ -317,14 +317,26 @@ class RightsizingSettings:
     """The rightsizing job (`python -m jobs.rightsizing`, a Ray task per tenant).
 
     It reads the TSDB and writes MongoDB named by `StoreSettings`; its flags override the
-    defaults below (k8scost/rightsizing.py documents the formulas).
+    defaults below (k8scost/rightsizing.py and k8scost/usage_sizing.py document the formulas).
     """
 
     window_days: int = setting(
         "RIGHTSIZING_WINDOW_DAYS", 7, "Days of usage a recommendation is computed over (`--window-days`)."
     )
+    recommender: str = setting(
+        "RIGHTSIZING_RECOMMENDER",
+        "vpa",
+        "How requests are sized on per-container usage samples (k8scost/usage_sizing.py): `vpa` (the VPA "
+        "recommender's way: p90 of a decaying histogram + 15 %, daily memory peaks, OOM bump) or `request-sizing-v2` "
+        "(Kubecost's: peak or quantile ÷ target utilization). `vpa` because on simulated workloads "
+        "(scripts/bench_rightsizing_algorithms.py) it left 1.5 % of containers' memory below the next day's peak, "
+        "against 2.5 % for request-sizing-v2's peak at 10 times the over-provisioned cost and 28.5 % for today's "
+        "hourly averages. The job sizes the exporter's hourly gauges with request-sizing-v2 until it reads these samples.",
+    )
     algorithm: str = setting(
-        "RIGHTSIZING_ALGORITHM", "max", "`max` (peak usage) or `quantile` (of the usage samples) (`--algorithm`)."
+        "RIGHTSIZING_ALGORITHM",
+        "max",
+        "What request-sizing-v2 sizes on: `max` (peak usage) or `quantile` (of the usage samples) (`--algorithm`).",
     )
     quantile: float = setting("RIGHTSIZING_QUANTILE", 0.95, "Quantile the `quantile` algorithm sizes on (`--quantile`).")
     target_cpu_utilization: float = setting(

@@ -5,7 +5,19 @@ from __future__ import annotations
 import pytest
 
 from devstack.stack import ROOT
+<<<<<<< HEAD
 from k8scost.settings import ExporterSettings, IngressSettings, LedgerSettings, SettingsError, from_env, settings_table
+=======
+from k8scost.settings import (
+    ExporterSettings,
+    IngressSettings,
+    RightsizingSettings,
+    SettingsError,
+    from_env,
+    settings_table,
+)
+from k8scost.usage_sizing import Recommender
+>>>>>>> vpa-recommender
 
 
 def test_values_are_read_and_typed() -> None:
@@ -32,3 +44,11 @@ def test_readme_documents_every_setting_as_the_code_has_it() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [row for row in settings_table().splitlines()[2:] if row not in readme]
     assert not missing, "README settings table is stale; regenerate with `python -m k8scost.settings`:\n" + "\n".join(missing)
+
+
+def test_the_rightsizing_recommender_names_a_recommender_and_documents_each() -> None:
+    assert Recommender(from_env(RightsizingSettings, {}).recommender) is Recommender.VPA
+    chosen = from_env(RightsizingSettings, {"RIGHTSIZING_RECOMMENDER": "request-sizing-v2"}).recommender
+    assert Recommender(chosen) is Recommender.REQUEST_SIZING_V2
+    doc = RightsizingSettings.__dataclass_fields__["recommender"].metadata["doc"]
+    assert [r for r in Recommender if f"`{r}`" not in doc] == []
