@@ -5,19 +5,16 @@ from __future__ import annotations
 import pytest
 
 from devstack.stack import ROOT
-<<<<<<< HEAD
-from k8scost.settings import ExporterSettings, IngressSettings, LedgerSettings, SettingsError, from_env, settings_table
-=======
 from k8scost.settings import (
     ExporterSettings,
     IngressSettings,
+    LedgerSettings,
     RightsizingSettings,
     SettingsError,
     from_env,
     settings_table,
 )
 from k8scost.usage_sizing import Recommender
->>>>>>> vpa-recommender
 
 
 def test_values_are_read_and_typed() -> None:
