@@ -19,7 +19,9 @@ from pymongo.errors import DuplicateKeyError
 from devstack import stack
 from k8scost.settings import StoreSettings, from_env
 from k8scost.stores import StoreUnavailable, migrations
+from k8scost.settings import DAY
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore, LedgerEntry
+from k8scost.stores.expense_queries import ExpenseQueries, Scope
 from k8scost.stores.mongo import connect
 from k8scost.stores.resources import COLLECTION, UPDATE_BATCH, Kind, Resource, ResourceStore, resource_id
 
@@ -79,7 +81,7 @@ def _row(
 async def test_migrations_apply_once_and_create_the_ledger_table(scratch_database: str) -> None:
     store = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database)))
     try:
-        assert await store.migrate() == [1, 2, 3, 5]
+        assert await store.migrate() == [1, 2, 3, 4, 5]
         assert await store.migrate() == []
     finally:
         await store.close()
@@ -110,7 +112,7 @@ async def test_migrations_apply_once_and_create_the_ledger_table(scratch_databas
     records = await _clickhouse("SELECT version, name FROM schema_migrations ORDER BY version", scratch_database)
     assert records == [
         (1, "create expenses"), (2, "expenses name their resource and its type"), (3, "expenses sorted by resource type"),
-        (5, "expenses expire after the retention"),
+        (4, "namespaces' daily costs kept by a view"), (5, "expenses expire after the retention"),
     ]
     [(version,)] = await _clickhouse("SELECT version()")
     if tuple(int(part) for part in version.split(".")[:2]) < migrations.TTL_SINCE:
@@ -126,16 +128,16 @@ async def test_concurrent_migrations_create_the_schema_once(scratch_database: st
         results = await asyncio.gather(*(store.migrate() for store in stores))
         # Each version is applied by one of them at least; the same ALTER of version 2 run
         # again finds its columns there and counts as done.
-        assert {v for result in results for v in result} == {1, 2, 3, 5}
+        assert {v for result in results for v in result} == {1, 2, 3, 4, 5}
         assert all(result == sorted(set(result)) for result in results)
         assert await stores[0].migrate() == []
     finally:
         for store in stores:
             await store.close()
     tables = await _clickhouse(f"SELECT name FROM system.tables WHERE database = '{scratch_database}' ORDER BY name")
-    assert tables == [("expenses",), ("schema_migrations",)]
+    assert tables == [("expenses",), ("expenses_namespace_daily",), ("expenses_namespace_daily_mv",), ("schema_migrations",)]
     versions = await _clickhouse("SELECT DISTINCT version FROM schema_migrations", scratch_database)
-    assert sorted(versions) == [(1,), (2,), (3,), (5,)]
+    assert sorted(versions) == [(1,), (2,), (3,), (4,), (5,)]
 
 
 async def _ledger_of_version_2(database: str, account: str) -> list[ExpenseRow]:
@@ -173,7 +175,7 @@ async def test_the_rebuild_keeps_every_row_once_under_concurrent_starts(scratch_
     [(count,)] = await _clickhouse("SELECT count() FROM expenses", scratch_database)
     assert count == len(rows)
     tables = await _clickhouse(f"SELECT name FROM system.tables WHERE database = '{scratch_database}' ORDER BY name")
-    assert tables == [("expenses",), ("schema_migrations",)]
+    assert tables == [("expenses",), ("expenses_namespace_daily",), ("expenses_namespace_daily_mv",), ("schema_migrations",)]
 
 
 async def test_a_rebuild_cut_short_is_taken_over(scratch_database: str, account: str) -> None:
@@ -197,6 +199,156 @@ async def test_a_rebuild_cut_short_is_taken_over(scratch_database: str, account:
     assert (count, total) == (len(rows), pytest.approx(sum(row.cost * row.sign for row in rows)))
     tables = await _clickhouse(f"SELECT name FROM system.tables WHERE database = '{scratch_database}' ORDER BY name")
     assert tables == [("expenses",), ("schema_migrations",)]
+
+
+def _namespace_row(account: str, cluster: str, namespace: str, day: datetime, cost: float, sign: int = 1) -> ExpenseRow:
+    rid = f"ns/{cluster}/{namespace}"
+    return ExpenseRow(account, rid, day, cost, sign, cluster, namespace, None, None, "K8s Namespace", namespace)
+
+
+def _namespace_sums(rows: list[ExpenseRow]) -> dict[tuple[str, str, datetime], tuple[float, int]]:
+    """Per (cluster, namespace, day) of the namespace rows: the summed signed cost and signs."""
+    sums: dict[tuple[str, str, datetime], tuple[float, int]] = {}
+    for row in rows:
+        if row.resource_type == "K8s Namespace":
+            key = (row.k8s_cluster, row.k8s_namespace, row.date)
+            cost, signs = sums.get(key, (0.0, 0))
+            sums[key] = (cost + row.cost * row.sign, signs + row.sign)
+    return sums
+
+
+def _assert_same_sums(got: dict, expected: dict) -> None:
+    assert {key: signs for key, (_, signs) in got.items()} == {key: signs for key, (_, signs) in expected.items()}
+    assert {key: cost for key, (cost, _) in got.items()} == pytest.approx({key: cost for key, (cost, _) in expected.items()})
+
+
+async def _namespace_daily(database: str) -> dict[tuple[str, str, datetime], tuple[float, int]]:
+    rows = await _clickhouse(
+        "SELECT k8s_cluster, k8s_namespace, toUnixTimestamp(date), sum(cost), sum(sign) "
+        "FROM expenses_namespace_daily GROUP BY k8s_cluster, k8s_namespace, date", database)
+    return {(c, n, datetime.fromtimestamp(d, UTC)): (cost, int(signs)) for c, n, d, cost, signs in rows}
+
+
+async def test_the_namespace_view_holds_the_rows_before_it_and_follows_every_write(
+    scratch_database: str, account: str
+) -> None:
+    """Migration 4 over a ledger with rows: the table gets them once, then every later INSERT,
+    corrections included, and nothing of another type; writers racing it, retrying on
+    StoreUnavailable as the actors' cycles do, lose nothing and write nothing twice."""
+    before = await _ledger_of_version_2(scratch_database, account)
+    before += [_namespace_row(account, c, n, DAY0 + timedelta(days=d), 1.0 + d + i)
+               for i, (c, n) in enumerate([("c1", "shop"), ("c1", "db"), ("c2", "shop")]) for d in range(3)]
+    before.append(_namespace_row(account, "c1", "shop", DAY0, 1.0, -1))  # a correction, left uncollapsed
+    before.append(_namespace_row(account, "c1", "shop", DAY0, 4.5))
+    seed = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database)))
+    try:
+        await seed.insert(before[-11:])
+    finally:
+        await seed.close()
+    later = [[_namespace_row(account, "c1", "shop", DAY1, 2.0, -1), _namespace_row(account, "c1", "shop", DAY1, 7.25)],
+             [_namespace_row(account, "c3", "web", DAY2, 0.75), _row(account, "pod-z", DAY2, 99.0)]]
+    stores = [ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database))) for _ in range(3)]
+
+    async def write(rows: list[ExpenseRow]) -> int:
+        failures = 0
+        while True:
+            try:
+                await stores[2].insert(rows)
+                return failures
+            except StoreUnavailable:
+                failures += 1
+                await asyncio.sleep(0.05)
+
+    try:
+        results = await asyncio.gather(stores[0].migrate(), stores[1].migrate(), *(write(rows) for rows in later))
+        assert {v for result in results[:2] for v in result} >= {4}
+    finally:
+        for store in stores:
+            await store.close()
+    written = before + [row for rows in later for row in rows]
+    _assert_same_sums(await _namespace_daily(scratch_database), _namespace_sums(written))
+    [(count,)] = await _clickhouse("SELECT count() FROM expenses", scratch_database)
+    assert count == len(written)
+    tables = await _clickhouse(f"SELECT name, engine FROM system.tables WHERE database = '{scratch_database}' ORDER BY name")
+    assert tables == [("expenses", "CollapsingMergeTree"), ("expenses_namespace_daily", "SummingMergeTree"),
+                      ("expenses_namespace_daily_mv", "MaterializedView"), ("schema_migrations", "MergeTree")]
+
+
+async def test_a_namespace_view_migration_cut_short_is_taken_over(scratch_database: str, account: str) -> None:
+    """A claimant died with the rows claimed, its placeholder and the view made: the next start
+    finishes, and the table holds every namespace row once."""
+    rows = await _ledger_of_version_2(scratch_database, account)
+    store = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database)))
+    try:
+        await store._rebuild(migrations.MIGRATIONS[2])
+        rows += [_namespace_row(account, "c1", "shop", DAY0 + timedelta(days=d), 2.0 + d) for d in range(2)]
+        await store.insert(rows[-2:])
+        migration = migrations.MIGRATIONS[3]
+        await _clickhouse("RENAME TABLE expenses TO expenses_claimed_dead", scratch_database)
+        await _clickhouse(migration.sql.format(name=migration.table), scratch_database)
+        await _clickhouse(f"INSERT INTO {migration.table} "
+                          + migrations.VIEW_SELECT.format(source="expenses_claimed_dead"), scratch_database)
+        await _clickhouse("CREATE VIEW expenses AS SELECT * FROM expenses_claimed_dead", scratch_database)
+        await _clickhouse(f"CREATE MATERIALIZED VIEW {migration.view} TO {migration.table} AS "
+                          + migrations.VIEW_SELECT.format(source="expenses"), scratch_database)
+        waiting = asyncio.create_task(store._add_view(migration))
+        await asyncio.sleep(1.5)
+        assert not waiting.done()  # a young claim is a claimant at work
+        waiting.cancel()
+        await store._add_view(migration, stale_after=0.0)
+        late = _namespace_row(account, "c1", "shop", DAY2, 3.5)
+        await store.insert([late])
+    finally:
+        await store.close()
+    _assert_same_sums(await _namespace_daily(scratch_database), _namespace_sums(rows + [late]))
+    tables = await _clickhouse(f"SELECT name, engine FROM system.tables WHERE database = '{scratch_database}' ORDER BY name")
+    assert tables == [("expenses", "CollapsingMergeTree"), ("expenses_namespace_daily", "SummingMergeTree"),
+                      ("expenses_namespace_daily_mv", "MaterializedView"), ("schema_migrations", "MergeTree")]
+
+
+async def test_daily_breakdowns_read_the_namespace_table_once_it_exists(scratch_database: str, account: str) -> None:
+    """A REST replica may start on a ledger not migrated yet: it reads ``expenses``, looks again
+    after a minute, then reads the namespace table, with the same answer."""
+    await _ledger_of_version_2(scratch_database, account)
+    clock = [0.0]
+    store = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database)))
+    queries = ExpenseQueries(store, clock=lambda: clock[0])
+    rows = [_namespace_row(account, "c1", "shop", DAY0, 1.5), _namespace_row(account, "c2", "shop", DAY0, 2.0),
+            _namespace_row(account, "c1", "db", DAY1, 4.0), _namespace_row(account, "c1", "db", DAY1, 4.0, -1),
+            _namespace_row(account, "c1", "db", DAY1, 0.25), _row(account, "pod-a", DAY1, 99.0, namespace="db")]
+    scope = Scope((account,), int(DAY0.timestamp()), int(DAY2.timestamp()), {"resource_type": ("K8s Namespace",)})
+    expected = {int(DAY0.timestamp()): {"shop": 3.5}, int(DAY1.timestamp()): {"db": 0.25}}
+    try:
+        await store._rebuild(migrations.MIGRATIONS[2])
+        await store.insert(rows)
+        assert (await queries.daily(scope, "k8s_namespace")).by_day == expected
+        assert await store.migrate() == [3, 4, 5]  # 3 found done (its sorting key), recorded
+        clock[0] = 59.0
+        await queries.daily(scope, "k8s_namespace")
+        assert not queries._namespace_daily  # not looked at again yet
+        clock[0] = 61.0
+        assert (await queries.daily(scope, "k8s_namespace")).by_day == expected
+        assert queries._namespace_daily
+        # Read from the namespace table: a row put there alone shows (never done outside this test).
+        await _clickhouse(f"INSERT INTO expenses_namespace_daily SELECT '{account}', toDateTime({int(DAY1.timestamp())}), "
+                          "'c9', 'marker', 1.0, 1", scratch_database)
+        assert (await queries.daily(scope, "k8s_namespace")).by_day[int(DAY1.timestamp())]["marker"] == 1.0
+        # Pods are not in it: a breakdown of pods still reads expenses.
+        pods = scope.replace(filters={"resource_type": ("",), "k8s_namespace": ("db",)})
+        assert (await queries.daily(pods, "k8s_namespace")).by_day == {int(DAY1.timestamp()): {"db": 99.0}}
+    finally:
+        await store.close()
+
+
+def test_only_breakdowns_of_unshared_namespaces_by_its_columns_fit_the_namespace_table() -> None:
+    namespaces = Scope(("a",), 0, DAY, {"resource_type": ("K8s Namespace",), "k8s_cluster": ("c1",)})
+    assert all(namespaces.fits_namespace_daily(by) for by in ("k8s_namespace", "k8s_cluster", "cloud_account_id"))
+    assert not namespaces.fits_namespace_daily("resource_type")
+    assert not namespaces.replace(share_tenancy=True).fits_namespace_daily("k8s_namespace")
+    assert not namespaces.replace(filters={"resource_type": ("K8s Pod",)}).fits_namespace_daily("k8s_namespace")
+    assert not namespaces.replace(filters={}).fits_namespace_daily("k8s_namespace")
+    assert not namespaces.replace(
+        filters={"resource_type": ("K8s Namespace",), "k8s_node": ("n1",)}).fits_namespace_daily("k8s_namespace")
 
 
 # --- retention ------------------------------------------------------------------------
@@ -257,6 +409,21 @@ async def test_expire_drops_the_months_past_the_retention_and_keeps_the_rest_exa
         assert sorted(day for _, day in remaining) == [day for day in kept if month(day) >= month(_months_back(today, 12, 1))]
     finally:
         await shorter.close()
+
+
+async def test_expire_drops_the_same_months_of_the_namespace_table(scratch_database: str, account: str) -> None:
+    [(today_text,)] = await _clickhouse("SELECT toString(today())")
+    today = date.fromisoformat(today_text)
+    old, kept = _months_back(today, 30, 3), _months_back(today, 1, 3)
+    rows = [_namespace_row(account, "c1", "shop", old, 5.0), _namespace_row(account, "c1", "shop", kept, 2.5)]
+    store = ExpenseStore(StoreSettings(clickhouse_url=_dsn(scratch_database), expenses_retention_years=2))
+    try:
+        await store.migrate()
+        await store.insert(rows)
+        assert await store.expire() == [old.year * 100 + old.month]
+    finally:
+        await store.close()
+    assert await _namespace_daily(scratch_database) == {("c1", "shop", kept): (2.5, 1)}
 
 
 async def test_expire_refuses_a_table_partitioned_otherwise(scratch_database: str, account: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -37,6 +37,12 @@ _CLAIMED, _REBUILT = "expenses_claimed_", "expenses_rebuilt_"
 REBUILD_WAIT_SECONDS = 600.0
 REBUILD_STALE_SECONDS = 3600.0
 _POOL_MAXSIZE = 4
+
+
+class _Table(NamedTuple):
+    sorting_key: str
+    age: float  # seconds since its metadata changed
+    engine: str
 
 # Columns ``daily_costs`` may group by: the only text ever interpolated into SQL.
 GROUP_COLUMNS = frozenset({"resource_id", "k8s_cluster", "k8s_namespace", "k8s_node", "k8s_service"})
@@ -178,6 +184,8 @@ class ExpenseStore:
                     pass  # recorded all the same: the migration's comment says what stands in for it
                 elif migration.sorting_key:
                     await self._rebuild(migration)
+                elif migration.view:
+                    await self._add_view(migration)
                 else:
                     await self._execute(migration.sql.format(retention_months=self._retention_months))
             except StoreUnavailable as exc:
@@ -205,13 +213,12 @@ class ExpenseStore:
         deadline = time.monotonic() + REBUILD_WAIT_SECONDS
         while True:
             tables = await self._tables()
-            if tables.get("expenses", (None,))[0] == migration.sorting_key:
+            if "expenses" in tables and tables["expenses"].sorting_key == migration.sorting_key:
                 break  # done, by this process or another
             if "expenses" in tables:
                 source = "expenses"
             else:
-                stale = [name for name, (_, age) in tables.items() if name.startswith(_CLAIMED) and age > stale_after]
-                source = stale[0] if stale else ""
+                source = self._stale_claim(tables, stale_after)
             if source and await self._claim(source, claimed):
                 await self._execute(migration.sql.format(name=fresh, source=claimed))
                 await self._execute(f"INSERT INTO {fresh} SELECT * FROM {claimed}")
@@ -222,17 +229,68 @@ class ExpenseStore:
                 raise StoreUnavailable("ClickHouse", "expenses is being rebuilt by another process; retry later")
             await asyncio.sleep(1.0)
         # Tables of claimants that crashed before the swap: every row is in expenses now.
-        for name, (_, age) in (await self._tables()).items():
-            if name.startswith(_REBUILT) and age > stale_after:
+        for name, table in (await self._tables()).items():
+            if name.startswith(_REBUILT) and table.age > stale_after:
                 await self._execute(f"DROP TABLE IF EXISTS {name}")
 
-    async def _tables(self) -> dict[str, tuple[str, float]]:
-        """This database's tables: name → (sorting key, seconds since its metadata changed)."""
+    async def _add_view(self, migration: migrations.Migration, stale_after: float = REBUILD_STALE_SECONDS) -> None:
+        """Create the table ``migration.table``, filled from ``expenses`` and kept so by the
+        materialized view ``migration.view``.
+
+        A view sees only the INSERTs that begin after it exists, and the table must hold the
+        rows written before exactly once: the rows are claimed as ``_rebuild`` claims them
+        (writers fail and retry meanwhile), copied into a table of another name that takes
+        the final name whole (a reader never sees it half full), and the view is created
+        over a placeholder ``expenses`` that refuses INSERTs (a plain VIEW: ClickHouse needs
+        the source to exist, and follows it by name on 18.16 as on current releases), which
+        the claimed rows then replace. A claimant that crashed is taken over as in
+        ``_rebuild``; every step before the last may run again.
+        """
+        table = migration.table
+        me = uuid.uuid4().hex[:12]
+        claimed, fresh = f"{_CLAIMED}{me}", f"{_REBUILT}{me}"
+        deadline = time.monotonic() + REBUILD_WAIT_SECONDS
+        while True:
+            tables = await self._tables()
+            live = "expenses" in tables and tables["expenses"].engine != "View"
+            if live and migration.view in tables:
+                return  # done, by this process or another
+            source = "expenses" if live else self._stale_claim(tables, stale_after)
+            if source and await self._claim(source, claimed):
+                break
+            if time.monotonic() > deadline:
+                raise StoreUnavailable("ClickHouse", "expenses is being migrated by another process; retry later")
+            await asyncio.sleep(1.0)
+        await self._execute(migration.sql.format(name=fresh))
+        await self._execute(f"INSERT INTO {fresh} " + migrations.VIEW_SELECT.format(source=claimed))
+        await self._execute(f"DROP TABLE IF EXISTS {table}")
+        await self._execute(f"RENAME TABLE {fresh} TO {table}")
+        placeholder = (await self._tables()).get("expenses")
+        if placeholder is not None:
+            if placeholder.engine != "View":
+                raise RuntimeError("expenses reappeared while its rows were claimed: not migrating it")
+            await self._execute("DROP TABLE expenses")  # a crashed claimant's
+        await self._execute(f"CREATE VIEW expenses AS SELECT * FROM {claimed}")
+        await self._execute(
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {migration.view} TO {table} AS "
+            + migrations.VIEW_SELECT.format(source="expenses")
+        )
+        await self._execute("DROP TABLE expenses")
+        await self._execute(f"RENAME TABLE {claimed} TO expenses")
+
+    @staticmethod
+    def _stale_claim(tables: Mapping[str, _Table], stale_after: float) -> str:
+        """A claim older than ``stale_after``, whose claimant never finished; or ""."""
+        stale = [name for name, table in tables.items() if name.startswith(_CLAIMED) and table.age > stale_after]
+        return stale[0] if stale else ""
+
+    async def _tables(self) -> dict[str, _Table]:
+        """This database's tables, views included, by name."""
         rows = await self._execute(
-            "SELECT name, sorting_key, now() - metadata_modification_time FROM system.tables "
+            "SELECT name, sorting_key, now() - metadata_modification_time, engine FROM system.tables "
             "WHERE database = currentDatabase()"
         )
-        return {name: (key, float(age)) for name, key, age in rows}
+        return {name: _Table(key, float(age), engine) for name, key, age, engine in rows}
 
     async def _claim(self, source: str, claimed: str) -> bool:
         """Rename ``source`` to ``claimed``; False when another process renamed it first."""
@@ -245,31 +303,35 @@ class ExpenseStore:
         return True
 
     async def expire(self) -> list[int]:
-        """Drop the months of ``expenses`` past the retention (``migrations`` module docstring); the
-        partitions dropped, as YYYYMM.
+        """Drop the months of ``expenses`` past the retention (``migrations`` module docstring),
+        and the same months of the tables derived from it (``expenses_namespace_daily``); the
+        partitions dropped from ``expenses``, as YYYYMM.
 
         Whole partitions only, so no row of a live month is touched and every day kept keeps
         all its rows: its sums stay exact. Idempotent (dropping a partition already gone does
         nothing); nothing to do before the table exists.
         """
-        keys = await self._execute(
-            "SELECT partition_key FROM system.tables WHERE database = currentDatabase() AND name = 'expenses'"
-        )
-        if not keys:
-            return []
-        if keys[0][0] != migrations.PARTITION_KEY:
-            # Another key would make a partition more or less than a month: dropping could lose live days.
-            raise RuntimeError(f"expenses is partitioned by {keys[0][0]}, not {migrations.PARTITION_KEY}: not expiring it")
-        expired = await self._execute(
-            "SELECT DISTINCT toUInt32(partition) FROM system.parts "
-            "WHERE database = currentDatabase() AND table = 'expenses' AND active "
-            "AND toUInt32(partition) < toYYYYMM(addMonths(toStartOfMonth(today()), %(keep)s))",
-            {"keep": 1 - self._retention_months},
-        )
-        dropped = sorted(partition for (partition,) in expired)
-        for partition in dropped:
-            await self._execute(f"ALTER TABLE expenses DROP PARTITION {int(partition)}")
-        return dropped
+        derived = [m.table for m in migrations.MIGRATIONS if m.table]
+        keys = dict(await self._execute(
+            "SELECT name, partition_key FROM system.tables WHERE database = currentDatabase() AND name IN %(names)s",
+            {"names": ("expenses", *derived)},
+        ))
+        for name, key in keys.items():
+            if key != migrations.PARTITION_KEY:
+                # Another key would make a partition more or less than a month: dropping could lose live days.
+                raise RuntimeError(f"{name} is partitioned by {key}, not {migrations.PARTITION_KEY}: not expiring it")
+        dropped: dict[str, list[int]] = {}
+        for name in keys:
+            expired = await self._execute(
+                "SELECT DISTINCT toUInt32(partition) FROM system.parts "
+                "WHERE database = currentDatabase() AND table = %(name)s AND active "
+                "AND toUInt32(partition) < toYYYYMM(addMonths(toStartOfMonth(today()), %(keep)s))",
+                {"name": name, "keep": 1 - self._retention_months},
+            )
+            dropped[name] = sorted(partition for (partition,) in expired)
+            for partition in dropped[name]:
+                await self._execute(f"ALTER TABLE {name} DROP PARTITION {int(partition)}")
+        return dropped.get("expenses", [])
 
     async def insert(self, rows: Sequence[ExpenseRow]) -> None:
         """Write ``rows`` with one INSERT sent as one block.

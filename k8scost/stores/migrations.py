@@ -18,7 +18,8 @@ with its whole month, the table's partition, once every day of that month is old
     M ≥ month(today) − 12 · years.
 
 Servers with table TTL (ClickHouse ≥ 19.6) get it declared (migration 5); on every server
-``ExpenseStore.expire`` drops the partitions past it, the only way on 18.16, which has no TTL.
+``ExpenseStore.expire`` drops the partitions past it, the only way on 18.16, which has no TTL,
+and the same months of the tables derived from ``expenses`` (migration 4's).
 Both read the server's clock and time zone, so they agree on the boundary. ``expire`` follows a
 change of the setting at once; a declared TTL keeps the months it was declared with, so a longer
 retention also needs ``ALTER TABLE expenses MODIFY TTL`` by hand on such servers.
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from typing import NamedTuple
+
+from k8scost.stores.resources import RESOURCE_TYPES, Kind
 
 
 class Migration(NamedTuple):
@@ -47,6 +50,11 @@ class Migration(NamedTuple):
     # copies the rows over and swaps the names (``ExpenseStore._rebuild``); done once
     # ``expenses`` has this sorting key, as system.tables shows it.
     sorting_key: str = ""
+    # Set for a ``table`` kept up to date from ``expenses`` by the materialized ``view``:
+    # ``sql`` creates it under the name ``{name}``, ``VIEW_SELECT`` fills it from ``{source}``
+    # (``ExpenseStore._add_view``); done once the view exists and ``expenses`` is a table.
+    table: str = ""
+    view: str = ""
 
 
 # A plain MergeTree: duplicate records are tolerated, and ReplacingMergeTree would only
@@ -115,10 +123,41 @@ def retention_months(years: int) -> int:
     return 12 * years + 1
 
 
+# Each namespace's cost per cluster and day, as the design's ``expenses_namespace_daily``
+# (a SummingMergeTree under a materialized view), for the daily breakdown by namespace.
+# Unlike the design's, it reads the namespace rows only (a pod's row is inside its
+# namespace's: the design's sum counts it twice) and keeps the cluster, so a cluster filter
+# applies; ``sign`` sums the rows' signs, so a group is live while it is positive, as in
+# ``expenses``. Measured on the REST benchmark's 90 days (94,564 namespace rows of 1.98 M)
+# on 18.16: the breakdown's query went from 70–160 ms on ``expenses`` to 40–70 ms here,
+# grouping on plain Strings instead of expenses' Nullable(String) columns.
+NAMESPACE_DAILY = "expenses_namespace_daily"
+NAMESPACE_DAILY_VIEW = f"{NAMESPACE_DAILY}_mv"
+NAMESPACE_DAILY_DDL = """
+CREATE TABLE {name} (
+    cloud_account_id String,
+    date DateTime,
+    k8s_cluster String,
+    k8s_namespace String,
+    cost Float64,
+    sign Int64
+)
+ENGINE = SummingMergeTree((cost, sign))
+PARTITION BY toYYYYMM(date)
+ORDER BY (cloud_account_id, date, k8s_cluster, k8s_namespace)
+"""
+VIEW_SELECT = (
+    "SELECT cloud_account_id, date, ifNull(k8s_cluster, '') AS k8s_cluster, "
+    "ifNull(k8s_namespace, '') AS k8s_namespace, cost * sign AS cost, toInt64(sign) AS sign "
+    f"FROM {{source}} WHERE resource_type = '{RESOURCE_TYPES[Kind.NAMESPACE]}'"
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create expenses", EXPENSES_DDL),
     Migration(2, "expenses name their resource and its type", RESOURCE_COLUMNS_DDL, _COLUMN_EXISTS),
     Migration(3, "expenses sorted by resource type", EXPENSES_BY_TYPE_DDL, sorting_key=BY_TYPE_KEY),
+    Migration(4, "namespaces' daily costs kept by a view", NAMESPACE_DAILY_DDL,
+              table=NAMESPACE_DAILY, view=NAMESPACE_DAILY_VIEW),
     Migration(5, "expenses expire after the retention", RETENTION_TTL_DDL, since=TTL_SINCE),
 )
 

@@ -138,20 +138,18 @@ class ExpenseService:
             tuple(account.id for account in accounts), previous_first_day, request.end, filters, request.share_tenancy
         )
         # The previous period comes as one bucket per key (day 0): only its total is shown.
-        daily = (await self._queries.daily(scope, by, daily_from=first_day)).days
-
-        day_names = {day: str(day) for day in range(first_day, request.end, DAY)}
-        breakdown: dict[str, dict[str, dict[str, float]]] = {name: {} for name in day_names.values()}
-        counts: dict[str, dict[str, float]] = {}
-        total = previous_total = 0.0
-        for key, days in daily.items():
-            previous = days.pop(0, 0.0)  # the previous period's bucket
-            for day, cost in days.items():
-                breakdown[day_names[day]][key] = {"cost": cost}
-            current = sum(days.values())
-            counts[key] = {"total": current, "previous_total": previous}
-            total += current
-            previous_total += previous
+        by_day = (await self._queries.daily(scope, by, daily_from=first_day)).by_day
+        previous = by_day.pop(0, {})
+        breakdown = {str(day): {} for day in range(first_day, request.end, DAY)}
+        current: dict[str, float] = {}
+        for day in sorted(by_day):
+            costs = by_day[day]
+            breakdown[str(day)] = {key: {"cost": cost} for key, cost in costs.items()}
+            for key, cost in costs.items():
+                current[key] = current.get(key, 0.0) + cost
+        counts = {key: {"total": current.get(key, 0.0), "previous_total": previous.get(key, 0.0)}
+                  for key in current.keys() | previous.keys()}
+        total, previous_total = sum(current.values()), sum(previous.values())
         return {
             "start_date": request.start,
             "end_date": request.end,
