@@ -278,3 +278,13 @@ class ExpenseQueries:
         since = scope.start if daily_from is None else daily_from
         rows = await self._select(_DAILY, scope, {"daily_from": since}, column=by)
         return DailyCosts({key: dict(zip(days, costs)) for key, days, costs in rows})
+
+    async def daily_per_resource(self, scope: Scope, daily_from: int | None = None) -> DailyCosts:
+        """Per resource name (a pod's, for a scope of pods of one cluster and namespace), its cost per day.
+
+        ``daily``'s query keyed by ``resource_name``, a column no request may break down by
+        (a name is unique only within its type, cluster and namespace: narrow the scope so).
+        """
+        since = scope.start if daily_from is None else daily_from
+        rows = await self._select(_DAILY, scope, {"daily_from": since}, column="resource_name")
+        return DailyCosts({key: dict(zip(days, costs)) for key, days, costs in rows})
