@@ -21,21 +21,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from jobs.optimizations import (
-    MISSING_CAPACITY,
-    MISSING_VOLUMES,
-    ClusterEstate,
-    Options,
-    TenantEstate,
-    cluster_sizing_items,
-    optimize_tenant,
-    parse_args,
-    spot_items,
-)
-from k8scost.cluster_sizing import GIB, Container, NodeType, Pod
+from jobs.optimizations import MISSING_CAPACITY, MISSING_VOLUMES, Options, optimize_tenant
+from k8scost.rightsizing import GIB
 from k8scost.rightsizing import GroupKey, Recommendation, ResourceRecommendation
 from k8scost.settings import RestApiSettings, StoreSettings, from_env
-from k8scost.spot_readiness import SpotParams
+from k8scost.stores import StoreUnavailable
 from k8scost.stores.accounts import Account
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
 from k8scost.stores.expense_queries import ExpenseQueries
@@ -50,7 +40,6 @@ from tests.test_restapi import JWT_KEY, SECRET, Org, _account, _clickhouse, _dsn
 pytestmark = [pytest.mark.services, pytest.mark.asyncio(loop_scope="session")]
 
 DAY = 86_400
-MONTH = 730.0
 MODULES = [str(m) for m in Module]
 
 
@@ -479,60 +468,21 @@ async def test_a_rerun_replaces_and_keeps_the_item_ids(job_world: World) -> None
         m: sorted(d["_id"] for d in docs) for m, docs in before.items()}
 
 
-# --- the modules on complete inputs (what the job computes once capacities and volumes exist) ---
-
-
-SMALL = NodeType("small", 2.0, 8 * GIB, 0.03, 0.004)  # 0.06 + 0.032 = 0.092 USD an hour
-
-
-def _tenant(estate: ClusterEstate) -> TenantEstate:
-    return TenantEstate(Account("acc", "org", "n", "kubernetes_cnr", 0, 0), LAST, (estate,), (), {}, {})
-
-
-def _web(n: int, node: str) -> Pod:
-    return Pod("shop", f"web-{n}", node, "deployment", "web", (Container("main", 1.0, 2 * GIB, 0.5, GIB),))
-
-
-def test_cluster_sizing_item_on_complete_inputs_saves_what_a_hand_packing_does() -> None:
-    # Two web pods (0.5 core, 1 GiB sized) fit one node at production (0.65 × 2 cores = 1.3),
-    # but production keeps 2 nodes: 3 small nodes → 2, one node's 0.092 USD an hour saved.
-    estate = ClusterEstate("east", 30, (_web(1, "a"), _web(2, "b")), (), {},
-                           {"a": SMALL, "b": SMALL, "c": SMALL}, volumes_known=True)
-    [found] = cluster_sizing_items(_tenant(estate), Options())
-    assert found["saving"] == pytest.approx(0.092 * MONTH)
-    assert (found["fields"]["current_nodes"], found["fields"]["planned_nodes"]) == (3, 2)
-    # Development (min 1 node) would keep one: its plan is evidence, not the saving.
-    plans = {p["profile"]: p for p in found["fields"]["evidence"]["plans"]}
-    assert plans["development"]["monthly_saving"] == pytest.approx(2 * 0.092 * MONTH)
-    # A cluster already as small as the profile allows gets no item.
-    tight = dataclasses.replace(estate, node_types={"a": SMALL, "b": SMALL})
-    assert cluster_sizing_items(_tenant(tight), Options()) == []
-
-
-def test_spot_item_on_complete_inputs_saves_the_discounted_demand() -> None:
-    estate = ClusterEstate("east", 30, (_web(1, "a"), _web(2, "b")), (), {"a": (0.03, 0.004), "b": (0.03, 0.004)},
-                           None, volumes_known=True)
-    [found] = spot_items(_tenant(estate), Options())
-    # Per pod 0.5 core × 0.03 + 1 GiB × 0.004 = 0.019 USD an hour, at 60 % off, for both.
-    assert found["saving"] == pytest.approx(2 * 0.019 * 0.6 * MONTH)
-    assert found["fields"]["rule"] == "ready" and "insufficient" not in found["fields"]
-    discounted = spot_items(_tenant(estate), Options(spot=SpotParams(0.6, {"": 0.8})))
-    assert discounted[0]["saving"] == pytest.approx(2 * 0.019 * 0.8 * MONTH)
-    # A node without price: the saving is not guessed.
-    unpriced = dataclasses.replace(estate, prices={"a": (0.03, 0.004)})
-    [found] = spot_items(_tenant(unpriced), Options())
-    assert found["saving"] == 0.0 and "prices of nodes b" in found["fields"]["insufficient"]
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--module", "k8s_bogus"], "--module"),
-    (["--spot-discount", "1.5"], "--spot-discount"),
-    (["--node-type-discount", "m5"], "--node-type-discount"),
-    (["--min-history-days", "0"], "--min-history-days"),
-    (["--profile", "huge"], "--profile"),
-])
-def test_bad_arguments_exit_2_naming_the_flag(args: list[str], message: str, capsys: Any) -> None:
-    with pytest.raises(SystemExit) as exited:
-        parse_args(args)
-    assert exited.value.code == 2
-    assert message in capsys.readouterr().err
+async def test_a_failed_run_is_recorded_and_keeps_the_previous_items(job_world: World) -> None:
+    world = job_world
+    await run_job(world, 0)
+    before = await items_of(world, 0)
+    [completed] = await world.store.runs([acc(world.c, 0)], ["k8s_spot_instances"])
+    db = connect(world.stores)
+    unreachable = TsdbClient("http://127.0.0.1:1", timeout=2)  # nothing listens on port 1
+    with pytest.raises(StoreUnavailable):
+        await optimize_tenant(account_of(world.c, 0), LAST + DAY + 3600, Options(modules=(Module.SPOT_INSTANCES,)),
+                              world.store, ExpenseQueries(world.expenses), ResourceStore(db), RightsizingStore(db),
+                              unreachable)
+    await unreachable.aclose()
+    [run] = await world.store.runs([acc(world.c, 0)], ["k8s_spot_instances"])
+    assert run["status"] == "failed" and "TSDB" in run["error"]
+    assert run["last_completed"] == completed["last_completed"] and run["last_run"] >= completed["last_run"]
+    assert await items_of(world, 0) == before
+    body = (await get(world, world.c, {"cloud_account_id": acc(world.c, 0), "type": "k8s_spot_instances"})).json()
+    assert body["optimizations"]["k8s_spot_instances"]["runs"][0]["status"] == "failed"
