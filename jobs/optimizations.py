@@ -60,6 +60,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import ray
+from ray.util import metrics
 
 from k8scost import promql, raylocal
 from k8scost.anomalies import Detection
@@ -88,6 +89,15 @@ MISSING_CAPACITY = ("insufficient data: node types and allocatable CPU and memor
 MISSING_VOLUMES = ("insufficient data: pod volumes (node-local storage, persistent volumes: the exporter does not "
                    "export them yet)")
 MAX_PODS = 50_000  # running pods read per cluster (the ledger's page limit)
+
+LAST_SUCCESS = metrics.Gauge(
+    "cloudtuner_optimizations_last_success_timestamp_seconds",
+    description="When a module's items of the tenant were last written.",
+    tag_keys=("tenant", "module"),
+)
+FAILURES = metrics.Counter(
+    "cloudtuner_optimizations_failures", description="Tenants whose optimizations run failed (after Ray's retries)."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,7 +340,7 @@ def spot_items(tenant: TenantEstate, options: Options) -> list[dict[str, Any]]:
         if short is not None:
             items.append(short)
             continue
-        priced = {n for n in estate.prices}
+        priced = {*estate.prices, *(estate.node_types or ())}  # a node's type carries its prices too
         nodes = [Node(name, estate.node_types[name] if estate.node_types and name in estate.node_types else
                       NodeType("", 0.0, 0.0, *estate.prices.get(name, (0.0, 0.0))))
                  for name in sorted({p.node for p in estate.pods})]
@@ -461,6 +471,7 @@ async def optimize_tenant(
                 items = anomaly_items(tenant, options, pod_costs)
             await store.progress(module, account.id, total, total)
             await store.complete_run(module, account.id, items, notes)
+            LAST_SUCCESS.set(time.time(), tags={"tenant": account.id, "module": str(module)})
             counts[str(module)] = len(items)
             savings[str(module)] = sum(i["saving"] for i in items)
     except Exception as exc:
@@ -513,6 +524,7 @@ async def optimize(accounts: Sequence[Account], end: int, options: Options, stor
                 report = future.result()
             except Exception as exc:  # Ray retried already; the next run tries again
                 failed.append(account.id)
+                FAILURES.inc()
                 log.error("optimizations: tenant %s failed: %s", account.id, exc)
             else:
                 reports.append(report)
