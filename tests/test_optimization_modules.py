@@ -52,8 +52,10 @@ def test_spot_item_on_complete_inputs_saves_the_discounted_demand() -> None:
     # Per pod 0.5 core × 0.03 + 1 GiB × 0.004 = 0.019 USD an hour, at 60 % off, for both.
     assert found["saving"] == pytest.approx(2 * 0.019 * 0.6 * MONTH)
     assert found["fields"]["rule"] == "ready" and "insufficient" not in found["fields"]
-    discounted = spot_items(_tenant(estate), Options(spot=SpotParams(0.6, {"": 0.8})))
-    assert discounted[0]["saving"] == pytest.approx(2 * 0.019 * 0.8 * MONTH)
+    # Where node types are known, their prices are the nodes' and a type's own discount applies.
+    typed = dataclasses.replace(estate, prices={}, node_types={"a": SMALL, "b": SMALL})
+    [discounted] = spot_items(_tenant(typed), Options(spot=SpotParams(0.6, {"small": 0.8})))
+    assert discounted["saving"] == pytest.approx(2 * 0.019 * 0.8 * MONTH)
     # A node without price: the saving is not guessed.
     unpriced = dataclasses.replace(estate, prices={"a": (0.03, 0.004)})
     [found] = spot_items(_tenant(unpriced), Options())
@@ -72,3 +74,12 @@ def test_bad_arguments_exit_2_naming_the_flag(args: list[str], message: str, cap
         parse_args(args)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_spot_leaves_out_workloads_a_rule_decides_are_not_ready() -> None:
+    single = ClusterEstate("east", 30, (_web(1, "a"),), (), {"a": (0.03, 0.004)}, None, volumes_known=True)
+    system = dataclasses.replace(single, pods=tuple(dataclasses.replace(_web(n, "a"), namespace="kube-system")
+                                                    for n in (1, 2)))
+    assert spot_items(_tenant(single), Options()) == [] and spot_items(_tenant(system), Options()) == []
+    # Without volume flags a single replica is still decided (not ready): no item, not "insufficient data".
+    assert spot_items(_tenant(dataclasses.replace(single, volumes_known=False)), Options()) == []
