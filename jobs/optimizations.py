@@ -27,8 +27,9 @@ Inputs, what exists of them (``read_estate``):
 Not exported yet, so never invented: the nodes' types and allocatable CPU and memory
 (Kubecost's assets API has them), and the pods' volumes (node-local storage, persistent
 volumes). Where a module needs one, its item says ``insufficient data: <what>`` and saves 0.
-A cluster with fewer than ``--min-history-days`` days in the ledger gets one item saying
-``insufficient history: N days`` per module, never a recommendation.
+A cluster with fewer than ``--min-history-days`` days in the ledger (anomalies: the
+``7 × weeks`` days their baseline needs before the first day looked at) gets one item per
+module saying ``insufficient history: N days``, never a recommendation.
 
 Modules and their items (each item's ``saving`` is USD per month; ``fields`` its evidence):
 
@@ -257,13 +258,14 @@ def rightsizing_items(tenant: TenantEstate, options: Options) -> tuple[list[dict
     if not tenant.rightsizing:
         return [], ["insufficient data: the rightsizing job (python -m jobs.rightsizing) has no result for this account"]
     history = {c.cluster: c for c in tenant.clusters}
-    items, short = [], set()
+    items, short = [], {}
     for doc in tenant.rightsizing:
         if doc["status"] != str(Status.OVER):
             continue
+        # A cluster without ledger days (gone, or not costed yet) has no history at all.
         cluster = history.get(doc["cluster"], ClusterEstate(doc["cluster"], 0))
         if cluster.history_days < options.min_history_days:
-            short.add(cluster.cluster)
+            short[cluster.cluster] = cluster
             continue
         namespace = Resource(Kind.NAMESPACE, doc["cluster"], doc["namespace"], doc["namespace"])
         fields = {k: doc[k] for k in (
@@ -275,9 +277,8 @@ def rightsizing_items(tenant: TenantEstate, options: Options) -> tuple[list[dict
                           **{**_resource(account, namespace),
                              "resource_name": f"{doc['controller'] or doc['pod']}/{doc['container']}"},
                           saving=doc["monthly_savings"], fields={**fields, "evidence": doc["run"]}))
-    for estate in tenant.clusters:
-        if estate.cluster in short:
-            items.append(_short_history(Module.RIGHTSIZING, account, estate, options.min_history_days))
+    for estate in short.values():
+        items.append(_short_history(Module.RIGHTSIZING, account, estate, options.min_history_days))
     return items, []
 
 

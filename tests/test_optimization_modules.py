@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from jobs.optimizations import ClusterEstate, Options, TenantEstate, cluster_sizing_items, parse_args, spot_items
+from jobs.optimizations import (
+    ClusterEstate,
+    Options,
+    TenantEstate,
+    cluster_sizing_items,
+    parse_args,
+    rightsizing_items,
+    spot_items,
+)
 from k8scost.cluster_sizing import GIB, Container, NodeType, Pod
 from k8scost.rightsizing import HOURS_PER_MONTH as MONTH
 from k8scost.spot_readiness import SpotParams
@@ -83,3 +91,12 @@ def test_spot_leaves_out_workloads_a_rule_decides_are_not_ready() -> None:
     assert spot_items(_tenant(single), Options()) == [] and spot_items(_tenant(system), Options()) == []
     # Without volume flags a single replica is still decided (not ready): no item, not "insufficient data".
     assert spot_items(_tenant(dataclasses.replace(single, volumes_known=False)), Options()) == []
+
+
+def test_rightsizing_of_a_cluster_without_ledger_days_says_insufficient_history() -> None:
+    doc = {"_id": "g1", "status": "over-provisioned", "cluster": "gone", "namespace": "shop", "controller": "web",
+           "pod": None, "container": "main", "monthly_savings": 10.0}
+    tenant = dataclasses.replace(_tenant(ClusterEstate("east", 30)), rightsizing=(doc,))
+    [found], notes = rightsizing_items(tenant, Options())
+    assert (found["saving"], found["fields"]["insufficient"], notes) == (0.0, "insufficient history: 0 days", [])
+    assert found["cloud_resource_id"] == "k8s-cluster/gone"
