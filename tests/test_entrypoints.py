@@ -109,20 +109,34 @@ def test_rightsizing_runs_a_tenant_on_the_local_ray(local_ray: None, accounts) -
     assert (summary["accounts"], summary["done"], summary["failed"]) == (1, 1, [])  # its task ran on Ray
 
 
-@pytest.mark.parametrize("entry", ["actors", "backfill", "rightsizing"])
+def test_optimizations_runs_a_tenant_on_the_local_ray(local_ray: None, accounts) -> None:
+    bad = run("-m", "jobs.optimizations", "--spot-discount", "1.5")
+    assert bad.returncode == 2 and "--spot-discount / --node-type-discount: spot discount of 'default'" in bad.stderr
+    account, _ = accounts.create(f"org-{uuid.uuid4().hex[:8]}")
+    try:
+        done = run("-m", "jobs.optimizations", "--cloud-account-id", account.id, "--module", "k8s_cost_anomalies")
+    finally:
+        accounts.delete(account.id)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads(done.stdout.splitlines()[-1])
+    assert (summary["accounts"], summary["done"], summary["failed"]) == (1, 1, [])  # its task ran on Ray
+    assert "optimizations: 1/1 tenants (100 %)" in done.stdout
+
+
+@pytest.mark.parametrize("entry", ["actors", "backfill", "rightsizing", "optimizations"])
 def test_no_ray_at_the_address_is_a_fast_clear_error(real_services: None, accounts, entry: str) -> None:
     address = f"127.0.0.1:{helpers.free_port()}"  # closed: nothing listens there, nor on the machine's address
     if entry == "actors":
         argv = ["-m", "actors", "status"]
     elif entry == "backfill":
         argv = ["-m", "jobs.backfill", "--cloud-account-id", "x", "--start", "2026-10-01", "--end", "2026-10-02"]
-    else:  # rightsizing asks Ray only once it has a tenant to size
+    else:  # the rightsizing and optimizations jobs ask Ray only once they have a tenant
         account, _ = accounts.create(f"org-{uuid.uuid4().hex[:8]}")
-        argv = ["-m", "jobs.rightsizing", "--cloud-account-id", account.id]
+        argv = ["-m", f"jobs.{entry}", "--cloud-account-id", account.id]
     try:
         result = run(*argv, "--address", address, timeout=FAST_SECONDS)
     finally:
-        if entry == "rightsizing":
+        if entry in ("rightsizing", "optimizations"):
             accounts.delete(account.id)
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(f"error: no Ray cluster at {address}: nothing answers on {address}"), result.stderr

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from k8scost.settings import ALL_SETTINGS, IngressSettings, MetroculusSettings, StoreSettings, from_env
+from k8scost.stores.optimizations import Module
 
 # Ray Serve's schemas still use pydantic v1-style Field extras.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -466,6 +467,15 @@ def test_jobs_cluster_autoscaler_and_tenant_slots() -> None:
     assert cron["jobTemplate"]["clusterSelector"] == {"ray.io/cluster": "cloudtuner-jobs"}
     assert cron["jobTemplate"]["entrypoint"] == "python -m jobs.rightsizing"
     assert _one("RayJob", "backfill")["spec"]["entrypoint"].startswith("python -m jobs.backfill --cloud-account-id ")
+    from jobs.optimizations import parse_args as optimizations_args  # imports Ray, which only this test needs
+
+    # Every optimizations module has its own RayCronJob, running that module alone.
+    for module in Module:
+        cron = _one("RayCronJob", "optimizations-" + module.removeprefix("k8s_").replace("_", "-"))["spec"]
+        assert cron["jobTemplate"]["clusterSelector"] == {"ray.io/cluster": "cloudtuner-jobs"}
+        assert cron["jobTemplate"]["entrypoint"] == f"python -m jobs.optimizations --module {module} --interval-hours 24"
+        _, options = optimizations_args(cron["jobTemplate"]["entrypoint"].split()[3:])  # the job accepts them
+        assert options.modules == (module,)
 
 
 # --- serveConfigV2 == serve_config.yaml ---------------------------------------------------

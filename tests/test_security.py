@@ -31,7 +31,11 @@ import pytest
 
 from k8scost import promql
 from k8scost.api_errors import error_message
+from k8scost.settings import StoreSettings, from_env
 from k8scost.stores.accounts import Credentials
+from k8scost.stores.mongo import connect
+from k8scost.stores.optimizations import Module, OptimizationStore, item
+from k8scost.stores.resources import Kind, Resource
 from serve_apps.ingress.remote_write import encode
 from tests import figures, helpers, hostile_bodies
 from tests.conftest import TEST_SERVE_ENV
@@ -231,6 +235,8 @@ class Estate:
     b: Org  # the victim
     a_task: str
     b_task: str
+    a_item: str  # an optimization item of each (GET/PATCH …/optimizations)
+    b_item: str
     start: int  # the samples written to the TSDB: (start, end], every RES seconds
     end: int
     b_resources: set[str]  # ids of B's ledger resources
@@ -238,7 +244,7 @@ class Estate:
 
     def b_secrets(self) -> set[str]:
         """What of B must never reach A: its marker and its ids."""
-        return {self.b.mark, self.b.id, self.b.user_id, self.b.account(), self.b_task, *self.b_resources}
+        return {self.b.mark, self.b.id, self.b.user_id, self.b.account(), self.b_task, self.b_item, *self.b_resources}
 
 
 def signup(name: str, mark: str) -> Org:
@@ -293,11 +299,30 @@ def estate(serve_apps: str) -> Estate:
     for org in (a, b):
         started = call("POST", f"/organizations/{org.id}/expenses_async", org.token, json={"start_date": D0, "end_date": END})
         tasks.append(ok(started, 202)["task_id"])
+    a_item, b_item = asyncio.run(seed_optimizations(a, b))
     return Estate(
-        a, b, tasks[0], tasks[1], start, end,
+        a, b, tasks[0], tasks[1], a_item, b_item, start, end,
         {f.rid for f in facts_b},
         sum(f.cost for f in select(facts_a, resource_type=NS)),
     )
+
+
+async def seed_optimizations(*orgs: Org) -> list[str]:
+    """An optimization item of each organization's main account, in the Serve apps' database; their ids."""
+    db = connect(from_env(StoreSettings))
+    store, ids = OptimizationStore(db), []
+    try:
+        for org in orgs:
+            namespace = Resource(Kind.NAMESPACE, f"{org.mark}-cluster", f"{org.mark}-ns", f"{org.mark}-ns")
+            doc = item(Module.SPOT_INSTANCES, org.account(), org.id, ("r5",), resource_id=namespace.id(org.account()),
+                       cloud_resource_id=namespace.cloud_resource_id(), resource_name=namespace.name, saving=1.0,
+                       fields={"k8s_cluster": namespace.cluster, "k8s_namespace": namespace.name})
+            await store.start_run(Module.SPOT_INSTANCES, org.account(), org.id, int(time.time()), 0, {})
+            await store.complete_run(Module.SPOT_INSTANCES, org.account(), [doc])
+            ids.append(doc["_id"])
+    finally:
+        db.client.close()
+    return ids
 
 
 class Probes:
@@ -596,7 +621,7 @@ def valid_query(op: Operation) -> dict[str, Any]:
     return chosen
 
 
-ID_PARAMS = ("organization_id", "cloud_account_id", "task_id", "user_id")
+ID_PARAMS = ("organization_id", "cloud_account_id", "task_id", "user_id", "item_id")
 
 
 def ids_of(estate: Estate, org: Org) -> dict[str, str]:
@@ -605,6 +630,7 @@ def ids_of(estate: Estate, org: Org) -> dict[str, str]:
         "cloud_account_id": org.account(),
         "task_id": estate.a_task if org is estate.a else estate.b_task,
         "user_id": org.user_id,  # POST /v2/users/{user_id}/password: B's is 404 to A, and never changed
+        "item_id": estate.a_item if org is estate.a else estate.b_item,  # PATCH …/optimizations/{item_id}
     }
 
 
@@ -657,6 +683,8 @@ async def test_r5d_a_token_of_another_organization_on_every_rest_route(estate: E
     listed = ok(call("GET", f"/organizations/{b.id}/cloud_accounts", b.token))["cloud_accounts"]
     still_writes = post(gauges(b, estate.start, estate.end, 100.0), b.credentials()).status_code
     own = ok(call("GET", f"/organizations/{a.id}/clean_expenses?start_date={D0}&end_date={END}", a.token))
+    # B's optimization item is still active: no PATCH of A's dismissed or excluded it.
+    b_spot = ok(call("GET", f"/organizations/{b.id}/optimizations?type=k8s_spot_instances", b.token))
     figures.record("R5", f"(d) A's token on B's ids, every REST route and id parameter "
                          f"({len(routes)} routes from the OpenAPI document): {probes.summary()}")
     probes.assert_clean()
@@ -664,6 +692,7 @@ async def test_r5d_a_token_of_another_organization_on_every_rest_route(estate: E
     assert still_writes == 204  # neither rotated nor deleted by A
     assert own["total_cost"] == pytest.approx(estate.a_total) and estate.a_total > 0
     assert {e["cloud_account_id"] for e in own["clean_expenses"]} == {a.account()}
+    assert [i["id"] for i in b_spot["optimizations"]["k8s_spot_instances"]["items"]] == [estate.b_item]
 
 
 async def test_r5f_injection_in_every_rest_parameter(estate: Estate) -> None:

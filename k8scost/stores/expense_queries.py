@@ -236,6 +236,14 @@ class DailyCosts:
 
     by_day: dict[int, dict[str, float]]
 
+    def per_key(self) -> dict[str, dict[int, float]]:
+        """The same costs per key, then day in order: what a model of each key's series reads."""
+        keyed: dict[str, dict[int, float]] = {}
+        for day in sorted(self.by_day):
+            for key, cost in self.by_day[day].items():
+                keyed.setdefault(key, {})[day] = cost
+        return keyed
+
 
 class ExpenseQueries:
     """Read-only queries over ``expenses``, on the pool of an ``ExpenseStore``."""
@@ -326,4 +334,14 @@ class ExpenseQueries:
         since = scope.start if daily_from is None else daily_from
         source = NAMESPACE_DAILY if scope.fits_namespace_daily(by) and await self._has_namespace_daily() else ""
         rows = await self._select(_DAILY, scope, {"daily_from": since}, column=by, source=source)
+        return DailyCosts({day: dict(zip(keys, costs)) for day, keys, costs in rows})
+
+    async def daily_per_resource(self, scope: Scope, daily_from: int | None = None) -> DailyCosts:
+        """Per day, each resource name's cost (a pod's, for a scope of pods of one cluster and namespace).
+
+        ``daily``'s query keyed by ``resource_name``, a column no request may break down by
+        (a name is unique only within its type, cluster and namespace: narrow the scope so).
+        """
+        since = scope.start if daily_from is None else daily_from
+        rows = await self._select(_DAILY, scope, {"daily_from": since}, column="resource_name")
         return DailyCosts({day: dict(zip(keys, costs)) for day, keys, costs in rows})

@@ -28,7 +28,16 @@ from k8scost.metroculus_client import SECRET_HEADER, MetroculusClient
 from serve_apps.restapi import errors, metrics
 from serve_apps.restapi.auth import Tokens
 from serve_apps.restapi.dependencies import caller
-from serve_apps.restapi.routes import cloud_accounts, expenses, live, organizations, rightsizing, seed, users
+from serve_apps.restapi.routes import (
+    cloud_accounts,
+    expenses,
+    live,
+    optimizations,
+    organizations,
+    rightsizing,
+    seed,
+    users,
+)
 from serve_apps.restapi.state import RestApiConfig, Stores
 
 # Where the docs pages' scripts, styles and icon are served (under the app's root path).
@@ -57,7 +66,7 @@ def create_api(
     _install_metrics(api)
     api.include_router(users.router, prefix="/v2")
     # Every other route authenticates first, whatever it declares: 401 before any other check.
-    for routes in (organizations, cloud_accounts, expenses, seed, live, rightsizing):
+    for routes in (organizations, cloud_accounts, expenses, seed, live, rightsizing, optimizations):
         api.include_router(routes.router, prefix="/v2", dependencies=[Depends(caller)])
     return api
 

@@ -11,6 +11,7 @@ from k8scost.stores.accounts import AccountStore
 from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.expense_queries import ExpenseQueries
 from k8scost.stores.mongo import connect
+from k8scost.stores.optimizations import OptimizationStore
 from k8scost.stores.organizations import OrganizationStore
 from k8scost.stores.rightsizing import RightsizingStore
 from k8scost.stores.sessions import SessionStore
@@ -47,6 +48,7 @@ class OpenStores:
         self.organizations = OrganizationStore(db)
         self.tasks = TaskStore(db, config.api.task_timeout_seconds)
         self.rightsizing = RightsizingStore(db)
+        self.optimizations = OptimizationStore(db)
         self.sessions = SessionStore(db)
         api = config.api
         self.signins = SignInThrottle(
@@ -85,6 +87,7 @@ class Stores:
                     await opened.tasks.ensure_indexes()
                     await opened.sessions.ensure_indexes()
                     await opened.signins.ensure_indexes()
+                    await opened.optimizations.ensure_indexes()
                     opened.indexed = True
         return opened
 
