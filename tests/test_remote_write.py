@@ -62,7 +62,7 @@ def test_verdicts_are_per_tenant() -> None:
 
 
 def test_disallowed_metric_is_dropped_and_counted(police: TenantPolice) -> None:
-    body = encode([({"__name__": "node_cpu_seconds_total", "cpu": "0"}, [(NOW_MS, 1), (NOW_MS + 1, 2)]), (cost(), [(NOW_MS, 3)])])
+    body = encode([({"__name__": "node_network_receive_bytes_total", "device": "eth0"}, [(NOW_MS, 1), (NOW_MS + 1, 2)]), (cost(), [(NOW_MS, 3)])])
     out = police.police(body, NOW_MS)
     assert [labels["__name__"] for labels, _ in decode(out.body)] == ["cloudtuner_kubecost_namespace_total_cost"]
     assert out.dropped == {"metric_not_allowed": 2}
