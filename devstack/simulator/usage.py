@@ -23,7 +23,9 @@ one: the shipped relabelling must drop them. ``node`` stands for the label the s
 service discovery adds per kubelet and node-exporter target (one endpoint serves them all).
 
 Counters are integrated incrementally between scrapes (``UsageExporters`` remembers the last
-instant it was asked), from the start again if asked for an earlier one.
+instant it was asked), from the pod's start again if asked for an earlier one. A restart
+starts a new container (new ``id`` and ``name``, counters from 0), as the runtime does; the
+pod cgroup's counter goes on.
 """
 
 from __future__ import annotations
@@ -47,12 +49,13 @@ _KINDS = {"deployment": "ReplicaSet", "statefulset": "StatefulSet", "daemonset":
 
 @dataclasses.dataclass
 class _Counters:
-    """One container's counters since its last start, as of ``at``."""
+    """One container's CPU and throttled seconds since its pod started, as of ``at``, and
+    both as of its last restart before ``at`` (its cAdvisor counters are the difference)."""
 
-    since: float
     at: float
     cpu_seconds: float = 0.0
     throttled_seconds: float = 0.0
+    at_restart: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,7 @@ class ContainerTruth:
     cpu_cores: float
     ram_bytes: float
     cpu_seconds: float
+    pod_cpu_seconds: float  # since the pod started: what its pod cgroup counts, restarts or not
     cfs_periods: float | None  # None without a CPU limit
     cfs_throttled_periods: float | None
     cpu_request: float
@@ -123,17 +127,24 @@ class UsageExporters:
         since, restarts, reason = _last_start(pod, container, t)
         key = (namespace, pod.name, container.name)
         counters = self._counters.get(key)
-        if counters is None or counters.since != since or counters.at > t:
-            counters = self._counters[key] = _Counters(since, since)
+        if counters is None or counters.at > t:
+            counters = self._counters[key] = _Counters(pod.start)
         stream = container_stream(self.estate, self.cluster.name, namespace, pod.name, container.name)
         limit = container.cpu_limit_cores
+        # Up to each restart crossed, then to t: a restart's instant is where its counters start.
+        crossed = [at for at, _ in container.restarts if counters.at < at <= t]
+        for bound in [*crossed, t]:
+            for start, end, _, _, cpu, _ in segments(container, counters.at, bound, self.estate.usage_period_seconds,
+                                                     self.estate.usage_variation, stream):
+                counters.cpu_seconds += cpu * (end - start)
+                if limit and cpu >= limit:
+                    counters.throttled_seconds += end - start
+            counters.at = bound
+            if bound in crossed:
+                counters.at_restart = (counters.cpu_seconds, counters.throttled_seconds)
+        cpu_seconds = counters.cpu_seconds - counters.at_restart[0]
+        throttled_seconds = counters.throttled_seconds - counters.at_restart[1]
         cpu_now = ram_now = 0.0
-        for start, end, _, _, cpu, ram in segments(container, counters.at, t, self.estate.usage_period_seconds,
-                                                   self.estate.usage_variation, stream):
-            counters.cpu_seconds += cpu * (end - start)
-            if limit and cpu >= limit:
-                counters.throttled_seconds += end - start
-        counters.at = t
         # The usage at t itself: the stretch that starts at t.
         for _, _, _, _, cpu_now, ram_now in segments(container, t, math.nextafter(t, math.inf),
                                                      self.estate.usage_period_seconds, self.estate.usage_variation,
@@ -141,9 +152,9 @@ class UsageExporters:
             break
         cpu_request, ram_request = _state(container, t)
         periods = CFS_PERIODS_PER_SECOND * (t - since) if limit else None
-        throttled = CFS_PERIODS_PER_SECOND * counters.throttled_seconds if limit else None
-        return ContainerTruth(cpu_now, ram_now, counters.cpu_seconds, periods, throttled, cpu_request, ram_request,
-                              restarts, reason)
+        throttled = CFS_PERIODS_PER_SECOND * throttled_seconds if limit else None
+        return ContainerTruth(cpu_now, ram_now, cpu_seconds, counters.cpu_seconds, periods, throttled, cpu_request,
+                              ram_request, restarts, reason)
 
     def node_busy(self, t: float) -> dict[str, float]:
         """Core-seconds each node's containers used over [boot, t)."""
@@ -186,7 +197,7 @@ class UsageExporters:
                 for container in pod.containers:
                     truth = self.container(ns.name, pod, container, t)
                     assert truth is not None
-                    pod_cpu_seconds += truth.cpu_seconds
+                    pod_cpu_seconds += truth.pod_cpu_seconds
                     pod_ram += truth.ram_bytes
                     pod_cpu += truth.cpu_cores
                     # A restart is a new container: new id, as the runtime gives it.
