@@ -12,22 +12,26 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+import uvicorn
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.simulator import Cluster, Container, Estate, Namespace, Node, Pod
-from devstack.simulator.customer import REMOTE_WRITE_TEMPLATE
+from devstack.simulator import Cluster, Container, Estate, Namespace, Node, Pod, create_app
+from devstack.simulator.customer import REMOTE_WRITE_TEMPLATE, prometheus_config
 from devstack.simulator.usage import UsageExporters
+from devstack.stack import free_port, wait_for
 from k8scost.settings import IngressSettings, StoreSettings, from_env
 from k8scost.stores.accounts import Account, AccountStore, Credentials
 from k8scost.stores.mongo import connect
@@ -293,3 +297,70 @@ async def landed(query: str, at: float, want: dict[tuple[tuple[str, str], ...], 
         if got == want or time.monotonic() > deadline:
             return got
         await asyncio.sleep(0.2)
+
+
+# --- a real Prometheus with the shipped configuration ----------------------------------------
+
+
+class Receiver(ThreadingHTTPServer):
+    """A remote-write receiver that keeps every series it is sent."""
+
+    def __init__(self) -> None:
+        self.series: list[Series] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                outer.series.extend(decode(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", free_port()), Handler)
+
+
+def test_prometheus_sends_the_curated_families_as_the_ingress_wants_them(tmp_path: Path) -> None:
+    """Prometheus 2.42 scraping the simulator's three exporters every second with the shipped
+    configuration (devstack/simulator/customer.py's, as the demo's) sends every usage family,
+    without cAdvisor's pod cgroups nor any label off the list: the police drops nothing."""
+    t0 = time.time() - 600
+    simulator = uvicorn.Server(uvicorn.Config(create_app(estate(t0), "c1"), host="127.0.0.1", port=free_port(),
+                                              log_level="warning"))
+    receiver = Receiver()
+    threads = [threading.Thread(target=simulator.run, daemon=True),
+               threading.Thread(target=receiver.serve_forever, daemon=True)]
+    for thread in threads:
+        thread.start()
+    target = f"127.0.0.1:{simulator.config.port}"
+    (tmp_path / "password").write_text("s3cret")
+    config = prometheus_config(account_id="acct-1", password_file=tmp_path / "password",
+                               write_url=f"http://127.0.0.1:{receiver.server_port}/write", exporter_target=target,
+                               scrape_interval=1.0, usage_target=target, usage_interval=1.0)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    prometheus = subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{free_port()}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        sent = wait_for("every usage family sent", lambda: (
+            receiver.series if set(USAGE_FAMILIES) <= {labels["__name__"] for labels, _ in receiver.series} else None),
+            timeout=60, interval=0.5)
+    finally:
+        prometheus.terminate()
+        prometheus.wait(15)
+        simulator.should_exit = True
+        receiver.shutdown()
+    usage_series = [(labels, samples) for labels, samples in sent if labels["__name__"] in USAGE_FAMILIES]
+    assert not any(HIGH_CARDINALITY & set(labels) for labels, _ in usage_series)
+    assert all(labels.get("container") for labels, _ in usage_series if labels["__name__"].startswith("container_"))
+    for labels, _ in usage_series:
+        assert set(labels) <= USAGE_FAMILIES[labels["__name__"]].allowed_labels, labels
+    # Scraped series the exporters have and the relabelling keeps: the same label sets.
+    want = {tuple(sorted(labels.items())) for labels, _ in relabelled(time.time(), t0)}
+    got = {tuple(sorted((k, v) for k, v in labels.items() if k not in ("job", "instance"))) for labels, _ in usage_series}
+    assert got == {tuple((k, v) for k, v in key if k not in ("job", "instance")) for key in want}
+    police = TenantPolice("acct-1", Limits())
+    out = police.police(encode(usage_series), int(time.time() * 1000))
+    assert not out.dropped and out.series == len(usage_series)
