@@ -10,7 +10,6 @@ MongoDB database, forwarding to the shared TSDB under fresh tenants.
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import threading
 import time
@@ -26,10 +25,9 @@ import pytest
 import pytest_asyncio
 import uvicorn
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.simulator import Cluster, Container, Estate, Namespace, Node, Pod, create_app
-from devstack.simulator.customer import REMOTE_WRITE_TEMPLATE, prometheus_config
+from devstack.simulator.customer import REMOTE_WRITE_TEMPLATE, prometheus_config, write_relabel
 from devstack.simulator.usage import UsageExporters
 from devstack.stack import free_port, wait_for
 from k8scost.settings import IngressSettings, StoreSettings, from_env
@@ -80,19 +78,6 @@ def test_no_high_cardinality_label_is_forwarded_or_allowed() -> None:
 # --- the simulator's exporters through the shipped relabelling -------------------------------
 
 
-def relabel(labels: dict[str, str], configs: list[dict[str, Any]]) -> dict[str, str] | None:
-    """Prometheus' keep, drop and labelkeep (anchored regexes, source values joined by ';')."""
-    for config in configs:
-        regex = re.compile(config["regex"])
-        if config["action"] == "labelkeep":
-            labels = {name: value for name, value in labels.items() if regex.fullmatch(name)}
-        else:
-            matched = regex.fullmatch(";".join(labels.get(name, "") for name in config["source_labels"])) is not None
-            if matched != (config["action"] == "keep"):
-                return None
-    return labels
-
-
 def estate(t0: float) -> Estate:
     node = Node("n1", 4.0, 16 * GIB, 0.03, 0.004, "i-1")
     web = [Container("app", 1.0, 2 * GIB, 0.5, 1 * GIB, cpu_limit_cores=1.5, ram_limit_bytes=2 * GIB,
@@ -105,13 +90,8 @@ def estate(t0: float) -> Estate:
 
 def scraped(t: float, t0: float) -> list[dict[str, str]]:
     """Every series the simulator's three exporters expose at t, labels as scraped (with ``job``)."""
-    out = []
-    for family in text_string_to_metric_families(UsageExporters(estate(t0), "c1").text(t)):
-        for sample in family.samples:
-            job = USAGE_FAMILIES[sample.name].source
-            out.append({"__name__": sample.name, **sample.labels, "job": job, "instance": "sim:9003",
-                        "value": repr(sample.value)})
-    return out
+    return [{**labels, "job": USAGE_FAMILIES[labels["__name__"]].source, "instance": "sim:9003", "value": repr(value)}
+            for labels, value in UsageExporters(estate(t0), "c1").series(t)]
 
 
 def relabelled(t: float, t0: float) -> list[Series]:
@@ -119,7 +99,7 @@ def relabelled(t: float, t0: float) -> list[Series]:
     out = []
     for labels in scraped(t, t0):
         value = float(labels.pop("value"))
-        kept = relabel(labels, write_relabel_configs())
+        kept = write_relabel(labels, write_relabel_configs())
         if kept is not None:
             out.append((kept, [(int(t * 1000), value)]))
     return out

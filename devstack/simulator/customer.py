@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,23 @@ from devstack.simulator.usage import PATHS
 from devstack.stack import ROOT, free_port, wait_until_answers
 
 REMOTE_WRITE_TEMPLATE = ROOT / "cluster_config" / "customer" / "prometheus-remote-write.yaml"
+
+
+def write_relabel(labels: dict[str, str], configs: list[dict[str, Any]]) -> dict[str, str] | None:
+    """``labels`` after Prometheus' ``keep``, ``drop`` and ``labelkeep`` relabel actions (the ones
+    the shipped ``write_relabel_configs`` use: anchored regexes, source values joined by ';');
+    None when dropped. tests/test_usage_series.py checks it against a real Prometheus."""
+    for config in configs:
+        regex = re.compile(config["regex"])
+        if config["action"] == "labelkeep":
+            labels = {name: value for name, value in labels.items() if regex.fullmatch(name)}
+        elif config["action"] in ("keep", "drop"):
+            matched = regex.fullmatch(";".join(labels.get(name, "") for name in config["source_labels"])) is not None
+            if matched != (config["action"] == "keep"):
+                return None
+        else:
+            raise ValueError(f"relabel action {config['action']!r} is not emulated")
+    return labels
 
 
 def prometheus_config(

@@ -175,10 +175,24 @@ class UsageExporters:
     def text(self, t: float, source: str | None = None) -> str:
         """The exposition at t (Prometheus text format 0.0.4) of one exporter (a source of
         ``k8scost.usage_series``), or of all three."""
-        families: dict[str, tuple[str, str, list[str]]] = {}
+        lines = []
+        for name, (kind, help_, samples) in self._families(t).items():
+            if source is None or USAGE_FAMILIES[name].source == source:
+                lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}",
+                          *(f"{name}{_labels(labels)} {value!r}" for labels, value in samples)]
+        return "\n".join(lines) + "\n"
+
+    def series(self, t: float) -> list[tuple[dict[str, str], float]]:
+        """Every series of the three exporters at t: (labels with ``__name__``, value)."""
+        return [({"__name__": name, **labels}, value)
+                for name, (_, _, samples) in self._families(t).items() for labels, value in samples]
+
+    def _families(self, t: float) -> dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]]:
+        """Family name → (type, help, [(labels, value)]) at t."""
+        families: dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]] = {}
 
         def add(name: str, kind: str, help_: str, labels: dict[str, str], value: float) -> None:
-            families.setdefault(name, (kind, help_, []))[2].append(f"{name}{_labels(labels)} {value!r}")
+            families.setdefault(name, (kind, help_, []))[2].append((labels, value))
 
         cluster = self.cluster.name
         ram_on_node: dict[str, float] = {}
@@ -254,9 +268,4 @@ class UsageExporters:
                         {"cpu": str(cpu), "mode": mode, **labels}, value)
             add("node_memory_MemAvailable_bytes", "gauge", "Memory information field MemAvailable_bytes.", labels,
                 max(0.0, node.ram_bytes - ram_on_node.get(node.name, 0.0)))
-        lines = []
-        for name, (kind, help_, samples) in families.items():
-            if source is not None and USAGE_FAMILIES[name].source != source:
-                continue
-            lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *samples]
-        return "\n".join(lines) + "\n"
+        return families
