@@ -36,7 +36,7 @@ from k8scost.stores.mongo import connect
 from k8scost.usage_series import USAGE_FAMILIES, forwarded_labels, write_relabel_configs
 from serve_apps.ingress import app as ingress_app
 from serve_apps.ingress import metrics as ingress_metrics
-from serve_apps.ingress.remote_write import Limits, TenantPolice, decode, encode
+from serve_apps.ingress.remote_write import Limits, TenantPolice, WriteRejected, decode, encode
 from serve_apps.restapi.onboarding import remote_write_yaml
 from tests import helpers
 from tests.test_exporter import PROMTOOL
@@ -155,14 +155,19 @@ def test_a_tenant_past_its_series_limit_keeps_its_series_and_gets_no_new_one() -
     second = police.police(body, now_ms + 15_000)
     assert second.over_limit == 2 and second.dropped == {"series_limit": 2}
     assert [(labels["pod"], samples[0][1]) for labels, samples in decode(second.body)] == [("p0", 2.0), ("p1", 3.0)]
+    # A body refused whole (a sample an hour ahead) adds none of its series.
+    roomy = TenantPolice("c", limits)
+    with pytest.raises(WriteRejected):
+        roomy.police(encode([usage("p9", now_ms), usage("p8", now_ms + 3_600_000)]), now_ms)
+    assert roomy.active_series == 0
     # Another tenant has its own count: the new series that a could not add are b's.
     other = TenantPolice("b", limits).police(encode([usage("p3", now_ms), usage("p4", now_ms)]), now_ms)
     assert other.over_limit == 0 and other.series == 2
-    # Past the window, idle series stop counting: p1 and p2 went quiet, two new ones fit.
-    later = now_ms + 15_000 + 600_001
-    third = police.police(encode([usage("p0", later), usage("p5", later), usage("p6", later), usage("p7", later)]), later)
+    # p2, quiet for longer than the window, stops counting (p0 and p1 wrote 15 s later): one new series fits.
+    later = now_ms + 600_001
+    third = police.police(encode([usage("p0", later), usage("p5", later), usage("p6", later)]), later)
     assert third.over_limit == 1 and police.active_series == 3
-    assert [labels["pod"] for labels, _ in decode(third.body)] == ["p0", "p5", "p6"]
+    assert [labels["pod"] for labels, _ in decode(third.body)] == ["p0", "p5"]
 
 
 # --- in-process ingress → the shared TSDB ----------------------------------------------------

@@ -176,6 +176,7 @@ class TenantPolice:
         now = now_ms / 1000
         self._sweep(now)
         active, max_series = self._active, self.limits.max_series
+        fresh: set[tuple[bytes, ...]] = set()  # new series, counted once the whole body has passed
         over_limit: set[tuple[bytes, ...]] = set()
         rebuild = False  # some series or sample must go: rebuild the request without it
         samples = 0
@@ -187,11 +188,14 @@ class TenantPolice:
             if labels is None:
                 rebuild = True
                 continue
-            if len(active) >= max_series and labels not in active:
-                over_limit.add(labels)
-                rebuild = True
-                continue
-            active[labels] = now
+            if labels in active:
+                active[labels] = now
+            elif labels not in fresh:
+                if len(active) + len(fresh) >= max_series:
+                    over_limit.add(labels)
+                    rebuild = True
+                    continue
+                fresh.add(labels)
             if relabel:
                 series.labels[:] = labels
                 untouched = False
@@ -203,6 +207,7 @@ class TenantPolice:
                 if not 0.0 <= value < math.inf:
                     rebuild = rebuild or _bad_value(value, is_cost)
             samples += len(series.samples)
+        active.update(dict.fromkeys(fresh, now))
         dropped: Counter[str] = Counter()
         if rebuild:
             request, samples = _rebuilt(request, verdicts, over_limit, dropped)
