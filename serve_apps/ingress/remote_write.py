@@ -3,7 +3,7 @@
 The ingress's hot path. A body is parsed once (upb, in C) with every label kept as its
 encoded bytes; a label set is validated and given its tenant label the first time it is
 seen, and later recognised by those bytes alone, so steady traffic — the same series
-every scrape — costs two dict lookups per series plus a check per sample.
+every scrape — costs a few dict operations per series plus a check per sample.
 
 What is kept: CloudTuner's own families (``Limits.allowed_metrics``) with any labels, and the
 usage families of ``k8scost.usage_series`` with only the labels of their allow-list; a usage
