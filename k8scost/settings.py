@@ -133,7 +133,8 @@ class IngressSettings:
     allowed_metrics: str = setting(
         "INGRESS_ALLOWED_METRICS",
         "cloudtuner_.+|kubecost_.+",
-        "Regex (full match) of metric names kept; other series are dropped and counted.",
+        "Regex (full match) of CloudTuner's own metric names kept; the usage families of "
+        "k8scost/usage_series.py are kept too, with their label allow-lists; other series are dropped and counted.",
     )
     max_body_bytes: int = setting("INGRESS_MAX_BODY_BYTES", 10 << 20, "Largest compressed body; above it 413.")
     max_decoded_bytes: int = setting(
@@ -158,6 +159,18 @@ class IngressSettings:
     )
     tenant_burst_samples: float = setting(
         "INGRESS_TENANT_BURST_SAMPLES", 2_000_000.0, "Samples a tenant may send at once before 429."
+    )
+    max_series_per_tenant: int = setting(
+        "INGRESS_MAX_SERIES_PER_TENANT",
+        150_000,
+        "Active series a tenant may have (Mimir's max_global_series_per_user); the new series of a write past "
+        "it are refused, 400 (not retried), its other series stored. Each replica counts the series it saw "
+        "against the whole limit: Serve spreads a tenant's writes over every replica.",
+    )
+    active_series_seconds: float = setting(
+        "INGRESS_ACTIVE_SERIES_SECONDS",
+        1200.0,
+        "A series counts against INGRESS_MAX_SERIES_PER_TENANT until it has had no sample for this long.",
     )
     auth_cache_seconds: float = setting(
         "INGRESS_AUTH_CACHE_SECONDS",

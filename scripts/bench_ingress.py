@@ -1,6 +1,7 @@
 """Remote-write throughput and CPU per sample: straight into the TSDB vs through the ingress.
 
     .venv/bin/python scripts/bench_ingress.py [--series 2000] [--bodies 8] [--rounds 50]
+    .venv/bin/python scripts/bench_ingress.py --mix cluster [--containers 2000] [--rounds 8] [--in-process]
 
 Both paths get the same kind of pre-built bodies (Kubecost-like label sets, encoded as
 Prometheus encodes them, the same series again every round with a newer timestamp), sent
@@ -9,6 +10,16 @@ million samples of the ingress processes (Serve proxy and replicas) and of Prome
 read from /proc before and after each path. The anchor is Prometheus' own receiver on
 the direct path; the targets: the ingress takes ≥ 100k samples per CPU-second and spends
 no more CPU per sample than Prometheus does.
+
+``--mix cluster`` sends a realistic mix instead: one simulated cluster of about
+``--containers`` containers (devstack/simulator) scraped every 15 s, its cAdvisor,
+kube-state-metrics and node-exporter series relabelled by the shipped configuration
+(k8scost/usage_series.py), in bodies of the shipped ``max_samples_per_send``, a round per
+scrape. These series carry no ``tenant_id``: the ingress adds it to every one, so it
+re-encodes every body. ``--in-process`` measures the codec and tenant police alone
+(``TenantPolice.police``, this process's CPU; no Ray, no Serve: the Serve proxy and HTTP
+are not counted) beside the same bodies sent straight to the TSDB (its CPU, the anchor);
+without it, both paths as above, through Serve.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import asyncio
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +37,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
-from ray.util.state import list_actors  # noqa: E402
+import yaml  # noqa: E402
 
 from devstack import stack  # noqa: E402
+from devstack.simulator import Estate, generate_estate  # noqa: E402
+from devstack.simulator.customer import REMOTE_WRITE_TEMPLATE, write_relabel  # noqa: E402
+from devstack.simulator.usage import UsageExporters  # noqa: E402
 from k8scost.settings import StoreSettings, from_env  # noqa: E402
 from k8scost.stores.accounts import AccountStore  # noqa: E402
 from k8scost.stores.mongo import connect  # noqa: E402
-from serve_apps.ingress.remote_write import encode  # noqa: E402
+from k8scost.usage_series import USAGE_FAMILIES, write_relabel_configs  # noqa: E402
+from serve_apps.ingress.remote_write import Limits, TenantPolice, encode  # noqa: E402
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _METRICS = ("cloudtuner_kubecost_pod_total_cost", "cloudtuner_kubecost_pod_cpu_cost", "cloudtuner_kubecost_pod_ram_cost")
@@ -49,6 +65,8 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def ingress_pids() -> list[int]:
     """The Serve proxy and the ingress replicas."""
+    from ray.util.state import list_actors  # only the Serve path needs Ray
+
     actors = list_actors(address=stack.RAY_DASHBOARD, filters=[("state", "=", "ALIVE")], limit=1000)
     return [a.pid for a in actors if a.class_name == "ProxyActor" or "RemoteWriteIngress" in (a.class_name or "")]
 
@@ -82,6 +100,112 @@ def bodies(tenant: str, path: str, series: int, count: int, rounds: int, t0_ms: 
     ]
 
 
+SCRAPE_SECONDS = 15
+
+
+def cluster_mix(containers: int, rounds: int, t0_ms: int, extra: dict[str, str]) -> tuple[list[list[bytes]], int, int]:
+    """Bodies of one cluster's usage series, a round per 15-s scrape, as the shipped
+    configuration sends them; with the series and the containers they stand for."""
+    namespaces, t0 = 40, t0_ms / 1000
+
+    def running(pods_per_namespace: int) -> tuple[Estate, int]:
+        estate = generate_estate(15, namespaces_per_cluster=namespaces, nodes_per_cluster=max(3, containers // 40),
+                                 pods_per_namespace=pods_per_namespace, start=t0 - 2 * 86400, span_seconds=2 * 86400)
+        return estate, sum(len(pod.containers) for ns in estate.clusters[0].namespaces for pod in ns.pods
+                           if pod.start <= t0 and (pod.end is None or pod.end > t0))
+
+    # 1.5 containers per pod on average (devstack/simulator/spec.py's sidecars); some pods
+    # have ended or not started yet at t0: sized again on the first try's share running.
+    pods = max(1, round(containers / 1.5 / namespaces))
+    estate, live = running(pods)
+    if live < containers:
+        estate, live = running(max(pods, round(pods * containers / max(live, 1))))
+    [cluster] = estate.clusters
+    exporters = UsageExporters(estate, cluster.name)
+    per_body = yaml.safe_load(REMOTE_WRITE_TEMPLATE.read_text())["remote_write"][0]["queue_config"]["max_samples_per_send"]
+    relabel = write_relabel_configs()
+    out = []
+    for r in range(rounds):
+        t_ms = t0_ms + r * SCRAPE_SECONDS * 1000
+        sent = []
+        for labels, value in exporters.series(t_ms / 1000):
+            scraped = {**labels, "job": USAGE_FAMILIES[labels["__name__"]].source, "instance": "10.0.0.1:10250"}
+            kept = write_relabel(scraped, relabel)
+            if kept is not None:
+                sent.append(({**kept, **extra}, [(t_ms, value)]))
+        # Prometheus shards series over its queues by hash; one round is a scrape of every series.
+        sent.sort(key=lambda series: hash(tuple(sorted(series[0].items()))))
+        out.append([encode(sent[i:i + per_body]) for i in range(0, len(sent), per_body)])
+    return out, len(sent), live
+
+
+def police_cpu(tenant: str, rounds: list[list[bytes]], t0_ms: int) -> tuple[float, float]:
+    """CPU seconds of this process policing the first round (every series new), then the others."""
+    police = TenantPolice(tenant, Limits())
+    timings = []
+    for r, round_bodies in enumerate(rounds):
+        started = time.process_time()
+        for body in round_bodies:
+            police.police(body, t0_ms + r * SCRAPE_SECONDS * 1000)
+        timings.append(time.process_time() - started)
+    return timings[0], sum(timings[1:])
+
+
+def main_cluster_mix(args: argparse.Namespace) -> None:
+    # In-process, only the TSDB (the anchor) is needed, and it must already run.
+    if not args.in_process:
+        stack.services("start", "mongodb", "tsdb")
+    t0_ms = int(time.time() * 1000) - args.rounds * SCRAPE_SECONDS * 1000 - 60_000  # the rounds end a minute ago
+    print(f"building {args.rounds} scrapes of a {args.containers}-container cluster ...", flush=True)
+    direct_rounds, series, containers = cluster_mix(args.containers, args.rounds, t0_ms, {"bench_path": "direct"})
+    ingress_rounds, _, _ = cluster_mix(args.containers, args.rounds, t0_ms, {})
+    bodies_per_round = len(ingress_rounds[0])
+    size = sum(len(b) for b in ingress_rounds[0]) / bodies_per_round
+    print(f"{containers} running containers, {series} series ({series / containers:.1f} per container) per scrape; "
+          f"{bodies_per_round} bodies per scrape, {size / 1024:.0f} KiB snappy each; "
+          f"{series / SCRAPE_SECONDS:,.0f} samples/s per cluster", flush=True)
+    write_headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+                     "X-Prometheus-Remote-Write-Version": "0.1.0"}
+    samples = series * (args.rounds - 1)
+    rows = []
+    if args.in_process:
+        cold, warm = police_cpu(str(uuid.uuid4()), ingress_rounds, t0_ms)
+        rows.append(("ingress codec + police, in-process (first scrape: every series new)", series, cold, "—"))
+        rows.append(("ingress codec + police, in-process (later scrapes)", samples, warm, "—"))
+        asyncio.run(send(f"{stack.TSDB_URL}/api/v1/write", direct_rounds[:1], write_headers, None))
+        direct = run_path("direct", f"{stack.TSDB_URL}/api/v1/write", direct_rounds[1:], samples, write_headers, None,
+                          pids=[])
+        rows.append(("direct to Prometheus (anchor), later scrapes", direct.samples, "—", direct.tsdb_cpu))
+    else:
+        stack.services("start", "ray")
+        stack.deploy_serve({"INGRESS_TENANT_SAMPLES_PER_SECOND": "1e12", "INGRESS_TENANT_BURST_SAMPLES": "1e12"})
+        _, credentials = asyncio.run(AccountStore(connect(from_env(StoreSettings))).create("bench", "bench cluster"))
+        tenant = credentials.account_id
+        auth_headers = {**write_headers, "Cloud-Account-Id": tenant}
+        asyncio.run(send(f"{stack.TSDB_URL}/api/v1/write", direct_rounds[:1], write_headers, None))
+        asyncio.run(send(stack.WRITE_URL, ingress_rounds[:1], auth_headers, (tenant, credentials.password)))
+        direct = run_path("direct", f"{stack.TSDB_URL}/api/v1/write", direct_rounds[1:], samples, write_headers, None)
+        ingress = run_path("ingress", stack.WRITE_URL, ingress_rounds[1:], samples, auth_headers,
+                           (tenant, credentials.password))
+        rows.append(("through the ingress (Serve proxy + replicas), later scrapes", ingress.samples, ingress.ingress_cpu,
+                     ingress.tsdb_cpu))
+        rows.append(("direct to Prometheus (anchor), later scrapes", direct.samples, "—", direct.tsdb_cpu))
+    print()
+    print("| path | samples | ingress CPU-s per 1M samples | Prometheus CPU-s per 1M samples |")
+    print("| --- | ---: | ---: | ---: |")
+    for path, n, ingress_cpu, tsdb_cpu in rows:
+        cells = [f"{cpu / n * 1e6:.2f}" if isinstance(cpu, float) else cpu for cpu in (ingress_cpu, tsdb_cpu)]
+        print(f"| {path} | {n:,} | {cells[0]} | {cells[1]} |")
+    ours = rows[-2] if not args.in_process else rows[1]
+    anchor = rows[-1]
+    print()
+    print(f"ingress: {ours[1] / ours[2]:,.0f} samples per CPU-second; Prometheus receiver: "
+          f"{anchor[1] / anchor[3]:,.0f} (anchor ≈ 125,000); ratio of CPU per sample, ingress ÷ Prometheus: "
+          f"{(ours[2] / ours[1]) / (anchor[3] / anchor[1]):.2f}")
+    print(f"a {containers}-container cluster at a 15 s scrape: {series / SCRAPE_SECONDS:,.0f} samples/s, "
+          f"{series / SCRAPE_SECONDS * ours[2] / ours[1]:.3f} ingress CPU-cores")
+
+
 @dataclass
 class Result:
     path: str
@@ -104,13 +228,14 @@ async def send(url: str, rounds: list[list[bytes]], headers: dict[str, str], aut
                     raise SystemExit(f"{url} answered {answer.status_code}: {answer.text}")
 
 
-def run_path(path: str, url: str, rounds: list[list[bytes]], series: int, headers: dict[str, str],
-             auth: tuple[str, str] | None) -> Result:
-    pids = ingress_pids()
+def run_path(path: str, url: str, rounds: list[list[bytes]], samples: int, headers: dict[str, str],
+             auth: tuple[str, str] | None, pids: list[int] | None = None) -> Result:
+    """Send ``rounds`` (``samples`` in all) to ``url``; the CPU of ``pids`` (default: the
+    ingress's) and of the TSDB meanwhile."""
+    pids = ingress_pids() if pids is None else pids
     before_ingress, before_tsdb, started = cpu_seconds(pids), cpu_seconds([tsdb_pid()]), time.perf_counter()
     asyncio.run(send(url, rounds, headers, auth))
     seconds = time.perf_counter() - started
-    samples = len(rounds) * len(rounds[0]) * series
     return Result(path, samples, seconds, cpu_seconds(pids) - before_ingress, cpu_seconds([tsdb_pid()]) - before_tsdb)
 
 
@@ -118,10 +243,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=2000, help="series (= samples) per request")
     parser.add_argument("--bodies", type=int, default=8, help="requests in flight per round")
-    parser.add_argument("--rounds", type=int, default=50, help="rounds; each round sends every body once")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds; each round sends every body once (default 50; --mix cluster: scrapes, default 8)")
+    parser.add_argument("--mix", choices=("cost", "cluster"), default="cost",
+                        help="cost: the exporter's gauges in --series-sized bodies; cluster: a cluster's usage series")
+    parser.add_argument("--containers", type=int, default=2000, help="--mix cluster: containers of the cluster")
+    parser.add_argument("--in-process", action="store_true",
+                        help="--mix cluster: the ingress's codec and police in this process, no Ray nor Serve")
     args = parser.parse_args()
-    if min(args.series, args.bodies, args.rounds) < 1 or args.rounds > 500:
-        parser.error("--series, --bodies and --rounds must be ≥ 1, --rounds ≤ 500")
+    args.rounds = args.rounds or (8 if args.mix == "cluster" else 50)
+    if min(args.series, args.bodies, args.rounds, args.containers) < 1 or args.rounds > 500:
+        parser.error("--series, --bodies, --rounds and --containers must be ≥ 1, --rounds ≤ 500")
+    if args.mix == "cluster":
+        if args.rounds < 2:
+            parser.error("--mix cluster needs --rounds ≥ 2: the first scrape warms, the others are measured")
+        main_cluster_mix(args)
+        return
+    if args.in_process:
+        parser.error("--in-process goes with --mix cluster")
 
     stack.services("start", "mongodb", "tsdb", "ray")
     # Production settings, but no per-tenant rate limit: the benchmark is one tenant at full speed.
@@ -143,9 +282,10 @@ def main() -> None:
     asyncio.run(send(stack.WRITE_URL, warm[1:], {**write_headers, "Cloud-Account-Id": tenant},
                      (tenant, credentials.password)))
 
-    direct = run_path("direct to Prometheus", f"{stack.TSDB_URL}/api/v1/write", direct_rounds, args.series,
+    samples = args.rounds * args.bodies * args.series
+    direct = run_path("direct to Prometheus", f"{stack.TSDB_URL}/api/v1/write", direct_rounds, samples,
                       write_headers, None)
-    ingress = run_path("through the ingress", stack.WRITE_URL, ingress_rounds, args.series,
+    ingress = run_path("through the ingress", stack.WRITE_URL, ingress_rounds, samples,
                        {**write_headers, "Cloud-Account-Id": tenant}, (tenant, credentials.password))
 
     print()

@@ -600,7 +600,7 @@ async def test_remote_write_relabel_keeps_every_exported_metric_and_nothing_else
     assert remote["url"] == "https://cloudtuner.example.com/storage/api/v2/write"
     assert remote["headers"] == {"Cloud-Account-Id": "6b7f0c1e-acct"}
     assert remote["basic_auth"]["username"] == "6b7f0c1e-acct"
-    [keep] = remote["write_relabel_configs"]
+    keep = remote["write_relabel_configs"][0]  # then the usage families' cgroup and label rules (test_usage_series.py)
     assert (keep["source_labels"], keep["action"]) == (["__name__"], "keep")
     settings = _settings(kubecost)
     async with running(settings) as poller:

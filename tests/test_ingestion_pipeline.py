@@ -15,10 +15,12 @@ from actors.tenant import TenantActor, TenantConfig
 from devstack.simulator import generate_estate, ground_truth
 from devstack.simulator.customer import CustomerCluster
 from devstack.simulator.spec import to_json
+from devstack.simulator.usage import UsageExporters
 from k8scost import raylocal
 from k8scost import ledger
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.stores.clickhouse import ExpenseStore
+from k8scost.usage_series import USAGE_FAMILIES
 
 from tests import helpers
 
@@ -75,7 +77,31 @@ def test_tsdb_holds_the_simulators_rates_under_the_enforced_tenant(customer: Cus
         assert float(r["value"][1]) == pytest.approx(got[r["metric"]["namespace"]], rel=1e-4, abs=1e-4)
     # The spoofed label reached nobody: no series anywhere carries it.
     assert helpers.tsdb_query('{tenant_id="victim-tenant"}') == []
-    assert helpers.tsdb_query(f'count({{tenant_id="{customer.account_id}", __name__!~"cloudtuner_.+|kubecost_.+"}})') == []
+    others = f'cloudtuner_.+|kubecost_.+|{"|".join(USAGE_FAMILIES)}'
+    assert helpers.tsdb_query(f'count({{tenant_id="{customer.account_id}", __name__!~"{others}"}})') == []
+
+
+def test_usage_series_land_under_the_enforced_tenant_with_the_models_values(customer: CustomerCluster, estate) -> None:
+    """The simulator's cAdvisor, scraped every 15 s by the customer's Prometheus with the shipped
+    relabelling: one working-set series per running container, the model's value, no ``id``."""
+    estate, _ = estate
+    cluster = estate.clusters[0]
+    exporters = UsageExporters(estate, cluster.name)
+    now = time.time()
+    # The estate's changes ended days ago: every container's memory is constant now.
+    expected = {(ns.name, pod.name, c.name): truth.ram_bytes
+                for ns in cluster.namespaces for pod in ns.pods for c in pod.containers
+                if (truth := exporters.container(ns.name, pod, c, now)) is not None}
+    query = f'container_memory_working_set_bytes{{tenant_id="{customer.account_id}"}}'
+
+    def landed() -> dict[tuple[str, str, str], float] | None:
+        result = helpers.tsdb_query(query)
+        assert not [r["metric"] for r in result if {"id", "image", "name"} & set(r["metric"])]
+        got = {(r["metric"]["namespace"], r["metric"]["pod"], r["metric"]["container"]): float(r["value"][1])
+               for r in result}
+        return got if got.keys() == expected.keys() else None
+
+    assert helpers.wait_for("every container's working set", landed, timeout=60) == expected
 
 
 def test_wrong_password_lands_nothing(serve_apps: str, accounts, estate, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors.tenant import CRASH_POINTS, CycleReport, TenantActor, TenantConfig
 from devstack.simulator import cluster_management_cost, generate_estate, ground_truth, to_json
-from devstack.simulator.customer import REMOTE_WRITE_TEMPLATE, CustomerCluster
+from devstack.simulator.customer import REMOTE_WRITE_TEMPLATE, CustomerCluster, write_relabel
 from devstack.simulator.history import openmetrics
 from devstack.simulator.spec import Estate
 from k8scost import raylocal
@@ -42,6 +42,7 @@ from k8scost import ledger, promql
 from k8scost.metroculus_client import MetroculusClient
 from k8scost.settings import DAY, ExporterSettings, LedgerSettings, StoreSettings, from_env
 from k8scost.stores.clickhouse import ExpenseStore
+from k8scost.usage_series import write_relabel_configs
 from serve_apps.ingress.remote_write import encode
 from tests import figures, helpers
 from tests.conftest import TEST_SERVE_ENV
@@ -113,8 +114,15 @@ def missing(sent: SampleSet, stored: SampleSet) -> int:
 
 
 def sent_by(cluster: CustomerCluster, start: int, end: int) -> SampleSet:
-    """What the customer's Prometheus scraped of the series it sends us: its own TSDB's samples."""
-    return raw_samples(cluster.prometheus_url, f'{{__name__=~"{SENT}"}}', start, end)
+    """What the customer's Prometheus scraped of the series it sends us: its own TSDB's samples,
+    labelled as its write_relabel_configs send them (the usage series lose id, image, name, …)."""
+    relabel = write_relabel_configs()
+    sent: SampleSet = {}
+    for labels, values in raw_samples(cluster.prometheus_url, f'{{__name__=~"{SENT}"}}', start, end).items():
+        kept = write_relabel(dict(labels), relabel)
+        if kept is not None:  # a restarted container's two cAdvisor series (ids) are one series sent
+            sent.setdefault(tuple(sorted(kept.items())), {}).update(values)
+    return sent
 
 
 def stored_for(tenant: str, start: int, end: int) -> SampleSet:

@@ -9,6 +9,7 @@ import pytest
 import snappy
 
 from serve_apps.ingress.proto.remote_write_pb2 import WriteRequest
+from k8scost.usage_series import USAGE_FAMILIES
 from serve_apps.ingress.remote_write import STALE_NAN_BITS, Limits, TenantPolice, WriteRejected, decode, encode
 
 NOW_MS = 1_790_000_000_000
@@ -54,6 +55,18 @@ def test_spoofed_tenant_label_is_overwritten_every_time(police: TenantPolice) ->
         assert out[1][0]["zone"] == "z"
 
 
+@pytest.mark.parametrize("family", sorted(USAGE_FAMILIES))
+def test_usage_families_cannot_forge_the_tenant_either(police: TenantPolice, family: str) -> None:
+    """Each usage family, with every label of its allow-list, claiming another tenant: stamped."""
+    labels = {name: "x" for name in USAGE_FAMILIES[family].allowed_labels} | {"__name__": family, "tenant_id": "victim"}
+    body = encode([(labels, [(NOW_MS, 1.0)]), ({**labels, "tenant_id": "tenant-a"}, [(NOW_MS + 1, 2.0)])])
+    for _ in range(2):
+        out = police.police(body, NOW_MS)
+        assert not out.dropped
+        assert [(got["tenant_id"], samples) for got, samples in decode(out.body)] == [
+            ("tenant-a", [(NOW_MS, 1.0)]), ("tenant-a", [(NOW_MS + 1, 2.0)])]
+
+
 def test_verdicts_are_per_tenant() -> None:
     body = encode([(cost(), [(NOW_MS, 1.0)])])
     a, b = TenantPolice("a", Limits()), TenantPolice("b", Limits())
@@ -62,7 +75,7 @@ def test_verdicts_are_per_tenant() -> None:
 
 
 def test_disallowed_metric_is_dropped_and_counted(police: TenantPolice) -> None:
-    body = encode([({"__name__": "node_cpu_seconds_total", "cpu": "0"}, [(NOW_MS, 1), (NOW_MS + 1, 2)]), (cost(), [(NOW_MS, 3)])])
+    body = encode([({"__name__": "node_network_receive_bytes_total", "device": "eth0"}, [(NOW_MS, 1), (NOW_MS + 1, 2)]), (cost(), [(NOW_MS, 3)])])
     out = police.police(body, NOW_MS)
     assert [labels["__name__"] for labels, _ in decode(out.body)] == ["cloudtuner_kubecost_namespace_total_cost"]
     assert out.dropped == {"metric_not_allowed": 2}

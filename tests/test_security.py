@@ -36,6 +36,7 @@ from k8scost.stores.accounts import Credentials
 from k8scost.stores.mongo import connect
 from k8scost.stores.optimizations import Module, OptimizationStore, item
 from k8scost.stores.resources import Kind, Resource
+from k8scost.usage_series import USAGE_FAMILIES
 from serve_apps.ingress.remote_write import encode
 from tests import figures, helpers, hostile_bodies
 from tests.conftest import TEST_SERVE_ENV
@@ -440,6 +441,11 @@ def test_r5a_body_labels_naming_another_tenant_land_under_the_sender(estate: Est
         ({"exported_tenant_id": b.account(), "tenant": b.account()}, {}),
         ({"__tenant_id__": b.account()}, {}),
         ({"tenant_id": b.account(), "cluster": f"{b.mark}-cluster"}, {"Cloud-Account-Id": a.account()}),
+        # The usage families (k8scost/usage_series.py) with every label of their allow-list;
+        # those without a namespace label are covered by tests/test_remote_write.py.
+        *(({**{label: "x" for label in family.labels if label != "namespace"}, "__name__": family.name,
+            "tenant_id": b.account()}, {"THANOS-TENANT": b.account()})
+          for family in USAGE_FAMILIES.values() if "namespace" in family.labels),
     ]
     probes = Probes(estate)
     for i, (labels, headers) in enumerate(spoofs):
@@ -455,9 +461,9 @@ def test_r5a_body_labels_naming_another_tenant_land_under_the_sender(estate: Est
     )
     probes.assert_clean()
     assert cross == []
-    assert sorted((s["metric"]["namespace"], float(s["value"][1])) for s in landed) == [
+    assert sorted((s["metric"]["namespace"], float(s["value"][1])) for s in landed) == sorted(
         (f"{a.mark}-spoof-{i}", 0.25 + i) for i in range(len(spoofs))
-    ]
+    )
 
 
 def test_r5b_a_header_naming_another_account_is_refused(estate: Estate) -> None:

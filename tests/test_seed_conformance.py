@@ -683,13 +683,14 @@ async def test_issue_2_fix_2_the_cloud_account_id_must_be_the_accounts(stack: St
 
 def test_issue_2_fix_3_the_relabel_keeps_the_designs_metrics() -> None:
     """write_relabel_configs' regex "must include cloudtuner_kubecost_* metrics" (and the
-    design's filter keeps kubecost_cluster_* too)."""
+    design's filter keeps kubecost_cluster_* too), beside the curated usage families
+    (k8scost/usage_series.py) and nothing else."""
     config = yaml.safe_load((ROOT / "cluster_config/customer/prometheus-remote-write.yaml").read_text())
-    [keep] = config["remote_write"][0]["write_relabel_configs"]
+    keep = config["remote_write"][0]["write_relabel_configs"][0]
     assert keep["action"] == "keep"
-    for name in (NS, POD, "cloudtuner_kubecost_namespace_cpu_cost", "kubecost_cluster_cpu_cost"):
+    for name in (NS, POD, "cloudtuner_kubecost_namespace_cpu_cost", "kubecost_cluster_cpu_cost", "node_cpu_seconds_total"):
         assert re.fullmatch(keep["regex"], name), name
-    assert not re.fullmatch(keep["regex"], "node_cpu_seconds_total")
+    assert not re.fullmatch(keep["regex"], "node_network_receive_bytes_total")
 
 
 # --- Troubleshooting Issue 3: Metroculus returns empty metrics ---------------------------------------------------

@@ -49,3 +49,12 @@ def test_the_rightsizing_recommender_names_a_recommender_and_documents_each() ->
     assert Recommender(chosen) is Recommender.REQUEST_SIZING_V2
     doc = RightsizingSettings.__dataclass_fields__["recommender"].metadata["doc"]
     assert [r for r in Recommender if f"`{r}`" not in doc] == []
+
+
+def test_the_series_limit_settings_are_read_and_typed() -> None:
+    settings = from_env(IngressSettings, {"INGRESS_MAX_SERIES_PER_TENANT": "42", "INGRESS_ACTIVE_SERIES_SECONDS": "90"})
+    assert (settings.max_series_per_tenant, settings.active_series_seconds) == (42, 90.0)
+    defaults = from_env(IngressSettings, {})
+    assert (defaults.max_series_per_tenant, defaults.active_series_seconds) == (150_000, 1200.0)
+    with pytest.raises(SettingsError, match="INGRESS_MAX_SERIES_PER_TENANT"):
+        from_env(IngressSettings, {"INGRESS_MAX_SERIES_PER_TENANT": "many"})

@@ -1,6 +1,7 @@
 """Kubecost/OpenCost allocation simulator: serves the allocation API of a declarative estate, with exact ground truth.
 
-It stands in for a customer's Kubecost in tests and demos; :func:`ground_truth` gives
+It stands in for a customer's Kubecost in tests and demos, and for its cAdvisor,
+kube-state-metrics and node-exporter (:mod:`devstack.simulator.usage`); :func:`ground_truth` gives
 the exact cost of any cluster, node, namespace or pod over any time range, so the whole
 pipeline's accuracy can be checked. Everything is deterministic for a given seed.
 """

@@ -1,4 +1,7 @@
-"""Command line: serve one cluster of a simulated estate as its Kubecost would.
+"""Command line: serve one cluster of a simulated estate as its Kubecost and usage exporters would.
+
+Kubecost's API, and the cluster's cAdvisor (/metrics/cadvisor), kube-state-metrics
+(/kube-state-metrics/metrics) and node-exporter (/node-exporter/metrics):
 
     python -m devstack.simulator --cluster NAME [--spec estate.json | --seed N --clusters N
         --namespaces N --pods N --nodes N --start UNIX] [--host 127.0.0.1] [--port 9003] [--write-spec out.json]

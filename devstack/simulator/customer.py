@@ -1,5 +1,7 @@
 """A whole simulated customer cluster as real processes: Kubecost simulator → allocation-exporter
 → the customer's Prometheus, remote-writing to our ingress with the shipped configuration.
+The customer's Prometheus also scrapes the simulator's cAdvisor, kube-state-metrics and
+node-exporter (``usage.PATHS``), every 15 s as a real one does, so its relabelling is exercised.
 
 Used by the demo, the integration tests and the benchmarks, so that all three exercise the
 same path a customer runs: the Prometheus configuration is ``cluster_config/customer/
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,9 +21,27 @@ from typing import Any
 
 import yaml
 
+from devstack.simulator.usage import PATHS
 from devstack.stack import ROOT, free_port, wait_until_answers
 
 REMOTE_WRITE_TEMPLATE = ROOT / "cluster_config" / "customer" / "prometheus-remote-write.yaml"
+
+
+def write_relabel(labels: dict[str, str], configs: list[dict[str, Any]]) -> dict[str, str] | None:
+    """``labels`` after Prometheus' ``keep``, ``drop`` and ``labelkeep`` relabel actions (the ones
+    the shipped ``write_relabel_configs`` use: anchored regexes, source values joined by ';');
+    None when dropped. tests/test_usage_series.py checks it against a real Prometheus."""
+    for config in configs:
+        regex = re.compile(config["regex"])
+        if config["action"] == "labelkeep":
+            labels = {name: value for name, value in labels.items() if regex.fullmatch(name)}
+        elif config["action"] in ("keep", "drop"):
+            matched = regex.fullmatch(";".join(labels.get(name, "") for name in config["source_labels"])) is not None
+            if matched != (config["action"] == "keep"):
+                return None
+        else:
+            raise ValueError(f"relabel action {config['action']!r} is not emulated")
+    return labels
 
 
 def prometheus_config(
@@ -31,8 +52,11 @@ def prometheus_config(
     exporter_target: str,
     scrape_interval: float,
     spoof_tenant: str | None = None,
+    usage_target: str | None = None,
+    usage_interval: float = 15.0,
 ) -> dict[str, Any]:
-    """The shipped customer configuration, placeholders filled in, tuned for short intervals."""
+    """The shipped customer configuration, placeholders filled in, tuned for short intervals;
+    with ``usage_target``, scraping the usage exporters there every ``usage_interval`` s."""
     config = yaml.safe_load(REMOTE_WRITE_TEMPLATE.read_text())
     interval = f"{max(scrape_interval, 0.1):g}s"
     config["global"] = {"scrape_interval": interval, "evaluation_interval": interval}
@@ -42,6 +66,18 @@ def prometheus_config(
     job["static_configs"] = [{"targets": [exporter_target]}]
     if spoof_tenant is not None:  # a hostile customer claiming another tenant's label
         job["metric_relabel_configs"] = [{"target_label": "tenant_id", "replacement": spoof_tenant}]
+    if usage_target is not None:
+        for source, path in PATHS.items():
+            config["scrape_configs"].append({
+                "job_name": source,
+                "scrape_interval": f"{usage_interval:g}s",
+                "scrape_timeout": f"{min(usage_interval, 10.0):g}s",
+                # The exporters' own namespace, pod and node labels, not the target's.
+                "honor_labels": True,
+                "metrics_path": path,
+                "static_configs": [{"targets": [usage_target]}],
+                **({"metric_relabel_configs": job["metric_relabel_configs"]} if spoof_tenant is not None else {}),
+            })
     [remote] = config["remote_write"]
     remote["url"] = write_url
     remote["headers"] = {"Cloud-Account-Id": account_id}
@@ -111,7 +147,7 @@ class CustomerCluster:
         config = prometheus_config(
             account_id=self.account_id, password_file=password_file, write_url=self.write_url,
             exporter_target=f"127.0.0.1:{self.exporter_port}", scrape_interval=self.scrape_interval,
-            spoof_tenant=self.spoof_tenant,
+            spoof_tenant=self.spoof_tenant, usage_target=f"127.0.0.1:{self.simulator_port}",
         )
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         self._spawn(

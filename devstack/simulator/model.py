@@ -18,6 +18,7 @@ import hashlib
 import math
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,13 +133,10 @@ def _factors(stream: int, period: int, variation: float) -> tuple[float, float]:
     return (1 + variation * ((x & 0xFFFFFFFF) / 2**31 - 1), 1 + variation * ((x >> 32) / 2**31 - 1))
 
 
-def _integrate(container: Container, start: float, end: float, period: float, variation: float,
-               stream: int) -> tuple[float, ...]:
-    """Exact integrals of the container over [start, end).
-
-    Returns (cpu allocated, cpu request, cpu usage) core-seconds, the cpu usage max, then
-    the same four for RAM in byte-seconds and bytes.
-    """
+def segments(container: Container, start: float, end: float, period: float, variation: float,
+             stream: int) -> Iterator[tuple[float, float, float, float, float, float]]:
+    """The container's constant stretches over [start, end): (from, to, cpu request, ram
+    request, cpu usage, ram usage), usage with its period's factor applied."""
     changes = container.changes
     state = (container.cpu_request_cores, container.ram_request_bytes, container.cpu_usage_cores,
              container.ram_usage_bytes)
@@ -146,7 +144,6 @@ def _integrate(container: Container, start: float, end: float, period: float, va
     while i < len(changes) and changes[i][0] <= start:
         state = changes[i][1:]
         i += 1
-    cpu_alloc = cpu_req = cpu_use = cpu_max = ram_alloc = ram_req = ram_use = ram_max = 0.0
     t = start
     while t < end:
         nxt = end
@@ -159,8 +156,23 @@ def _integrate(container: Container, start: float, end: float, period: float, va
             fcpu, fram = _factors(stream, k, variation)
         if i < len(changes) and changes[i][0] < nxt:
             nxt = changes[i][0]
+        yield t, nxt, state[0], state[1], state[2] * fcpu, state[3] * fram
+        t = nxt
+        while i < len(changes) and changes[i][0] <= t:
+            state = changes[i][1:]
+            i += 1
+
+
+def _integrate(container: Container, start: float, end: float, period: float, variation: float,
+               stream: int) -> tuple[float, ...]:
+    """Exact integrals of the container over [start, end).
+
+    Returns (cpu allocated, cpu request, cpu usage) core-seconds, the cpu usage max, then
+    the same four for RAM in byte-seconds and bytes.
+    """
+    cpu_alloc = cpu_req = cpu_use = cpu_max = ram_alloc = ram_req = ram_use = ram_max = 0.0
+    for t, nxt, rc, rr, uc, ur in segments(container, start, end, period, variation, stream):
         dt = nxt - t
-        rc, rr, uc, ur = state[0], state[1], state[2] * fcpu, state[3] * fram
         cpu_alloc += max(rc, uc) * dt
         cpu_req += rc * dt
         cpu_use += uc * dt
@@ -169,11 +181,12 @@ def _integrate(container: Container, start: float, end: float, period: float, va
         ram_req += rr * dt
         ram_use += ur * dt
         ram_max = max(ram_max, ur)
-        t = nxt
-        while i < len(changes) and changes[i][0] <= t:
-            state = changes[i][1:]
-            i += 1
     return cpu_alloc, cpu_req, cpu_use, cpu_max, ram_alloc, ram_req, ram_use, ram_max
+
+
+def container_stream(estate: Estate, cluster: str, namespace: str, pod: str, container: str) -> int:
+    """The seed of a container's usage factors (0 when usage does not vary)."""
+    return _stream(estate.seed, cluster, namespace, pod, container) if estate.usage_variation else 0
 
 
 def _shared_weights(runs: list[tuple[Pod, float, float]], start: float,
@@ -214,8 +227,7 @@ def _pod_allocations(estate: Estate, cluster: Cluster, node: Node, namespace: Na
     controller = {"controller": pod.controller, "controllerKind": pod.controller_kind} if pod.controller else {}
     result = []
     for container in pod.containers:
-        stream = (_stream(estate.seed, cluster.name, namespace.name, pod.name, container.name)
-                  if estate.usage_variation else 0)
+        stream = container_stream(estate, cluster.name, namespace.name, pod.name, container.name)
         ca, cr, cu, cm, ra, rr, ru, rm = _integrate(container, start, end, estate.usage_period_seconds,
                                                     estate.usage_variation, stream)
         properties = {"cluster": cluster.name, "node": node.name, "container": container.name, **controller,

@@ -1,9 +1,11 @@
-"""HTTP face of the simulator: OpenCost's allocation and assets endpoints, and fault injection for tests."""
+"""HTTP face of the simulator: OpenCost's allocation and assets endpoints, the usage exporters
+(cAdvisor, kube-state-metrics, node-exporter: ``usage.PATHS``), and fault injection for tests."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +19,7 @@ from starlette.routing import Route
 from devstack.simulator.allocation import QueryError, allocation_response, assets_response, error_body
 from devstack.simulator.model import find_cluster
 from devstack.simulator.spec import Estate
+from devstack.simulator.usage import PATHS, UsageExporters
 
 FAULT_MODES = ("ok", "error", "garbage", "slow")
 SLOW_SECONDS = 30.0
@@ -67,6 +70,21 @@ def create_app(estate: Estate, cluster_name: str, clock: Callable[[], float] = t
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok", "cluster": cluster_name})
 
+    exporters = UsageExporters(estate, cluster_name)
+    # Scrapes run in threads and the exporters integrate their counters in place: one at a time.
+    exporters_lock = threading.Lock()
+
+    def render(source: str) -> str:
+        with exporters_lock:
+            return exporters.text(clock(), source)
+
+    def exporter(source: str) -> Callable[[Request], Any]:
+        async def endpoint(_: Request) -> Response:
+            text = await run_in_threadpool(render, source)
+            return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+        return endpoint
+
     allocation = data_endpoint(allocation_response)
     assets = data_endpoint(assets_response)
     return Starlette(routes=[
@@ -77,4 +95,5 @@ def create_app(estate: Estate, cluster_name: str, clock: Callable[[], float] = t
         Route("/assets", assets),
         Route("/healthz", healthz),
         Route("/_sim/fault", set_fault, methods=["POST"]),
+        *(Route(path, exporter(source)) for source, path in PATHS.items()),
     ])

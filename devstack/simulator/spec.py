@@ -19,6 +19,9 @@ MIB = 1024**2
 
 # (unix_ts, cpu_request_cores, ram_request_bytes, cpu_usage_cores, ram_usage_bytes), in force from unix_ts on.
 Change = tuple[float, float, float, float, float]
+# (unix_ts, reason): the container's process ended there, as kube-state-metrics says why
+# (``OOMKilled``, ``Error``, ``Completed``), and started again at once.
+Restart = tuple[float, str]
 
 # 2024-11-01T00:00:00Z: a fixed default so that a seed alone reproduces an estate.
 DEFAULT_START = 1730419200
@@ -26,7 +29,12 @@ DEFAULT_START = 1730419200
 
 @dataclass
 class Container:
-    """One container; the request and usage fields hold the values in force before the first change."""
+    """One container; the request and usage fields hold the values in force before the first change.
+
+    A spike is two changes: usage up at its start, back at its end. Limits (0: none) are
+    what kube-state-metrics reports and CFS throttling is judged against; ``restarts`` reset
+    the container's cAdvisor counters and leave its cost alone (the pod keeps running).
+    """
 
     name: str
     cpu_request_cores: float
@@ -34,10 +42,14 @@ class Container:
     cpu_usage_cores: float
     ram_usage_bytes: float
     changes: list[Change] = field(default_factory=list)
+    cpu_limit_cores: float = 0.0
+    ram_limit_bytes: float = 0.0
+    restarts: list[Restart] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # JSON gives lists; the model relies on time-ordered tuples.
         self.changes = sorted(tuple(float(v) for v in c) for c in self.changes)  # type: ignore[misc]
+        self.restarts = sorted((float(at), str(reason)) for at, reason in self.restarts)
 
 
 @dataclass
@@ -175,7 +187,8 @@ def validate(estate: Estate) -> None:
                 _check_unique("container", [c.name for c in pod.containers], where)
                 for c in pod.containers:
                     _check_name("container", c.name)
-                    values = [c.cpu_request_cores, c.ram_request_bytes, c.cpu_usage_cores, c.ram_usage_bytes]
+                    values = [c.cpu_request_cores, c.ram_request_bytes, c.cpu_usage_cores, c.ram_usage_bytes,
+                              c.cpu_limit_cores, c.ram_limit_bytes]
                     if min(values + [v for change in c.changes for v in change[1:]]) < 0:
                         raise ValueError(f"container {where}/{c.name} has a negative request or usage")
                 for pv in pod.pvs:
@@ -382,6 +395,26 @@ def generate_estate(seed: int, clusters: int = 1, namespaces_per_cluster: int = 
         lbs = [LoadBalancer(f"{lb_namespace}-lb-{k}", lb_namespace, rng.choice(_LB_PRICES))
                for k in range(rng.randint(1, 2))]
         result.append(Cluster(name, rng.choice(_MANAGEMENT_FEES), nodes, namespaces, lbs))
+    _limits_and_restarts(seed, result, start, span_seconds)
     estate = Estate(seed, result, usage_period_seconds=3600.0, usage_variation=usage_variation)
     validate(estate)
     return estate
+
+
+def _limits_and_restarts(seed: int, clusters: list[Cluster], start: float, span: float) -> None:
+    """Limits on half the containers with requests, a restart inside the covered time for one
+    in twenty (OOMKilled when it has a memory limit). Drawn from their own generator, so the
+    rest of an estate (and its costs) is what the same seed always gave."""
+    rng = random.Random(seed ^ 0x11A175)
+    for cluster in clusters:
+        for namespace in cluster.namespaces:
+            for pod in namespace.pods:
+                run_end = start + span if pod.end is None else pod.end
+                for c in pod.containers:
+                    if c.cpu_request_cores and rng.random() < 0.5:
+                        c.cpu_limit_cores = c.cpu_request_cores * rng.choice((1.0, 1.5, 2.0))
+                        c.ram_limit_bytes = c.ram_request_bytes * rng.choice((1.0, 1.5, 2.0))
+                    run_start = max(pod.start, start)
+                    if run_end - run_start > 2 and rng.random() < 0.05:
+                        reason = "OOMKilled" if c.ram_limit_bytes else "Error"
+                        c.restarts = [(float(rng.randint(int(run_start) + 1, int(run_end) - 1)), reason)]

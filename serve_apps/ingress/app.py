@@ -3,7 +3,10 @@
 The tenant is who authenticated, never what the body says: every series is stamped with
 ``tenant_id=<account id>`` and forwarded with the tenant header. Answers follow what
 Prometheus senders do with them: 2xx done, 4xx dropped for good (so only for bodies that
-can never succeed), 429 and 5xx retried (so for everything that may pass later).
+can never succeed), 429 and 5xx retried (so for everything that may pass later): Prometheus
+retries 5xx, and 429 with ``retry_on_http_429`` (the shipped configuration sets it), and
+drops a batch answered any other 4xx. A tenant past its active-series limit gets 400 once the
+rest of the write is stored (see ``remote_write``): retrying could only repeat the refusal.
 Another method on the write path is 400 naming the method (the design's reachability check,
 a plain ``curl`` of the endpoint, expects a 400); any other path is 404.
 """
@@ -61,6 +64,8 @@ class RemoteWriteIngress:
             max_future_seconds=s.max_future_seconds,
             max_past_seconds=s.max_past_seconds,
             max_decoded_bytes=s.max_decoded_bytes,
+            max_series=s.max_series_per_tenant,
+            active_series_seconds=s.active_series_seconds,
         )
         self.credentials = CredentialCache(AccountStore(connect(from_env(StoreSettings))), s.auth_cache_seconds)
         self.buckets = TokenBuckets(s.tenant_samples_per_second, s.tenant_burst_samples)
@@ -124,7 +129,9 @@ class RemoteWriteIngress:
             metrics.SAMPLES.inc(tags={"tenant": tenant, "outcome": "rejected", "reason": rejected.reason})
             raise _Refused(rejected.status, rejected.message) from None
         for reason, count in policed.dropped.items():
-            metrics.SAMPLES.inc(count, tags={"tenant": tenant, "outcome": "dropped", "reason": reason})
+            # Over the series limit the sender is told (400); the other drops are answered 204.
+            outcome = "rejected" if reason == "series_limit" else "dropped"
+            metrics.SAMPLES.inc(count, tags={"tenant": tenant, "outcome": outcome, "reason": reason})
 
         wait = self.buckets.take(tenant, policed.samples)
         if wait:
@@ -136,6 +143,15 @@ class RemoteWriteIngress:
         # one, as Prometheus sends) would otherwise end in a 500.
         if policed.samples:
             metrics.SAMPLES.inc(policed.samples, tags={"tenant": tenant, "outcome": "accepted", "reason": "ok"})
+        metrics.ACTIVE_SERIES.set(police.active_series, tags={"tenant": tenant})
+        if policed.over_limit:
+            raise _Refused(
+                400,
+                f"series limit: tenant has {police.active_series} active series, the limit of "
+                f"{s.max_series_per_tenant} (INGRESS_MAX_SERIES_PER_TENANT); {policed.over_limit} new series "
+                f"refused ({policed.dropped['series_limit']} samples), the write's other series stored. "
+                f"A series stops counting {s.active_series_seconds:g} s after its last sample.",
+            )
         return Response(status_code=204)
 
     async def _forward(self, tenant: str, body: bytes) -> None:

@@ -14,6 +14,11 @@ SAMPLES = metrics.Counter(
     description="Samples received, by tenant, outcome (accepted, rejected, dropped) and reason.",
     tag_keys=("tenant", "outcome", "reason"),
 )
+ACTIVE_SERIES = metrics.Gauge(
+    "cloudtuner_ingress_active_series",
+    description="Series of a tenant with a sample in the last INGRESS_ACTIVE_SERIES_SECONDS, as one replica counts them.",
+    tag_keys=("tenant",),
+)
 FORWARD_SECONDS = metrics.Histogram(
     "cloudtuner_ingress_forward_seconds",
     description="Time the TSDB took to take a forwarded write.",

@@ -3,7 +3,27 @@
 The ingress's hot path. A body is parsed once (upb, in C) with every label kept as its
 encoded bytes; a label set is validated and given its tenant label the first time it is
 seen, and later recognised by those bytes alone, so steady traffic — the same series
-every scrape — costs a dict lookup per series plus a check per sample.
+every scrape — costs a few dict operations per series plus a check per sample.
+
+What is kept: CloudTuner's own families (``Limits.allowed_metrics``) with any labels, and the
+usage families of ``k8scost.usage_series`` with only the labels of their allow-list; a usage
+series carrying another label is dropped whole (not stripped: two series told apart only by
+the stripped label would become one, and their samples would collide in the TSDB), counted
+as ``label_not_allowed``. Other families are dropped, counted as ``metric_not_allowed``.
+
+Active series, in the spirit of Mimir's ``max_global_series_per_user``: a series is active
+while it had a sample within ``Limits.active_series_seconds``. A body's series the tenant
+already has always pass; its new series pass while the tenant has fewer than
+``Limits.max_series`` active ones, and the rest are dropped, counted as ``series_limit``, and
+reported in ``Policed.over_limit`` so the ingress answers 400 once the others are stored,
+as Mimir does. 400, because Prometheus retries 5xx and (with ``retry_on_http_429``) 429
+only: any other 4xx drops the batch for good, which is what a write that can only pass
+once the tenant has fewer series needs; retrying it would repeat the refusal forever.
+The count is per replica (one ``TenantPolice`` per tenant and replica) against the whole
+limit: Serve routes a tenant's writes to any replica, so within the window every replica
+sees nearly all of the tenant's series, and a replica's count is the tenant's from below.
+Mimir divides the limit among ingesters because its distributors shard series over them;
+nothing shards here, and dividing would refuse a tenant at a fraction of its limit.
 """
 
 from __future__ import annotations
@@ -20,6 +40,7 @@ import snappy
 from google.protobuf.message import DecodeError
 
 from k8scost.settings import DAY
+from k8scost.usage_series import USAGE_FAMILIES
 from serve_apps.ingress.proto.remote_write_pb2 import Label, RawTimeSeries, RawWriteRequest, WriteRequest
 
 TENANT_LABEL = "tenant_id"
@@ -57,6 +78,8 @@ class Limits:
     max_future_seconds: float = 600.0
     max_past_seconds: float = 29.0 * DAY
     max_decoded_bytes: int = 64 << 20
+    max_series: int = 150_000
+    active_series_seconds: float = 1200.0
 
 
 @dataclasses.dataclass
@@ -67,6 +90,7 @@ class Policed:
     series: int
     samples: int
     dropped: Counter[str]  # samples dropped, by reason
+    over_limit: int = 0  # new series refused by the tenant's series limit (their samples are in ``dropped``)
 
 
 class _Verdict(NamedTuple):
@@ -75,6 +99,7 @@ class _Verdict(NamedTuple):
     labels: tuple[bytes, ...] | None  # labels to forward; None: drop the series
     relabel: bool  # the client's labels differ from ``labels``
     is_cost: bool
+    reason: str = ""  # why the series is dropped
 
 
 def decompress(body: bytes, max_decoded_bytes: int) -> bytes:
@@ -113,6 +138,24 @@ class TenantPolice:
         self._allowed = re.compile(limits.allowed_metrics)
         self._tenant_label = Label(name=TENANT_LABEL, value=tenant_id).SerializeToString()
         self._verdicts: dict[tuple[bytes, ...], _Verdict] = {}
+        # Stamped label set → the wall-clock second of its last sample here; never holds
+        # more than ``limits.max_series`` sets.
+        self._active: dict[tuple[bytes, ...], float] = {}
+        self._swept_at = 0.0
+
+    @property
+    def active_series(self) -> int:
+        """Series of this tenant active as of the last write (those older than the window go at the next)."""
+        return len(self._active)
+
+    def _sweep(self, now: float) -> None:
+        """Forget the series idle for longer than the window; at most every tenth of it."""
+        window = self.limits.active_series_seconds
+        if now - self._swept_at < window / 10:
+            return
+        self._swept_at = now
+        oldest = now - window
+        self._active = {labels: seen for labels, seen in self._active.items() if seen > oldest}
 
     def police(self, body: bytes, now_ms: int) -> Policed:
         """Turn a client's compressed body into the one to forward, or raise WriteRejected."""
@@ -130,16 +173,29 @@ class TenantPolice:
         newest_ms = now_ms + int(self.limits.max_future_seconds * 1000)
         oldest_ms = now_ms - int(self.limits.max_past_seconds * 1000)
         verdicts = self._verdicts
+        now = now_ms / 1000
+        self._sweep(now)
+        active, max_series = self._active, self.limits.max_series
+        fresh: set[tuple[bytes, ...]] = set()  # new series, counted once the whole body has passed
+        over_limit: set[tuple[bytes, ...]] = set()
         rebuild = False  # some series or sample must go: rebuild the request without it
         samples = 0
         # The hot loop: kept free of anything the common case does not need.
         for index, series in enumerate(request.timeseries):
             key = tuple(series.labels)
             verdict = verdicts.get(key) or self._judge(key, index)
-            labels, relabel, is_cost = verdict
+            labels, relabel, is_cost, _ = verdict
             if labels is None:
                 rebuild = True
                 continue
+            if labels in active:
+                active[labels] = now
+            elif labels not in fresh:
+                if len(active) + len(fresh) >= max_series:
+                    over_limit.add(labels)
+                    rebuild = True
+                    continue
+                fresh.add(labels)
             if relabel:
                 series.labels[:] = labels
                 untouched = False
@@ -151,14 +207,16 @@ class TenantPolice:
                 if not 0.0 <= value < math.inf:
                     rebuild = rebuild or _bad_value(value, is_cost)
             samples += len(series.samples)
+        active.update(dict.fromkeys(fresh, now))
         dropped: Counter[str] = Counter()
         if rebuild:
-            request, samples = _rebuilt(request, verdicts, dropped)
+            request, samples = _rebuilt(request, verdicts, over_limit, dropped)
         return Policed(
             body=body if untouched and not rebuild else snappy.compress(request.SerializeToString()),
             series=len(request.timeseries),
             samples=samples,
             dropped=dropped,
+            over_limit=len(over_limit),
         )
 
     def _out_of_range(self, index: int, timestamp: int, newest_ms: int) -> WriteRejected:
@@ -208,8 +266,11 @@ class TenantPolice:
 
         if len(self._verdicts) >= _MAX_REMEMBERED_LABEL_SETS:
             self._verdicts.clear()
-        if not self._allowed.fullmatch(metric):
-            verdict = _Verdict(labels=None, relabel=False, is_cost=False)
+        family = USAGE_FAMILIES.get(metric)
+        if family is None and not self._allowed.fullmatch(metric):
+            verdict = _Verdict(labels=None, relabel=False, is_cost=False, reason="metric_not_allowed")
+        elif family is not None and not family.allowed_labels.issuperset(names):
+            verdict = _Verdict(labels=None, relabel=False, is_cost=False, reason="label_not_allowed")
         else:
             stamped = self._stamped(key, names)
             verdict = _Verdict(labels=stamped, relabel=stamped != key, is_cost=metric.endswith("_cost"))
@@ -249,9 +310,12 @@ def _bad_value(value: float, is_cost: bool) -> bool:
 
 
 def _rebuilt(
-    request: RawWriteRequest, verdicts: Mapping[tuple[bytes, ...], _Verdict], dropped: Counter[str]
+    request: RawWriteRequest,
+    verdicts: Mapping[tuple[bytes, ...], _Verdict],
+    over_limit: set[tuple[bytes, ...]],
+    dropped: Counter[str],
 ) -> tuple[RawWriteRequest, int]:
-    """The request without its dropped series and unfit samples, counted in ``dropped``.
+    """The request without its dropped series (``over_limit`` too) and unfit samples, counted in ``dropped``.
 
     Runs after the hot loop, which has already judged and relabelled every series.
     """
@@ -261,7 +325,10 @@ def _rebuilt(
         # Every label set here was judged by the hot loop, relabelled ones under their stamped labels too.
         verdict = verdicts[tuple(series.labels)]
         if verdict.labels is None:
-            dropped["metric_not_allowed"] += len(series.samples)
+            dropped[verdict.reason] += len(series.samples)
+            continue
+        if verdict.labels in over_limit:  # left as the client sent it, known by its verdict's stamped labels
+            dropped["series_limit"] += len(series.samples)
             continue
         out = rebuilt.timeseries.add()
         out.labels.extend(series.labels)

@@ -1,7 +1,9 @@
 """The configuration a customer pastes into its cluster for a new cloud account.
 
 Built from the same sources as the real files, so it cannot drift from them: the remote
-write block follows ``cluster_config/customer/prometheus-remote-write.yaml``, the exporter
+write block follows ``cluster_config/customer/prometheus-remote-write.yaml`` (its
+``write_relabel_configs`` are ``k8scost.usage_series``'s, as the file's: tests/test_usage_series.py
+checks both), the exporter
 env is every ``ExporterSettings`` variable with its default, the account's id as
 ``TENANT_ID`` and the in-cluster Kubecost URL of ``exporter-deployment.yaml``.
 """
@@ -16,6 +18,7 @@ import yaml
 
 from k8scost.settings import ExporterSettings
 from k8scost.stores.accounts import Account
+from k8scost.usage_series import write_relabel_configs
 
 # Where the exporter reaches Kubecost in a stock Helm install (exporter-deployment.yaml).
 IN_CLUSTER_KUBECOST_URL = "http://kubecost-cost-analyzer.kubecost.svc:9090"
@@ -41,18 +44,14 @@ def remote_write_yaml(account: Account, write_url: str, password: str | None = N
                 "remote_timeout": "30s",
                 "headers": {"Cloud-Account-Id": account.id},
                 "basic_auth": auth,
-                "write_relabel_configs": [
-                    {
-                        "source_labels": ["__name__"],
-                        "regex": "cloudtuner_kubecost_.*|kubecost_cluster_.*|cloudtuner_exporter_.*",
-                        "action": "keep",
-                    }
-                ],
+                # The exporter's series and the curated usage families, without their
+                # high-cardinality labels (id, image, name, uid, …).
+                "write_relabel_configs": write_relabel_configs(),
                 "queue_config": {
-                    "capacity": 2500,
+                    "capacity": 10000,
                     "min_shards": 1,
-                    "max_shards": 2,
-                    "max_samples_per_send": 1000,
+                    "max_shards": 8,
+                    "max_samples_per_send": 2000,
                     "batch_send_deadline": "30s",
                     "min_backoff": "1s",
                     "max_backoff": "1m",
