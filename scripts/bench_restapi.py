@@ -119,7 +119,7 @@ def day_answer(cluster: str, namespaces: list[str], pods: int, day_end: int) -> 
     shared = len(CLUSTER_COST_METRICS) - 1  # the components but the fee share what the nodes cost
     for metric in CLUSTER_COST_METRICS:
         add(metric, MANAGEMENT_FEE if metric == MANAGEMENT_METRIC else (allocated + idle) / shared)
-    return {"metrics": {metric: {"data": {"result": series}} for metric, series in results.items()}}
+    return {"step": DAY, "metrics": {metric: {"data": {"result": series}} for metric, series in results.items()}}
 
 
 def day_rows(account: Account, namespaces: list[str], pods: int, start: int) -> list[tuple]:
