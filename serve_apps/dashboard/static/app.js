@@ -5,7 +5,7 @@
 // the other. Each section records the query it shows in data-query and data-state
 // ("loading", "ready", "error"). Text from the API is only ever set as textContent.
 
-import { ANOMALIES, MODULES, anomalyMarks, anomalyPlugin, days as dayRange, evidence, where } from "./recommendations.js";
+import { ANOMALIES, MODULES, anomalyMarks, anomalyPlugin, days as dayRange, evidence, plural, where } from "./recommendations.js";
 
 const API = "/restapi/v2";
 const SESSION_KEY = "cloudtuner.session";
@@ -529,7 +529,8 @@ function renderTrend(answer, previousAnswer, by, type, anomalies) {
     plugins: [anomalyPlugin],
     options: {
       animation: false, responsive: true, maintainAspectRatio: false,
-      scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, ticks: moneyTicks() } },
+      // grace: room above the tallest bar for the anomaly marks
+      scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, grace: "8%", ticks: moneyTicks() } },
       plugins: { legend: { position: "bottom" }, tooltip: tooltip() },
     },
   });
@@ -923,7 +924,7 @@ function moduleBlock(name, title, what, module, status) {
   const count = document.createElement("span");
   count.dataset.field = "count";
   count.dataset.value = String(module.count ?? 0);
-  count.textContent = `${module.count ?? 0} items`;
+  count.textContent = plural(module.count ?? 0, "item");
   const saving = document.createElement("strong");
   saving.dataset.field = "saving";
   setMoney(saving, module.saving ?? 0);

@@ -18,6 +18,10 @@ export const MODULES = [
 
 const DAY = 86400;
 
+export function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
+
 function signedMoney(value, fmt) {
   return `${value >= 0 ? "+" : "−"}${fmt.money(Math.abs(value))}`;
 }
@@ -57,7 +61,7 @@ export function evidence(item, fmt) {
       const change = peak.relative_change === null || peak.relative_change === undefined
         ? "" : ` (${peak.relative_change >= 0 ? "+" : ""}${Math.round(peak.relative_change * 100)} %)`;
       const parts = (peak.explained_by ?? []).map((c) => `${c.name} ${signedMoney(c.cost - c.baseline, fmt)}`);
-      return `${item.direction} on ${days(item.start, item.end, fmt)} (${item.days} days), ${signedMoney(item.excess_cost, fmt)} `
+      return `${item.direction} on ${days(item.start, item.end, fmt)} (${plural(item.days, "day")}), ${signedMoney(item.excess_cost, fmt)} `
         + `against the baseline; peak ${fmt.day(peak.peak_day)}: ${fmt.money(peak.cost)} for ${fmt.money(peak.baseline)} expected${change}`
         + (parts.length ? `; explained by ${parts.join(", ")}` : "");
     }
