@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -196,11 +197,14 @@ def recommendation_jobs(credentials: dict[str, Credentials]) -> list[str]:
     results), then the optimizations job once per module. Returns the jobs that failed: the
     demo goes on (the costs do not depend on them), and says which."""
     accounts = [arg for cred in credentials.values() for arg in ("--cloud-account-id", cred.account_id)]
+    # The stores the demo writes, whatever environment the running Ray was started with.
+    stores = from_env(StoreSettings)
+    runtime_env = {"env_vars": {f.metadata["env"]: str(getattr(stores, f.name)) for f in dataclasses.fields(stores)}}
     jobs = [["jobs.rightsizing"], *(["jobs.optimizations", "--module", str(module)] for module in Module)]
     failed = []
     for job in jobs:
         command = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", stack.RAY_DASHBOARD,
-                   "--working-dir", ".", "--", "python", "-m", *job, *accounts]
+                   "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", *job, *accounts]
         print(f"running {' '.join(job)} over {len(credentials)} accounts: ray job submit ...", flush=True)
         done = subprocess.run(command, cwd=stack.ROOT)
         if done.returncode != 0:
