@@ -420,17 +420,19 @@ async function loadTrend(query) {
   };
 }
 
-// The active cost anomalies (module k8s_cost_anomalies) of the accounts the filters choose.
+// The active cost anomalies (module k8s_cost_anomalies) of the accounts the filters choose,
+// with the cluster and namespace filters the chart's query was sent with (anomalyMarks).
 // Marks are extra: when they cannot be read the chart still shows the costs, and says so.
 async function loadAnomalies(query) {
   const asked = new URLSearchParams({ type: ANOMALIES, limit: String(ANOMALY_LIMIT) });
   if (query.get("cloud_account_id")) asked.set("cloud_account_id", query.get("cloud_account_id"));
+  const filters = { k8s_cluster: query.get("k8s_cluster") ?? "", k8s_namespace: query.get("k8s_namespace") ?? "" };
   try {
     const answer = await api("GET", orgPath("/optimizations"), { query: asked });
-    return { items: answer.optimizations?.[ANOMALIES]?.items ?? [], query: asked, error: null };
+    return { items: answer.optimizations?.[ANOMALIES]?.items ?? [], query: asked, filters, error: null };
   } catch (error) {
     if (error.status === 401) throw error;
-    return { items: [], query: asked, error: error.message };
+    return { items: [], query: asked, filters, error: error.message };
   }
 }
 
@@ -498,8 +500,7 @@ function renderTrend(answer, previousAnswer, by, type, anomalies) {
   const breakdown = answer.breakdown ?? {};
   for (const day of Object.keys(breakdown)) days.add(Number(day));
   const sortedDays = [...days].sort((a, b) => a - b);
-  const marks = anomalyMarks(anomalies.items, sortedDays,
-    { k8s_cluster: $("filter-k8s_cluster").value, k8s_namespace: $("filter-k8s_namespace").value });
+  const marks = anomalyMarks(anomalies.items, sortedDays, anomalies.filters);
   renderAnomalies(anomalies, marks);
 
   if (!chartsAvailable()) return;
