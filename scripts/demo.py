@@ -11,8 +11,12 @@ runs per cluster a Kubecost simulator, the allocation-exporter and a real Promet
 remote-writing through the ingress. The tenant supervisor then runs one actor per
 account, which turns the TSDB's rates into the per-day ledger (MongoDB + ClickHouse),
 and the backfill job (jobs/backfill.py) writes the replayed days through those actors.
-It prints what landed, the per-namespace daily costs, the URLs and the sign-ins, then
-again every minute. Ctrl-C, or `demo.py stop` from another shell, stops everything the
+Once the history is in the ledger, every recommendation job runs through `ray job submit`,
+as the RayCronJobs run them: the rightsizing job, then the optimizations job once per
+module (each account of the demo, every module's items: the dashboard's Rightsizing and
+Recommendations tabs have data from the first run). It prints what landed, the
+per-namespace daily costs, each organization's recommendations as the REST API answers
+them, the URLs and the sign-ins, then again every minute. Ctrl-C, or `demo.py stop` from another shell, stops everything the
 demo started, by PID: the simulated clusters, the tenant actors, and Ray and the servers
 if they were not running before. `--once` prints once and leaves the servers, Ray and the
 dashboard up. State (accounts, estate, loaded history, PIDs) lives in .data/demo/, so a
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -52,6 +57,7 @@ from k8scost.stores.accounts import AccountStore, Credentials
 from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.organizations import OrganizationStore
 from k8scost.stores.mongo import connect
+from k8scost.stores.optimizations import Module
 from k8scost.stores.resources import ResourceStore
 
 DEMO_DIR = stack.ROOT / ".data" / "demo"
@@ -185,6 +191,72 @@ def backfill(credentials: dict[str, Credentials], days: int) -> None:
     subprocess.run(command, cwd=stack.ROOT, env=env, check=True)
 
 
+def recommendation_jobs(credentials: dict[str, Credentials]) -> list[str]:
+    """Every recommendation job over the demo's accounts, through `ray job submit` as the
+    RayCronJobs run them: the rightsizing job first (the optimizations modules read its
+    results), then the optimizations job once per module. Returns the jobs that failed: the
+    demo goes on (the costs do not depend on them), and says which."""
+    accounts = [arg for cred in credentials.values() for arg in ("--cloud-account-id", cred.account_id)]
+    # The stores the demo writes, whatever environment the running Ray was started with.
+    stores = from_env(StoreSettings)
+    runtime_env = {"env_vars": {f.metadata["env"]: str(getattr(stores, f.name)) for f in dataclasses.fields(stores)}}
+    jobs = [["jobs.rightsizing"], *(["jobs.optimizations", "--module", str(module)] for module in Module)]
+    failed = []
+    for job in jobs:
+        command = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", stack.RAY_DASHBOARD,
+                   "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", *job, *accounts]
+        print(f"running {' '.join(job)} over {len(credentials)} accounts: ray job submit ...", flush=True)
+        done = subprocess.run(command, cwd=stack.ROOT)
+        if done.returncode != 0:
+            failed.append(f"{' '.join(job)} (exit {done.returncode})")
+            print(f"{' '.join(job)} failed (exit {done.returncode}): its log is above and on the Ray dashboard's job page",
+                  flush=True)
+    return failed
+
+
+def _sum_line(label: str, count: int, saving: float, note: str = "") -> str:
+    return f"  {label:<28}{count:6d} items {saving:12.2f}" + (f"   {note}" if note else "")
+
+
+def recommendations_summary() -> str:
+    """Each demo organization's recommendations as the REST API answers them to its user (what
+    the dashboard's Recommendations and Rightsizing tabs show), USD per month."""
+    api = f"{stack.SERVE_URL}/restapi/v2"
+    lines = []
+    for organization, email, password, _ in DEMO_USERS:
+        signed = httpx.post(f"{api}/tokens", json={"email": email, "password": password}, timeout=30)
+        signed.raise_for_status()
+        token, org_id = signed.json()["token"], signed.json()["organization_id"]
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            answer = httpx.get(f"{api}/organizations/{org_id}/optimizations", headers=headers, timeout=60)
+            answer.raise_for_status()
+            sizing = httpx.get(f"{api}/organizations/{org_id}/k8s_rightsizing", params={"limit": 1}, headers=headers,
+                               timeout=60)
+            sizing.raise_for_status()
+        finally:
+            httpx.delete(f"{api}/tokens", headers=headers, timeout=30)  # the summary's session ends with it
+        body, containers = answer.json(), sizing.json()
+        lines.append(f"{organization} ({email}): total saving {body['total_saving']:.2f} a month")
+        for module, found in body["optimizations"].items():
+            # Beside the figures, why they may be small: a failed or missing run, else the first
+            # item that says what it lacks (e.g. "insufficient history: 30 days").
+            failed = [run["error"] for run in found["runs"] if run["status"] == "failed"]
+            if failed:
+                note = f"failed: {failed[0]}"
+            elif not found["runs"]:
+                note = "not run"
+            else:
+                note = next((item["insufficient"] for item in found["items"] if item.get("insufficient")), "")
+            lines.append(_sum_line(module, found["count"], found["saving"], note))
+        dismissed = [summary for summaries in (body["dismissed_optimizations"], body["excluded_optimizations"])
+                     for summary in summaries.values()]
+        lines.append(_sum_line("dismissed or excluded", sum(s["count"] for s in dismissed), sum(s["saving"] for s in dismissed)))
+        lines.append(f"  rightsizing tab: {containers['total_count']} containers, {containers['monthly_savings']:.2f} "
+                     f"to save, {containers['extra_monthly_cost']:.2f} more for the under-provisioned")
+    return "\n".join(lines)
+
+
 def record_running(customers: list[CustomerCluster], started: list[str]) -> None:
     RUNNING_FILE.write_text(json.dumps({
         "customers": [process.pid for c in customers for process in c.processes.values()],
@@ -288,11 +360,16 @@ def main() -> int:
         start_supervisor(args.cycle_seconds)
         stack.wait_for("every tenant's first ledger cycle", lambda: _all_cycled(credentials), timeout=300, interval=2)
         backfill(credentials, args.history_days)
+        failed_jobs = recommendation_jobs(credentials)
         while True:
             print(f"\n== landed in the TSDB at {time.strftime('%H:%M:%S')} (tenant_id enforced by the ingress) ==")
             print(landed_summary(customers))
             print(f"\n== daily costs in the ledger (ClickHouse expenses, USD) ==")
             print(asyncio.run(ledger_summary(credentials, args.history_days)), flush=True)
+            print("\n== recommendations (GET /restapi/v2/organizations/{id}/optimizations, USD a month) ==")
+            if failed_jobs:
+                print(f"failed jobs: {', '.join(failed_jobs)}")
+            print(recommendations_summary(), flush=True)
             print(f"\nDashboard: {stack.SERVE_URL}/   REST API (OpenAPI): {stack.SERVE_URL}/restapi/docs   "
                   f"Ray dashboard: {stack.RAY_DASHBOARD}")
             for organization, email, password, _ in DEMO_USERS:

@@ -15,6 +15,7 @@ namespace and its clusters compared must be one figure, the REST API's sum of th
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 import uuid
@@ -39,6 +40,8 @@ from devstack.simulator.history import write_blocks
 from devstack.simulator.model import cluster_management_cost
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
 from k8scost.stores.mongo import connect
+from k8scost.stores.optimizations import Module, OptimizationStore
+from k8scost.stores.optimizations import item as optimization_item
 from k8scost.stores.resources import RESOURCE_TYPES, Kind, Resource, ResourceStore
 from tests import helpers
 from tests.test_ledger import config, ledger_estate
@@ -480,20 +483,23 @@ def test_a_change_is_a_percentage_only_over_a_previous_period_as_complete(browse
     assert severe_console_errors(browser) == []
 
 
-def test_the_costs_tab_is_one_of_three_and_one_is_open_at_a_time(browser: Any, tenant: Tenant) -> None:
+def test_the_costs_tab_is_one_of_four_and_one_is_open_at_a_time(browser: Any, tenant: Tenant) -> None:
     costs, rightsizing, live = ("filters", "trend", "comparison", "pods", "onboarding"), ("filters", "rightsizing"), ("live",)
+    recommendations = ("recommendations",)
     browser.get_log("browser")  # the earlier tests' entries: only this test's count
 
     def showing(tab: str, sections: tuple[str, ...]) -> None:
-        pressed = {name: attribute(browser, f"tab-{name}", "aria-pressed") for name in ("costs", "rightsizing", "live")}
+        pressed = {name: attribute(browser, f"tab-{name}", "aria-pressed")
+                   for name in ("costs", "rightsizing", "recommendations", "live")}
         assert pressed == {name: str(name == tab).lower() for name in pressed}
-        visible = {id_ for id_ in {*costs, *rightsizing, *live} if browser.find_element("id", id_).is_displayed()}
+        visible = {id_ for id_ in {*costs, *rightsizing, *recommendations, *live} if browser.find_element("id", id_).is_displayed()}
         assert visible == set(sections), tab
 
     sign_in(browser, tenant.email, tenant.password)
     assert browser.find_element("id", "tab-costs").text == "Costs"
     showing("costs", costs)
-    for tab, sections in (("rightsizing", rightsizing), ("live", live), ("costs", costs), ("live", live)):
+    for tab, sections in (("rightsizing", rightsizing), ("recommendations", recommendations), ("live", live),
+                          ("costs", costs), ("recommendations", recommendations), ("live", live)):
         browser.find_element("id", f"tab-{tab}").click()
         showing(tab, sections)
     browser.find_element("id", "tab-live").click()  # the open tab again: back to the costs
@@ -556,6 +562,230 @@ def test_a_wrong_password_is_refused_on_the_page(browser: Any, tenant: Tenant) -
 
 def _organizations(answer: Any) -> list[dict[str, Any]]:
     return answer if isinstance(answer, list) else answer["organizations"]
+
+
+# ---- the recommendations tab and the anomaly marks ------------------------------------------
+
+MARK_RGBA = [214, 39, 40, 255]  # recommendations.js MARK_COLOR, drawn opaque
+
+
+@dataclass
+class Recommended:
+    items: list[dict[str, Any]]  # as stored, every module's, of the tenant's accounts
+    anomaly_day: int
+
+
+def _rightsizing_fields(cluster: str, namespace: str, controller: str, cpu: tuple[float, float]) -> dict[str, Any]:
+    return {"cluster": cluster, "namespace": namespace, "controller_kind": "deployment", "controller": controller,
+            "pod": f"{controller}-0", "container": "app", "replicas": 2,
+            "current_cpu_cores": cpu[0], "recommended_cpu_cores": cpu[1], "cpu_efficiency": 0.3, "cpu_monthly_savings": 1.0,
+            "current_memory_bytes": 512 * 2**20, "recommended_memory_bytes": 200 * 2**20, "memory_efficiency": 0.4,
+            "memory_monthly_savings": 1.0, "total_efficiency": 0.35,
+            "evidence": {"window_days": 7, "algorithm": "max", "computed_at": int(time.time())}}
+
+
+async def write_optimizations(tenant: Tenant, by_run: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+    """Each (module, account)'s items as its job's completed run writes them; no item marked."""
+    store = OptimizationStore(connect(from_env(StoreSettings)))
+    await store.ensure_indexes()
+    now = int(time.time())
+    for (module, account), items in by_run.items():
+        await store.start_run(Module(module), account, tenant.organization_id, now - 60, now + DAY, {"seeded": True})
+        await store.complete_run(Module(module), account, items, completed=now - 30)
+        for found in items:
+            await store.mark(found, None, None)
+
+
+@pytest.fixture(scope="module")
+def recommended(tenant: Tenant) -> Recommended:
+    """An item or more of every module for the tenant's accounts, as the optimizations job stores
+    them: savings of each size, an item with insufficient data, and a cost anomaly of prod-eu on
+    yesterday (a day the cost chart shows) with its evidence."""
+    org, prod, staging = tenant.organization_id, tenant.accounts["prod"], tenant.accounts["staging"]
+    anomaly_day = utc_day(time.time()) - DAY
+
+    def made(module: Module, account: str, key: tuple[str, ...], name: str, saving: float, fields: dict[str, Any]) -> dict[str, Any]:
+        return optimization_item(module, account, org, key, resource_id=str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
+                                 cloud_resource_id=name, resource_name=name, saving=saving, fields=fields)
+
+    by_run = {
+        ("k8s_rightsizing", prod): [
+            made(Module.RIGHTSIZING, prod, ("web",), "shop-web/app", 12.34, _rightsizing_fields("prod-eu", "shop", "shop-web", (1.0, 0.3))),
+            made(Module.RIGHTSIZING, prod, ("api",), "payments-api/app", 3.21,
+                 _rightsizing_fields("prod-us", "payments", "payments-api", (0.5, 0.2))),
+        ],
+        ("k8s_rightsizing", staging): [
+            made(Module.RIGHTSIZING, staging, ("web",), "shop-web/app", 5.5, _rightsizing_fields("staging-1", "shop", "shop-web", (0.8, 0.4))),
+        ],
+        ("k8s_spot_instances", prod): [
+            made(Module.SPOT_INSTANCES, prod, ("prod-eu", "shop", "deployment", "shop-web"), "deployment/shop-web", 20.25,
+                 {"k8s_cluster": "prod-eu", "k8s_namespace": "shop", "controller_kind": "deployment", "controller": "shop-web",
+                  "replicas": 2, "rule": "ready", "monthly_cost": 33.75, "nodes": ["node-a", "node-b"]}),
+        ],
+        ("k8s_cluster_rightsizing", prod): [
+            made(Module.CLUSTER_RIGHTSIZING, prod, ("cluster", "prod-eu"), "prod-eu", 0.0,
+                 {"k8s_cluster": "prod-eu", "insufficient": "insufficient data: the nodes' types and allocatable capacity"}),
+        ],
+        ("k8s_cost_anomalies", prod): [
+            made(Module.COST_ANOMALIES, prod, ("K8s Cluster", "prod-eu", "", str(anomaly_day)), "prod-eu", 0.0,
+                 {"k8s_cluster": "prod-eu", "k8s_namespace": None, "direction": "spike", "start": anomaly_day,
+                  "end": anomaly_day, "days": 1, "excess_cost": 7.5,
+                  "evidence": {"peak_day": anomaly_day, "cost": 22.5, "baseline": 15.0, "score": 9.1, "relative_change": 0.5,
+                               "explained_by": [{"name": "shop", "cost": 14.0, "baseline": 7.0, "share": 0.93}]}}),
+        ],
+    }
+    asyncio.run(write_optimizations(tenant, by_run))
+    return Recommended([i for items in by_run.values() for i in items], anomaly_day)
+
+
+def optimizations_of(tenant: Tenant, params: Any = None) -> dict[str, Any]:
+    return ok(call("GET", f"/organizations/{tenant.organization_id}/optimizations", tenant.token, params=params))
+
+
+def open_recommendations(driver: Any, status: str = "active") -> None:
+    from selenium.webdriver.support.ui import Select
+
+    if attribute(driver, "tab-recommendations", "aria-pressed") != "true":
+        driver.find_element("id", "tab-recommendations").click()
+    if Select(driver.find_element("id", "recommendations-status")).first_selected_option.get_attribute("value") != status:
+        Select(driver.find_element("id", "recommendations-status")).select_by_value(status)
+    wait(driver, f"the {status} recommendations", lambda d: ("status", status) in page_query(d, "recommendations")
+         and attribute(d, "recommendations", "data-state") == "ready")
+
+
+def modules_shown(driver: Any) -> dict[str, dict[str, Any]]:
+    """Per module block, in the page's order: its count and saving (raw values) and its rows (id,
+    saving, evidence, button)."""
+    blocks = driver.execute_script(
+        """return [...document.querySelectorAll('#recommendations-modules [data-module]')]
+             .filter((b) => b.tagName === 'DIV').map((b) => ({
+               module: b.dataset.module,
+               count: Number(b.querySelector('[data-field=count]').dataset.value),
+               saving: Number(b.querySelector('h3 [data-field=saving]').dataset.value),
+               rows: [...b.querySelectorAll('tbody tr')].map((r) => ({
+                 id: r.dataset.id, saving: r.querySelector('[data-field=saving]').textContent,
+                 value: Number(r.querySelector('[data-field=saving]').dataset.value),
+                 evidence: r.querySelector('[data-field=evidence]').textContent,
+                 action: r.querySelector('button').dataset.action})),
+             }));""")
+    return {block.pop("module"): block for block in blocks}  # an array: a returned object's keys come back sorted
+
+
+def test_the_recommendations_tab_shows_what_optimizations_answers(browser: Any, tenant: Tenant, recommended: Recommended) -> None:
+    browser.get_log("browser")  # the earlier tests' entries: only this test's count
+    sign_in(browser, tenant.email, tenant.password)
+    open_recommendations(browser)
+    assert not browser.find_element("id", "trend").is_displayed()
+    answer = optimizations_of(tenant, page_query(browser, "recommendations"))
+    # The API's figures are the seeded items' independent sums...
+    seeded: dict[str, list[dict[str, Any]]] = {}
+    for found in recommended.items:
+        seeded.setdefault(found["module"], []).append(found)
+    expected_total = sum(i["saving"] for i in recommended.items)
+    assert answer["total_saving"] == pytest.approx(expected_total) and expected_total == pytest.approx(41.3)
+    # ...and the page shows the API's figures.
+    assert shown(browser, "recommendations-total") == (money(answer["total_saving"]), answer["total_saving"])
+    blocks = modules_shown(browser)
+    assert list(blocks) == ["k8s_rightsizing", "k8s_cluster_rightsizing", "k8s_spot_instances", "k8s_cost_anomalies"]
+    for module, block in blocks.items():
+        asked = answer["optimizations"][module]
+        assert (block["count"], block["saving"]) == (asked["count"], asked["saving"]), module
+        assert (asked["count"], asked["saving"]) == (len(seeded[module]), pytest.approx(sum(i["saving"] for i in seeded[module])))
+        assert [(r["id"], r["saving"], r["value"], r["action"]) for r in block["rows"]] == [
+            (i["id"], money(i["saving"]), i["saving"], "dismiss") for i in asked["items"]]  # the API's order: largest first
+        assert sum(r["value"] for r in block["rows"]) == pytest.approx(block["saving"])
+    assert sum(b["saving"] for b in blocks.values()) == pytest.approx(shown(browser, "recommendations-total")[1])
+    # The evidence: each module's own fields, as a line.
+    evidence = {r["id"]: r["evidence"] for b in blocks.values() for r in b["rows"]}
+    by_name = {(i["module"], i["resource_name"], i["cloud_account_id"]): i["_id"] for i in recommended.items}
+    web = by_name[("k8s_rightsizing", "shop-web/app", tenant.accounts["prod"])]
+    assert evidence[web].startswith("shop/deployment/shop-web app: CPU 1000m → 300m, memory 512Mi → 200Mi")
+    spot = by_name[("k8s_spot_instances", "deployment/shop-web", tenant.accounts["prod"])]
+    assert evidence[spot] == 'deployment/shop-web in shop: 2 replicas, verdict "ready", on node-a, node-b; $33.75 a month on demand'
+    sizing = by_name[("k8s_cluster_rightsizing", "prod-eu", tenant.accounts["prod"])]
+    assert evidence[sizing] == "insufficient data: the nodes' types and allocatable capacity"
+    anomaly = by_name[("k8s_cost_anomalies", "prod-eu", tenant.accounts["prod"])]
+    day = datetime.fromtimestamp(recommended.anomaly_day, UTC)
+    label = f"{day:%b} {day.day}"
+    assert evidence[anomaly].startswith(f"spike on {label} (1 day), +$7.50 against the baseline; peak {label}: $22.50 for $15.00")
+    assert evidence[anomaly].endswith("explained by shop +$7.00")
+    assert attribute(browser, "recommendations-dismissed", "data-count") == "0"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "dashboard-recommendations.png"))
+    assert severe_console_errors(browser) == []
+
+
+def test_dismiss_moves_an_item_to_dismissed_and_restore_brings_it_back(
+        browser: Any, tenant: Tenant, recommended: Recommended) -> None:
+    spot = next(i for i in recommended.items if i["module"] == "k8s_spot_instances")
+    total = sum(i["saving"] for i in recommended.items)
+    browser.get_log("browser")
+    sign_in(browser, tenant.email, tenant.password)
+    open_recommendations(browser)
+    browser.find_element("css selector", f'#recommendations button[data-id="{spot["_id"]}"][data-action="dismiss"]').click()
+    wait(browser, "the item gone from the active ones", lambda d: spot["_id"] not in
+         [r["id"] for r in modules_shown(d)["k8s_spot_instances"]["rows"]] and attribute(d, "recommendations", "data-state") == "ready")
+    # The API moved it: listed as dismissed, no longer active, its saving out of the total.
+    active, dismissed = optimizations_of(tenant), optimizations_of(tenant, {"status": "dismissed"})
+    assert [i["id"] for i in dismissed["optimizations"]["k8s_spot_instances"]["items"]] == [spot["_id"]]
+    assert spot["_id"] not in [i["id"] for o in active["optimizations"].values() for i in o["items"]]
+    assert active["dismissed_optimizations"]["k8s_spot_instances"] == {"count": 1, "saving": spot["saving"]}
+    assert active["total_saving"] == pytest.approx(total - spot["saving"])
+    # The page shows the new figures.
+    assert same_sum(shown(browser, "recommendations-total")[1], active["total_saving"])
+    assert modules_shown(browser)["k8s_spot_instances"]["count"] == 0
+    assert (attribute(browser, "recommendations-dismissed", "data-count"),
+            float(attribute(browser, "recommendations-dismissed", "data-value"))) == ("1", spot["saving"])
+
+    open_recommendations(browser, "dismissed")
+    rows = modules_shown(browser)["k8s_spot_instances"]["rows"]
+    assert [(r["id"], r["action"]) for r in rows] == [(spot["_id"], "restore")]
+    assert shown(browser, "recommendations-total")[1] == dismissed["total_saving"] == spot["saving"]
+    browser.find_element("css selector", f'#recommendations button[data-id="{spot["_id"]}"][data-action="restore"]').click()
+    wait(browser, "the item gone from the dismissed ones", lambda d: modules_shown(d)["k8s_spot_instances"]["rows"] == []
+         and attribute(d, "recommendations", "data-state") == "ready")
+    restored = optimizations_of(tenant)
+    assert spot["_id"] in [i["id"] for i in restored["optimizations"]["k8s_spot_instances"]["items"]]
+    assert restored["dismissed_optimizations"]["k8s_spot_instances"] == {"count": 0, "saving": 0}
+    assert restored["total_saving"] == pytest.approx(total)
+    open_recommendations(browser, "active")
+    assert spot["_id"] in [r["id"] for r in modules_shown(browser)["k8s_spot_instances"]["rows"]]
+    assert severe_console_errors(browser) == []
+
+
+def test_an_anomaly_is_marked_on_the_daily_cost_chart(browser: Any, tenant: Tenant, recommended: Recommended) -> None:
+    """The anomaly of prod-eu on yesterday: named under the chart and drawn on it (a red square
+    above yesterday's bar, read back from the canvas's pixels); not with another cluster chosen."""
+    from selenium.webdriver.support.ui import Select
+
+    browser.get_log("browser")
+    sign_in(browser, tenant.email, tenant.password)
+    asked = optimizations_of(tenant, page_query(browser, "trend", "data-anomaly-query"))
+    assert [(i["start"], i["end"]) for i in asked["optimizations"]["k8s_cost_anomalies"]["items"]] == [
+        (recommended.anomaly_day, recommended.anomaly_day)]
+    assert ("type", "k8s_cost_anomalies") in page_query(browser, "trend", "data-anomaly-query")
+    assert attribute(browser, "chart-anomalies", "data-value") == f"[{recommended.anomaly_day}]"
+    assert browser.find_element("id", "chart-anomalies").text.startswith("Cost anomalies (marked red on the chart): prod-eu ")
+    marks = wait(browser, "the marks drawn", lambda d: json.loads(attribute(d, "trend-chart", "data-anomaly-marks") or "null"))
+    assert [m["day"] for m in marks] == [recommended.anomaly_day]
+    pixel = browser.execute_script(
+        "return [...document.getElementById('trend-chart').getContext('2d').getImageData(arguments[0], arguments[1], 1, 1).data];",
+        marks[0]["x"], marks[0]["y"])
+    assert pixel == MARK_RGBA
+    # The square sits over yesterday's bar: the chart's label at its x is yesterday's.
+    label = browser.execute_script(
+        """const chart = Chart.getChart('trend-chart');
+           const x = arguments[0] / chart.currentDevicePixelRatio;
+           return chart.data.labels[chart.scales.x.getValueForPixel(x)];""", marks[0]["x"])
+    day = datetime.fromtimestamp(recommended.anomaly_day, UTC)
+    assert label == f"{day:%b} {day.day}"
+
+    Select(browser.find_element("id", "filter-k8s_cluster")).select_by_value("staging-1")
+    wait(browser, "staging-1's figures", lambda d: ("k8s_cluster", "staging-1") in page_query(d, "trend")
+         and attribute(d, "dashboard", "data-state") == "ready")
+    assert attribute(browser, "chart-anomalies", "data-value") == "[]"
+    assert json.loads(attribute(browser, "trend-chart", "data-anomaly-marks")) == []
+    assert severe_console_errors(browser) == []
 
 
 # ---- the live tab -------------------------------------------------------------------------

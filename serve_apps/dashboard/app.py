@@ -1,6 +1,6 @@
 """``/``: the cost dashboard, a single page that reads the REST API (``/restapi/v2``) in the browser.
 
-The page is three static files (``static/``: plain ES modules, no build step) and the
+The page is four static files (``static/``: plain ES modules, no build step) and the
 chart library, which ``scripts/setup.sh`` installs from npm (``package.json``,
 ``package-lock.json``) into ``node_modules/`` next to this file and which is served at
 ``/vendor/chart.js``: nothing is fetched from outside, so the page works offline. The
@@ -35,6 +35,7 @@ FILES: dict[str, tuple[Path, str]] = {
     "/": (STATIC / "index.html", "text/html; charset=utf-8"),
     "/index.html": (STATIC / "index.html", "text/html; charset=utf-8"),
     "/app.js": (STATIC / "app.js", "text/javascript; charset=utf-8"),
+    "/recommendations.js": (STATIC / "recommendations.js", "text/javascript; charset=utf-8"),
     "/style.css": (STATIC / "style.css", "text/css; charset=utf-8"),
     "/vendor/chart.js": (NODE_MODULES / "chart.js" / "dist" / "chart.umd.js", "text/javascript; charset=utf-8"),
 }

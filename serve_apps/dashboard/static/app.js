@@ -5,6 +5,8 @@
 // the other. Each section records the query it shows in data-query and data-state
 // ("loading", "ready", "error"). Text from the API is only ever set as textContent.
 
+import { ANOMALIES, MODULES, anomalyMarks, anomalyPlugin, days as dayRange, evidence, plural, where } from "./recommendations.js";
+
 const API = "/restapi/v2";
 const SESSION_KEY = "cloudtuner.session";
 const DAY = 86400;
@@ -36,6 +38,7 @@ const money = new Intl.NumberFormat("en-US", {
   style: "currency", currency: "USD", minimumFractionDigits: 2, maximumFractionDigits: 2,
 });
 const dayLabel = new Intl.DateTimeFormat("en-US", { month: "short", day: "numeric", timeZone: "UTC" });
+const ANOMALY_LIMIT = 1000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -230,7 +233,7 @@ function signOut(message) {
   // Nothing of the last organization stays on the page: not its filters, nor a password.
   for (const name of FILTERS) $(`filter-${name}`).replaceChildren(new Option("All", ""));
   for (const id of ["breakdown-table", "comparison-table", "pod-table"]) $(id).tBodies[0].replaceChildren();
-  for (const id of ["onboard-account-id", "onboard-password", "onboard-remote-write", "onboard-exporter-env"]) {
+  for (const id of ["onboard-account-id", "onboard-password", "onboard-remote-write", "onboard-exporter-env", "chart-anomalies"]) {
     $(id).textContent = "";
   }
   $("onboard-result").hidden = true;
@@ -407,14 +410,48 @@ async function loadTrend(query) {
   const by = state.breakdownBy;
   query.set("breakdown_by", by);
   query.set("resource_type", summedType(by, query));
-  const { answer, previousAnswer, previousQuery } = await breakdownAndPrevious(query);
+  const [{ answer, previousAnswer, previousQuery }, anomalies] = await Promise.all([
+    breakdownAndPrevious(query), loadAnomalies(query),
+  ]);
   return () => {
-    renderTrend(answer, previousAnswer, by, query.get("resource_type"));
+    renderTrend(answer, previousAnswer, by, query.get("resource_type"), anomalies);
     $("trend").dataset.previousQuery = previousQuery.toString();
+    $("trend").dataset.anomalyQuery = anomalies.query.toString();
   };
 }
 
-function renderTrend(answer, previousAnswer, by, type) {
+// The active cost anomalies (module k8s_cost_anomalies) of the accounts the filters choose,
+// with the cluster and namespace filters the chart's query was sent with (anomalyMarks).
+// Marks are extra: when they cannot be read the chart still shows the costs, and says so.
+async function loadAnomalies(query) {
+  const asked = new URLSearchParams({ type: ANOMALIES, limit: String(ANOMALY_LIMIT) });
+  if (query.get("cloud_account_id")) asked.set("cloud_account_id", query.get("cloud_account_id"));
+  const filters = { k8s_cluster: query.get("k8s_cluster") ?? "", k8s_namespace: query.get("k8s_namespace") ?? "" };
+  try {
+    const answer = await api("GET", orgPath("/optimizations"), { query: asked });
+    return { items: answer.optimizations?.[ANOMALIES]?.items ?? [], query: asked, filters, error: null };
+  } catch (error) {
+    if (error.status === 401) throw error;
+    return { items: [], query: asked, filters, error: error.message };
+  }
+}
+
+// Under the chart, the anomalies it marks: their days, where, and how far from the baseline.
+function renderAnomalies(anomalies, marks) {
+  const element = $("chart-anomalies");
+  const shown = [...new Set(marks.flatMap((m) => m.items))].sort((a, b) => a.start - b.start || where(a).localeCompare(where(b)));
+  element.dataset.value = JSON.stringify(marks.map((m) => m.day));
+  if (anomalies.error) {
+    element.textContent = `Cost anomalies could not be read: ${anomalies.error}`;
+  } else if (shown.length) {
+    element.textContent = "Cost anomalies (marked red on the chart): " + shown.map((item) =>
+      `${where(item)} ${dayRange(item.start, item.end, FMT)}, ${item.direction} ${formatMoney(Math.abs(item.excess_cost))}`).join("; ") + ".";
+  } else {
+    element.textContent = "";
+  }
+}
+
+function renderTrend(answer, previousAnswer, by, type, anomalies) {
   $("chart-resource-type").textContent = type;
   setMoney($("chart-total"), answer.total ?? 0);
   setMoney($("chart-previous-total"), answer.previous_total ?? 0);
@@ -456,7 +493,6 @@ function renderTrend(answer, previousAnswer, by, type) {
   }
   $("breakdown-table").tBodies[0].replaceChildren(...rows);
 
-  if (!chartsAvailable()) return;
   // Every day of the range, and any day the API answered outside it.
   const { start_date, end_date } = range();
   const days = new Set();
@@ -464,6 +500,10 @@ function renderTrend(answer, previousAnswer, by, type) {
   const breakdown = answer.breakdown ?? {};
   for (const day of Object.keys(breakdown)) days.add(Number(day));
   const sortedDays = [...days].sort((a, b) => a - b);
+  const marks = anomalyMarks(anomalies.items, sortedDays, anomalies.filters);
+  renderAnomalies(anomalies, marks);
+
+  if (!chartsAvailable()) return;
   const costOn = (day, key) => breakdown[String(day)]?.[key]?.cost ?? 0;
   const top = keys.slice(0, TOP_SERIES);
   const rest = keys.slice(TOP_SERIES);
@@ -480,18 +520,23 @@ function renderTrend(answer, previousAnswer, by, type) {
   const data = { labels: sortedDays.map((day) => dayLabel.format(new Date(day * 1000))), datasets };
   if (state.charts.trend) {
     state.charts.trend.data = data;
+    state.charts.trend.$anomalyMarks = marks;
     state.charts.trend.update();
     return;
   }
   state.charts.trend = new window.Chart($("trend-chart"), {
     type: "bar",
     data,
+    plugins: [anomalyPlugin],
     options: {
       animation: false, responsive: true, maintainAspectRatio: false,
-      scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, ticks: moneyTicks() } },
+      // grace: room above the tallest bar for the anomaly marks
+      scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, grace: "8%", ticks: moneyTicks() } },
       plugins: { legend: { position: "bottom" }, tooltip: tooltip() },
     },
   });
+  state.charts.trend.$anomalyMarks = marks;
+  state.charts.trend.update(); // drawn again, with the marks
 }
 
 // Each cluster's total against the previous period of the same length.
@@ -646,8 +691,8 @@ async function onboard(form, button) {
 }
 
 // ---- tabs ---------------------------------------------------------------------------------
-// Three views of the organization, one at a time: its costs (the default), the rightsizing
-// recommendations, the live view. Each names the sections it shows, and what opening and
+// Four views of the organization, one at a time: its costs (the default), the rightsizing
+// recommendations, every optimization module's recommendations, the live view. Each names the sections it shows, and what opening and
 // closing it starts and stops. Clicking the open tab again goes back to the costs.
 
 const TABS = {
@@ -656,6 +701,11 @@ const TABS = {
     sections: ["filters", "rightsizing"], // the cluster, namespace and account filters apply
     open: () => loadRightsizing(),
     close: () => { rightsizing.generation += 1; }, // answers still on their way are dropped
+  },
+  recommendations: {
+    sections: ["recommendations"],
+    open: () => loadRecommendations(),
+    close: () => { recommendations.generation += 1; },
   },
   live: { sections: ["live"], open: () => openLive(), close: () => closeLive() },
 };
@@ -698,6 +748,9 @@ function mebibytes(bytes) {
 function share(value) {
   return value === null || value === undefined ? "–" : `${Math.round(value * 100)} %`;
 }
+
+// The formatters recommendations.js is given.
+const FMT = { money: formatMoney, millicores, mebibytes, share, day: (unix) => dayLabel.format(new Date(unix * 1000)) };
 
 async function loadRightsizing() {
   if (!state.session || tabs.open !== "rightsizing") return;
@@ -788,6 +841,153 @@ function wireRightsizing() {
     if (!$("dashboard").hidden) return;
     $("rightsizing-table").tBodies[0].replaceChildren();
     $("rightsizing-run").textContent = "";
+  }).observe($("dashboard"), { attributes: true, attributeFilter: ["hidden"] });
+}
+
+// ---- recommendations tab ------------------------------------------------------------------
+// Every optimization module's recommendations (GET optimizations, OptScale's shape): the total
+// saving, each module's count and saving, its items with their evidence. The status picker
+// shows the active items (each with a Dismiss button) or the dismissed or excluded ones (each
+// with Restore); a button PATCHes the item, then the view is asked again, so every figure on
+// screen is still the API's answer. The dates and filters of the costs do not apply: an item
+// covers its job's own window, shown under each module.
+
+const RECOMMENDATION_LIMIT = 500;
+const recommendations = { generation: 0 };
+const utcTime = (unix) => (unix ? `${new Date(unix * 1000).toISOString().slice(0, 16).replace("T", " ")} UTC` : "never");
+
+async function loadRecommendations() {
+  if (!state.session || tabs.open !== "recommendations") return;
+  const element = $("recommendations");
+  const generation = ++recommendations.generation;
+  const query = new URLSearchParams({ limit: String(RECOMMENDATION_LIMIT), status: $("recommendations-status").value });
+  element.dataset.state = "loading";
+  try {
+    const answer = await api("GET", orgPath("/optimizations"), { query });
+    if (generation !== recommendations.generation) return;
+    renderRecommendations(answer);
+    element.dataset.query = query.toString();
+    element.dataset.state = "ready";
+  } catch (error) {
+    if (generation === recommendations.generation) element.dataset.state = "error";
+    if (state.session) showError(error.message);
+  }
+}
+
+// Dismiss (status "dismissed") or restore (status "active") one item, then show the view again.
+async function markRecommendation(button, status) {
+  clearError();
+  button.disabled = true;
+  $("recommendations").dataset.state = "loading";
+  try {
+    await api("PATCH", orgPath(`/optimizations/${encodeURIComponent(button.dataset.id)}`), { body: { status } });
+  } catch (error) {
+    button.disabled = false;
+    $("recommendations").dataset.state = "error";
+    showError(error.message);
+    return;
+  }
+  await loadRecommendations();
+}
+
+function summed(summaries) {
+  const all = Object.values(summaries ?? {});
+  return { count: all.reduce((n, s) => n + (s.count ?? 0), 0), saving: all.reduce((n, s) => n + (s.saving ?? 0), 0) };
+}
+
+function renderRecommendations(answer) {
+  const status = answer.status ?? $("recommendations-status").value;
+  $("recommendations-total-label").textContent = status === "active" ? "Total saving" : `Total saving of the ${status} items`;
+  setMoney($("recommendations-total"), answer.total_saving ?? 0);
+  for (const mark of ["dismissed", "excluded"]) {
+    const { count, saving } = summed(answer[`${mark}_optimizations`]);
+    const element = $(`recommendations-${mark}`);
+    setMoney(element, saving);
+    element.textContent = `${count} (${formatMoney(saving)})`;
+    element.dataset.count = String(count);
+  }
+  $("recommendations-run").textContent = answer.last_run
+    ? `Last run ${utcTime(answer.last_run)}, last completed ${utcTime(answer.last_completed)}, next ${utcTime(answer.next_run)}.`
+    : "No recommendations yet: the optimizations job (python -m jobs.optimizations) has not run for this organization.";
+  const optimizations = answer.optimizations ?? {};
+  const blocks = MODULES.filter(([name]) => name in optimizations)
+    .map(([name, title, what]) => moduleBlock(name, title, what, optimizations[name], status));
+  $("recommendations-modules").replaceChildren(...blocks);
+}
+
+function moduleBlock(name, title, what, module, status) {
+  const block = document.createElement("div");
+  block.className = "module";
+  block.id = `module-${name}`;
+  block.dataset.testid = "recommendation-module";
+  block.dataset.module = name;
+  const head = document.createElement("h3");
+  const count = document.createElement("span");
+  count.dataset.field = "count";
+  count.dataset.value = String(module.count ?? 0);
+  count.textContent = plural(module.count ?? 0, "item");
+  const saving = document.createElement("strong");
+  saving.dataset.field = "saving";
+  setMoney(saving, module.saving ?? 0);
+  head.append(`${title}: `, count, ", saving ", saving, " a month");
+  const about = document.createElement("p");
+  about.className = "muted small";
+  const notes = (module.runs ?? []).flatMap((run) => [
+    ...(run.error ? [`failed: ${run.error}`] : []), ...(run.notes ?? []),
+  ]);
+  about.textContent = `${what}. ${module.last_run ? `Last run ${utcTime(module.last_run)}` : "Not run yet"}`
+    + (Object.keys(module.options ?? {}).length ? `; options ${JSON.stringify(module.options)}` : "")
+    + (notes.length ? `; ${notes.join("; ")}` : "") + ".";
+  const table = document.createElement("table");
+  table.className = "compact";
+  table.innerHTML = "<thead><tr><th>resource</th><th>cloud account</th><th>where</th><th>evidence</th>"
+    + "<th class=\"num\">saving / month</th><th></th></tr></thead><tbody></tbody>";
+  const items = module.items ?? [];
+  const rows = items.map((item) => {
+    const row = document.createElement("tr");
+    row.dataset.testid = "recommendation-row";
+    row.dataset.id = item.id;
+    row.dataset.module = name;
+    const cells = [[item.resource_name, "resource_name"], [item.cloud_account_name ?? item.cloud_account_id, "cloud_account"],
+      [where(item), "where"], [evidence(item, FMT), "evidence"]].map(([text, field]) => {
+      const cell = document.createElement("td");
+      cell.textContent = text ?? "";
+      cell.dataset.field = field;
+      return cell;
+    });
+    cells[3].title = cells[3].textContent; // long: the whole line on hover
+    const value = document.createElement("td");
+    value.className = "num";
+    value.dataset.field = "saving";
+    setMoney(value, item.saving ?? 0);
+    const action = document.createElement("td");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.id = item.id;
+    button.dataset.action = status === "active" ? "dismiss" : "restore";
+    button.textContent = status === "active" ? "Dismiss" : "Restore";
+    button.addEventListener("click", () => markRecommendation(button, status === "active" ? "dismissed" : "active"));
+    action.append(button);
+    row.append(...cells, value, action);
+    return row;
+  });
+  table.tBodies[0].replaceChildren(...rows);
+  const more = document.createElement("p");
+  more.className = "muted small";
+  more.textContent = items.length < (module.count ?? 0) ? `The ${items.length} largest of ${module.count} items.` : "";
+  block.append(head, about, table, more);
+  return block;
+}
+
+function wireRecommendations() {
+  $("recommendations-status").addEventListener("change", () => loadRecommendations());
+  $("org-select").addEventListener("change", () => loadRecommendations());
+  // Signed out (the dashboard hidden, the tab closed): nothing of the organization kept.
+  new MutationObserver(() => {
+    if (!$("dashboard").hidden) return;
+    $("recommendations-modules").replaceChildren();
+    $("recommendations-run").textContent = "";
+    $("recommendations-status").value = "active";
   }).observe($("dashboard"), { attributes: true, attributeFilter: ["hidden"] });
 }
 
@@ -1069,4 +1269,5 @@ function wire() {
 wire();
 wireTabs();
 wireRightsizing();
+wireRecommendations();
 wireLive();
