@@ -86,24 +86,20 @@ _expense_route(
 )
 
 
+def json_object_body(description: str) -> dict[str, Any]:
+    """OpenAPI's entry for a route that reads a required JSON object body itself."""
+    schema = {"type": "object", "description": description}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 @router.post(
     "/organizations/{organization_id}/expenses_async",
     status_code=202,
     summary="Start computing clean_expenses (for long ranges); poll the task for its result",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "description": "The clean_expenses query parameters as fields; a list repeats a filter, "
-                        'e.g. {"start_date": 1700000000, "end_date": 1702592000, "k8s_namespace": ["shop", "db"]}.',
-                    }
-                }
-            },
-        }
-    },
+    openapi_extra=json_object_body(
+        "The clean_expenses query parameters as fields; a list repeats a filter, "
+        'e.g. {"start_date": 1700000000, "end_date": 1702592000, "k8s_namespace": ["shop", "db"]}.'
+    ),
 )
 async def start_task(
     request: Request, organization_id: OrganizationIdDep, opened: StoresDep, settings: SettingsDep

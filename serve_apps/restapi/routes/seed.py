@@ -24,7 +24,7 @@ from serve_apps.restapi import params
 from serve_apps.restapi.dependencies import OrganizationQueryDep, SettingsDep, StoresDep
 from serve_apps.restapi.expenses import ExpenseService
 from serve_apps.restapi.routes import JSONAnswer
-from serve_apps.restapi.routes.expenses import expense_route, json_body, queue_task, task_answer
+from serve_apps.restapi.routes.expenses import expense_route, json_body, json_object_body, queue_task, task_answer
 
 router = APIRouter()
 
@@ -65,21 +65,11 @@ expense_route(
     "/expenses_async",
     status_code=202,
     summary="The design's (NGUI's) expenses_async: the filters under `filter`; poll GET /v2/expenses_async/{task_id}",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "description": "start_date, end_date (and limit, share_tenancy_costs) as fields, the filters "
-                        'in `filter`, each a value or a list: e.g. {"start_date": 1730419200, "end_date": 1730505600, '
-                        '"filter": {"k8s_namespace": "default"}}.',
-                    }
-                }
-            },
-        }
-    },
+    openapi_extra=json_object_body(
+        "start_date, end_date (and limit, share_tenancy_costs) as fields, the filters "
+        'in `filter`, each a value or a list: e.g. {"start_date": 1730419200, "end_date": 1730505600, '
+        '"filter": {"k8s_namespace": "default"}}.'
+    ),
 )
 async def start_task(
     request: Request, organization_id: OrganizationQueryDep, opened: StoresDep, settings: SettingsDep
