@@ -42,7 +42,7 @@ def is_pinned(pod: Pod) -> bool:
     return pod.controller_kind.lower() != "daemonset" and (pod.controller == "" or pod.local_storage)
 
 
-def kept_loads(pods: Sequence[Pod], ds: tuple[float, float]) -> dict[str, list[float]]:
+def pinned_loads(pods: Sequence[Pod], ds: tuple[float, float]) -> dict[str, list[float]]:
     """Per node that keeps pinned pods: its CPU and memory load, the DaemonSets' ``ds`` included."""
     kept: dict[str, list[float]] = {}
     for pod in pods:
@@ -70,7 +70,7 @@ def optimum(pods: Sequence[Pod], nodes: Sequence[Node], profile: Profile,
     ds = overhead(pods)
     types = sorted(candidate_types, key=price)
     node_type = {n.name: n.node_type for n in nodes}
-    kept = kept_loads(pods, ds)
+    kept = pinned_loads(pods, ds)
     kept_names = sorted(kept)
     kept_cost = sum(price(node_type[name]) for name in kept_names)
     movable = [demand(p) for p in pods if p.controller_kind.lower() != "daemonset" and not is_pinned(p)]
@@ -234,7 +234,7 @@ def lower_bound(pods: Sequence[Pod], nodes: Sequence[Node], profile: Profile,
     u = profile.target_utilization
     ds = overhead(pods)
     node_type = {n.name: n.node_type for n in nodes}
-    kept = kept_loads(pods, ds)
+    kept = pinned_loads(pods, ds)
     kept_cost = sum(price(node_type[name]) for name in kept)
     spare_cpu = sum(max(0.0, u * node_type[name].cpu_cores - load[0]) for name, load in kept.items())
     spare_memory = sum(max(0.0, u * node_type[name].memory_bytes - load[1]) for name, load in kept.items())
