@@ -386,8 +386,10 @@ async def test_the_job_recommends_what_the_formulas_give_by_hand(world: World) -
     assert_matches(docs["work"], BATCH)
     assert (docs["web"]["cluster"], docs["web"]["namespace"], docs["web"]["controller_kind"], docs["web"]["pod"]) == (
         "prod", "shop", "deployment", None)
+    # No usage series in this estate: every group is sized on the exporter's hourly averages, and says so.
+    assert {doc["sized_on"] for doc in docs.values()} == {"hourly averages: no usage series"}
     assert docs["web"]["run"] == {"window_days": 1, "algorithm": "max", "quantile": 0.95, "target_cpu_utilization": 0.7,
-                                  "target_memory_utilization": 0.7, "window_start": world.end - DAY,
+                                  "target_memory_utilization": 0.7, "recommender": "vpa", "window_start": world.end - DAY,
                                   "window_end": world.end, "computed_at": docs["web"]["run"]["computed_at"]}
     assert time.time() - 120 < docs["web"]["run"]["computed_at"] <= time.time()
     assert (report.groups, report.replicas, report.over_provisioned, report.under_provisioned) == (4, 5, 2, 1)
