@@ -203,15 +203,25 @@ def usage_sized(
     recommender: Recommender, params: Params,
 ) -> dict[GroupKey, UsageSized]:
     """The recommender's requests for each group that has usage samples of any of its containers
-    (``groups``: the containers, by ``USAGE_LABELS``, of each group)."""
+    (``groups``: the containers, by ``USAGE_LABELS``, of each group).
+
+    The usage series carry ``cluster`` only if the customer's Prometheus adds it (an external
+    label; the shipped configuration does not: an account is one cluster), so a container's
+    samples without it are its cluster's.
+    """
     containers_per_pod: dict[tuple[str, ...], int] = {}
     for key in usage:
         containers_per_pod[key[:3]] = containers_per_pod.get(key[:3], 0) + 1
+
+    def own(container: tuple[str, ...]) -> tuple[str, ...] | None:
+        return next((key for key in (container, ("", *container[1:])) if key in usage), None)
+
     sized = {}
     for group_key_, containers in groups.items():
-        replicas = [usage[c] for c in containers if c in usage]
+        found = [key for c in containers if (key := own(c)) is not None]
+        replicas = [usage[key] for key in found]
         if replicas:
-            per_pod = max(containers_per_pod[c[:3]] for c in containers if c in usage)
+            per_pod = max(containers_per_pod[key[:3]] for key in found)
             target = usage_sizing.recommend(recommender, replicas, params, containers_per_pod=per_pod)
             sized[group_key_] = UsageSized(str(recommender), target.cpu_cores, target.memory_bytes)
     return sized
