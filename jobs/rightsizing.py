@@ -7,9 +7,9 @@
 
 Without an account or organization, every live Kubernetes account. Each tenant is one Ray
 task, all in parallel: it reads the tenant's container gauges and node prices over the
-window from the TSDB (PromQL that always carries ``tenant_id``), and the raw samples of its
-usage series (``k8scost.usage_series``): cAdvisor's CPU counter and working set,
-kube-state-metrics' restarts, last termination reason and memory requests. A group with
+window from the TSDB (PromQL that always carries ``tenant_id``), and its usage series
+(``k8scost.usage_series``) a point a minute per container: cAdvisor's CPU counter and
+working-set peak, kube-state-metrics' restarts, last termination reason and memory requests. A group with
 usage samples is sized on them by the recommender of ``--recommender`` (``vpa`` by default,
 ``k8scost.usage_sizing``): CPU usage from the counter with resets and gaps left out
 (``usage_sizing.cpu_usage``), an OOM kill where the restart count rises while the last
@@ -117,25 +117,38 @@ def tenant_queries(tenant_id: str, params: Params) -> dict[str, str]:
     return queries
 
 
-# --- usage series: raw samples per container ---------------------------------------------------
+# --- usage series: per container, a point a minute ------------------------------------------
 
 USAGE_LABELS = ("cluster", "namespace", "pod", "container")
-# The raw samples of one usage family are read a chunk of the window at a time: a 15 s scrape
-# gives a container 1,440 samples in 6 hours, a few million for a big tenant, within the
-# TSDB's --query.max-samples (50 million).
+# The VPA recommender samples usage once a minute (--recommender-interval 1m): the TSDB gives
+# each container's series a point a minute, not its raw 15 s samples (4× fewer to carry).
+USAGE_STEP_SECONDS = 60
+# A range query covers at most this much of the window (360 points a series; the TSDB allows 11,000).
 USAGE_CHUNK_SECONDS = 6 * 3600
 OOM_KILLED = "OOMKilled"
 
 
-def usage_selectors(tenant_id: str) -> dict[str, str]:
-    """The selectors of the usage samples the job reads, by name (raw: no function, no aggregation)."""
-    sel = promql.usage_selector
+def usage_queries(tenant_id: str) -> dict[str, str]:
+    """The range queries of the usage the job reads, by name; each a point per container at every step t.
+
+    Over (t − step, t]: the counters' (CPU, restarts) and gauges' last sample, the working
+    set's peak. A scrape target keeps its offset in the scrape interval, so consecutive last
+    samples of a counter are one step apart (a missed scrape aside): ``usage_sizing.cpu_usage``
+    gets the counter as sampled. ``max by`` the container drops the scrape's own labels.
+    """
+    window = promql.window(USAGE_STEP_SECONDS)
+    by = f"max by ({', '.join(USAGE_LABELS)})"
+
+    def last(metric: str, **matchers: str) -> str:
+        return f"{by} (last_over_time({promql.usage_selector(metric, tenant_id, **matchers)}[{window}]))"
+
     return {
-        "cpu": sel("container_cpu_usage_seconds_total", tenant_id),
-        "memory": sel("container_memory_working_set_bytes", tenant_id),
-        "restarts": sel("kube_pod_container_status_restarts_total", tenant_id),
-        "oom": sel("kube_pod_container_status_last_terminated_reason", tenant_id, reason=OOM_KILLED),
-        "memory_request": sel("kube_pod_container_resource_requests", tenant_id, resource="memory", unit="byte"),
+        "cpu": last("container_cpu_usage_seconds_total"),
+        "memory": f"{by} (max_over_time("
+        f"{promql.usage_selector('container_memory_working_set_bytes', tenant_id)}[{window}]))",
+        "restarts": last("kube_pod_container_status_restarts_total"),
+        "oom": last("kube_pod_container_status_last_terminated_reason", reason=OOM_KILLED),
+        "memory_request": last("kube_pod_container_resource_requests", resource="memory", unit="byte"),
     }
 
 
@@ -143,37 +156,29 @@ Samples = list[tuple[float, float]]
 
 
 async def query_usage(tsdb: TsdbClient, tenant_id: str, start: int, end: int) -> dict[str, dict[tuple[str, ...], Samples]]:
-    """Each usage selector's raw samples over (start, end] by container, in time order.
-
-    A container with several series of one family (an HA pair of Prometheus writes each
-    sample twice under its replica label) keeps the one with the most samples: interleaving
-    two scrapes' counters would make 0-second intervals.
-    """
-    chunks = [(at, min(USAGE_CHUNK_SECONDS, at - start)) for at in range(end, start, -USAGE_CHUNK_SECONDS)]
-    selectors = usage_selectors(tenant_id)
+    """Each usage query's points over (start, end] (at start + step, …, ≤ end) by container, in time order."""
+    step = USAGE_STEP_SECONDS
+    points = USAGE_CHUNK_SECONDS // step
+    chunks = [(first, min(end, first + (points - 1) * step)) for first in range(start + step, end + 1, points * step)]
+    queries = usage_queries(tenant_id)
     answers = await asyncio.gather(*(
-        tsdb.instant(f"{selector}[{promql.window(seconds)}]", at) for selector in selectors.values()
-        for at, seconds in chunks
+        tsdb.range(query, first, last, step) for query in queries.values() for first, last in chunks
     ))
     out: dict[str, dict[tuple[str, ...], Samples]] = {}
-    for index, name in enumerate(selectors):
-        series: dict[tuple[tuple[str, str], ...], Samples] = {}
+    for index, name in enumerate(queries):
+        by_container: dict[tuple[str, ...], Samples] = {}
         for answer in answers[index * len(chunks):(index + 1) * len(chunks)]:
             for found in answer["result"]:
-                samples = series.setdefault(tuple(sorted(found["metric"].items())), [])
-                samples.extend((float(t), float(v)) for t, v in found["values"])
-        by_container: dict[tuple[str, ...], Samples] = {}
-        for labels, samples in series.items():
-            key = tuple(dict(labels).get(label, "") for label in USAGE_LABELS)
-            if key[3] and len(samples) > len(by_container.get(key, [])):  # no container: a pod cgroup
-                by_container[key] = sorted(samples)
-        out[name] = by_container
+                key = tuple(found["metric"].get(label, "") for label in USAGE_LABELS)
+                if key[3]:  # no container: a pod's cgroup
+                    by_container.setdefault(key, []).extend((float(t), float(v)) for t, v in found["values"])
+        out[name] = {key: sorted(points) for key, points in by_container.items()}
     return out
 
 
 def ooms(restarts: Samples, oom_reported: Samples, memory_request: Samples) -> list[Oom]:
-    """An OOM kill at each sample where the restart count rises while the last termination
-    reported (until the count's next sample) is OOMKilled, at the memory request then (0 when
+    """An OOM kill at each point where the restart count rises while the last termination
+    reported (until the count's next point) is OOMKilled, at the memory request then (0 when
     unknown: the kill's bump then rests on the samples)."""
     reported = sorted(t for t, _ in oom_reported)
     kills = []

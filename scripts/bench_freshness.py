@@ -16,8 +16,8 @@ relabels the scrape as the shipped customer configuration does and writes it thr
 ingress's Serve class in-process (``func_or_class``, no Ray) into the shared TSDB; the REST
 API (in-process FastAPI) asks Metroculus's class in-process. The age is then exact: the
 scrape interval's phase, the ingress, the TSDB and the REST path. Not in it: a real
-Prometheus' scrape and remote-write batching (``batch_send_deadline``, 5 s by default,
-1 s in the shipped queue configuration's devstack copy) and Serve's proxy hops.
+Prometheus' scrape and remote-write batching (``batch_send_deadline``: 5 s as shipped, 1 s
+in devstack's copy; a big cluster fills a batch sooner) and Serve's proxy hops.
 
 ``--serve``: the whole path on the running devstack (``python -m devstack up``): the
 simulator, a real Prometheus with the shipped configuration scraping it every 15 s and

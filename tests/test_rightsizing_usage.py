@@ -1,4 +1,5 @@
-"""The rightsizing job on usage series: what it reads of cAdvisor and kube-state-metrics, and the
+"""The rightsizing job on usage series: what it reads of cAdvisor and kube-state-metrics (a point a
+minute per container), and the
 recommendations it writes, against values computed here by hand from ``k8scost.usage_sizing``'s
 documented formulas.
 
@@ -28,7 +29,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from jobs.rightsizing import query_usage, replica_usage, run_tenant
+from jobs.rightsizing import USAGE_STEP_SECONDS, query_usage, replica_usage, run_tenant
 from k8scost.rightsizing import MIB, SIZED_ON_AVERAGES, Params
 from k8scost.settings import RightsizingSettings, StoreSettings, from_env
 from k8scost.stores.mongo import connect
@@ -154,15 +155,19 @@ async def test_the_job_reads_each_containers_samples_resets_and_oom_kill(world: 
         usage = replica_usage(await query_usage(tsdb, world.tenant, world.end - DAY, world.end))
     finally:
         await tsdb.aclose()
+    # A point a minute over the day, those with a scrape in their minute: the last 6 hours'.
+    points = [t for t in range(world.end - DAY + USAGE_STEP_SECONDS, world.end + 1, USAGE_STEP_SECONDS)
+              if t >= world.scrapes[0]]
+    assert len(points) == USAGE_SPAN // USAGE_STEP_SECONDS
     db = usage["", "shop", "db-0", "postgres"]
-    # One usage sample per pair of consecutive scrapes, but the pair across the reset.
-    assert len(db.cpu) == len(world.scrapes) - 2
-    assert all(cores == approx(0.7) for _, cores in db.cpu)
-    first_after = min(t for t in world.scrapes if t >= world.restart)
+    # One usage sample per pair of consecutive points, but the pair across the reset.
+    assert [t for t, _ in db.cpu] == [t for t in points[:-1] if not t < world.restart <= t + USAGE_STEP_SECONDS]
+    assert len(db.cpu) == len(points) - 2 and all(cores == approx(0.7) for _, cores in db.cpu)
+    first_after = min(t for t in points if t >= world.restart)
     assert list(db.ooms) == [Oom(first_after, 1.0 * GIB)]
-    assert [v for _, v in db.memory] == [0.9 * GIB] * len(world.scrapes)
+    assert db.memory == [(t, 0.9 * GIB) for t in points]
     web_a = usage["prod", "shop", "web-a", "web"]
-    assert [c for _, c in web_a.cpu] == [0.25] * (len(world.scrapes) - 1) and not web_a.ooms
+    assert web_a.cpu == [(t, 0.25) for t in points[:-1]] and not web_a.ooms
     assert set(usage) == {("prod", "shop", "web-a", "web"), ("prod", "shop", "web-b", "web"),
                           ("", "shop", "db-0", "postgres")}
 
