@@ -14,6 +14,7 @@ exporter are gaps (no point), never a value.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,12 +29,14 @@ from devstack.simulator import Cluster, Container, Estate, Namespace, Node, Pod
 from devstack.simulator.customer import write_relabel
 from devstack.simulator.usage import UsageExporters
 from k8scost.metroculus_client import MetroculusClient
-from k8scost.promql import LIVE_RATE_SECONDS, LIVE_USAGE_QUERIES
+from k8scost.promql import LIVE_RATE_SECONDS, LIVE_USAGE_QUERIES, PART_LABEL, live_promql
 from k8scost.settings import RestApiSettings, StoreSettings, from_env
 from k8scost.stores.mongo import connect
 from k8scost.usage_series import USAGE_FAMILIES, write_relabel_configs
 from serve_apps.metroculus import app as metroculus_app
 from serve_apps.restapi.api import RestApiConfig, create_api
+from tests import helpers
+from tests.test_live import GRAFANA
 from tests.test_metroculus import write
 from tests.test_seed_conformance import asgi
 
@@ -247,3 +250,22 @@ async def test_another_tenants_usage_is_never_in_the_answer(world: World) -> Non
         "cloud_account_id": account, "query": "cpu_usage_by_container", "start_date": shown[0],
         "end_date": shown[-1], "step": SCRAPE})
     assert answer.status_code == 404, answer.text
+
+
+@pytest.mark.services
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_grafana_panels_run_on_the_tsdb_and_show_what_the_api_answers(world: World) -> None:
+    """Each usage panel of cluster_config/grafana/cloudtuner-live.json, its variables given this
+    tenant and the range as Grafana would, is a range query the TSDB runs, with the API's values."""
+    shown = points(world)
+    panels = [target["expr"] for panel in json.loads(GRAFANA.read_text())["panels"] for target in panel["targets"]]
+    for name in LIVE_USAGE_QUERIES:
+        [expr] = [expr for expr in panels if expr == live_promql(name, "$tenant_id", "$__range").range]
+        concrete = expr.replace("$tenant_id", world.account).replace("$__range", f"{shown[-1] - shown[0]}s")
+        got: dict[tuple[str, ...], dict[str, dict[int, float]]] = {}
+        for series in helpers.tsdb_range(concrete, shown[0], shown[-1], SCRAPE):
+            labels = series["metric"]
+            key = tuple(labels.get(label, "") for label in LIVE_USAGE_QUERIES[name].group_by)
+            got.setdefault(key, {part: {} for part in LIVE_USAGE_QUERIES[name].part_names})[labels[PART_LABEL]] = {
+                int(t): float(v) for t, v in series["values"]}
+        assert got and got == await live(world, name, shown[0], shown[-1]), name
