@@ -758,6 +758,8 @@ function renderRightsizing(answer) {
       savings.dataset.value = "";
     }
     savings.className = `num ${(item.monthly_savings ?? 0) < 0 ? "up" : "down"}`;
+    // What the recommendation was sized on: the container's usage series or the hourly averages.
+    const sized = (cell) => { cell.title = `sized on ${item.sized_on ?? "hourly averages"}`; cell.dataset.sizedOn = item.sized_on ?? ""; return cell; };
     const status = rightsizingCell(item.status, "status");
     if (item.status === "under-provisioned") status.title = `the recommended requests cost ${formatMoney(item.extra_monthly_cost)} more a month`;
     row.append(
@@ -765,10 +767,10 @@ function renderRightsizing(answer) {
       rightsizingCell(item.container, "container"),
       rightsizingCell(item.cluster, "cluster"),
       rightsizingCell(String(item.replicas), "replicas", item.replicas, true),
-      rightsizingCell(`${millicores(item.current_cpu_cores)} → ${millicores(item.recommended_cpu_cores)}`, "cpu",
-        item.recommended_cpu_cores, true),
-      rightsizingCell(`${mebibytes(item.current_memory_bytes)} → ${mebibytes(item.recommended_memory_bytes)}`, "memory",
-        item.recommended_memory_bytes, true),
+      sized(rightsizingCell(`${millicores(item.current_cpu_cores)} → ${millicores(item.recommended_cpu_cores)}`, "cpu",
+        item.recommended_cpu_cores, true)),
+      sized(rightsizingCell(`${mebibytes(item.current_memory_bytes)} → ${mebibytes(item.recommended_memory_bytes)}`, "memory",
+        item.recommended_memory_bytes, true)),
       rightsizingCell(share(item.total_efficiency), "total_efficiency", item.total_efficiency, true),
       savings,
       status,
