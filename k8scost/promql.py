@@ -1,8 +1,18 @@
-"""PromQL for cost queries, built so that a query can only ever read one tenant's series.
+"""PromQL for cost, live and rightsizing queries, built so that a query can only ever read one
+tenant's series.
 
 Every selector carries ``tenant_id="<tenant>"`` with the value escaped, names only a
-known cost metric and only well-formed label names: no caller input reaches a query
-unchecked, whatever validation happened before.
+metric of its list (the cost gauges, the exporter's container gauges and node prices, the
+customer's usage families of ``k8scost.usage_series``) and only well-formed label names:
+no caller input reaches a query unchecked, whatever validation happened before.
+
+The live usage queries, per container c over the rate window W = LIVE_RATE_SECONDS (120 s):
+
+    CPU usage      rate(cpu_seconds_c[W]), no point if resets(cpu_seconds_c[W]) > 0
+    throttled      rate(throttled_periods_c[W]) / rate(periods_c[W]), no point on a reset
+    working set, requests, limits, restarts, OOM-killed, node memory: the series' value
+
+each the ``max`` over the group's series (one, twice for an HA pair), a missing series no point.
 """
 
 from __future__ import annotations
