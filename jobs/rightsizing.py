@@ -306,7 +306,7 @@ class TenantReport:
     query_seconds: float
     compute_seconds: float
     write_seconds: float
-    sized_on_usage: int = 0  # groups sized on their usage series; the others on hourly averages
+    sized_on_usage: int  # groups sized on their usage series; the others on hourly averages
 
     @property
     def total_seconds(self) -> float:
