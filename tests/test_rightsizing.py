@@ -577,7 +577,8 @@ async def test_ray_job_submit_runs_the_job_as_the_readme_says(world: World) -> N
     )
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "rightsizing: 2/2 tenants in" in submitted.stdout
-    assert f"rightsizing: tenant {world.a.account}: 4 groups (5 replicas), 2 over- and 1 under-provisioned" in submitted.stdout
+    assert (f"rightsizing: tenant {world.a.account}: 4 groups (5 replicas; 0 sized on usage series, the others on "
+            "hourly averages), 2 over- and 1 under-provisioned") in submitted.stdout
     summary = json.loads(next(line for line in submitted.stdout.splitlines() if line.startswith('{"accounts"')))
     assert (summary["accounts"], summary["done"], summary["failed"], summary["groups"]) == (2, 2, [], 8)
     docs = await stored(world, world.a)
