@@ -2,13 +2,21 @@
 
     ray job submit --working-dir . -- python -m jobs.rightsizing \\
         [--organization-id ID | --cloud-account-id ID ...] [--window-days 7] [--algorithm max|quantile] \\
-        [--quantile 0.95] [--target-cpu-utilization 0.7] [--target-memory-utilization 0.7] [--end UNIX_SECONDS]
+        [--quantile 0.95] [--target-cpu-utilization 0.7] [--target-memory-utilization 0.7] [--end UNIX_SECONDS] \\
+        [--recommender vpa|request-sizing-v2]
 
 Without an account or organization, every live Kubernetes account. Each tenant is one Ray
 task, all in parallel: it reads the tenant's container gauges and node prices over the
-window from the TSDB (PromQL that always carries ``tenant_id``), computes the
-recommendations (``k8scost.rightsizing`` holds the formulas) and replaces the tenant's
-documents in MongoDB ``k8s_rightsizing``. Each tenant's stage times (query, compute,
+window from the TSDB (PromQL that always carries ``tenant_id``), and its usage series
+(``k8scost.usage_series``) a point a minute per container: cAdvisor's CPU counter and
+working-set peak, kube-state-metrics' restarts, last termination reason and memory requests. A group with
+usage samples is sized on them by the recommender of ``--recommender`` (``vpa`` by default,
+``k8scost.usage_sizing``): CPU usage from the counter with resets and gaps left out
+(``usage_sizing.cpu_usage``), an OOM kill where the restart count rises while the last
+termination reported is ``OOMKilled``, at the memory request then. A group without any is
+sized on the exporter's hourly averages as before, and says so (``sized_on``). The job
+computes the recommendations (``k8scost.rightsizing`` holds the formulas) and replaces the
+tenant's documents in MongoDB ``k8s_rightsizing``. Each tenant's stage times (query, compute,
 MongoDB write) and the run's totals go to the job log, which the Ray dashboard shows.
 Exit status: 0 every tenant done, 1 some failed or MongoDB or Ray unreachable (run again:
 a run replaces, never adds), 2 bad arguments.
@@ -30,7 +38,7 @@ from typing import Any
 import ray
 from ray.util import metrics
 
-from k8scost import promql, raylocal
+from k8scost import promql, raylocal, usage_sizing
 from k8scost.rightsizing import (
     Algorithm,
     GroupKey,
@@ -39,6 +47,7 @@ from k8scost.rightsizing import (
     ParamsError,
     Replica,
     Status,
+    UsageSized,
     group,
     group_key,
     recommend_all,
@@ -49,6 +58,7 @@ from k8scost.stores.accounts import Account, AccountStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.rightsizing import RightsizingStore, document
 from k8scost.tsdb import TsdbClient
+from k8scost.usage_sizing import Oom, Recommender, ReplicaUsage
 
 log = logging.getLogger("jobs.rightsizing")
 
@@ -107,6 +117,123 @@ def tenant_queries(tenant_id: str, params: Params) -> dict[str, str]:
     return queries
 
 
+# --- usage series: per container, a point a minute ------------------------------------------
+
+USAGE_LABELS = ("cluster", "namespace", "pod", "container")
+# The VPA recommender samples usage once a minute (--recommender-interval 1m): the TSDB gives
+# each container's series a point a minute, not its raw 15 s samples (4× fewer to carry).
+USAGE_STEP_SECONDS = 60
+# A range query covers at most this much of the window (360 points a series; the TSDB allows 11,000).
+USAGE_CHUNK_SECONDS = 6 * 3600
+OOM_KILLED = "OOMKilled"
+
+
+def usage_queries(tenant_id: str) -> dict[str, str]:
+    """The range queries of the usage the job reads, by name; each a point per container at every step t.
+
+    Over (t − step, t]: the counters' (CPU, restarts) and gauges' last sample, the working
+    set's peak. A scrape target keeps its offset in the scrape interval, so consecutive last
+    samples of a counter are one step apart (a missed scrape aside): ``usage_sizing.cpu_usage``
+    gets the counter as sampled. ``max by`` the container drops the scrape's own labels.
+    """
+    window = promql.window(USAGE_STEP_SECONDS)
+    by = f"max by ({', '.join(USAGE_LABELS)})"
+
+    def last(metric: str, **matchers: str) -> str:
+        return f"{by} (last_over_time({promql.usage_selector(metric, tenant_id, **matchers)}[{window}]))"
+
+    return {
+        "cpu": last("container_cpu_usage_seconds_total"),
+        "memory": f"{by} (max_over_time("
+        f"{promql.usage_selector('container_memory_working_set_bytes', tenant_id)}[{window}]))",
+        "restarts": last("kube_pod_container_status_restarts_total"),
+        "oom": last("kube_pod_container_status_last_terminated_reason", reason=OOM_KILLED),
+        "memory_request": last("kube_pod_container_resource_requests", resource="memory", unit="byte"),
+    }
+
+
+Samples = list[tuple[float, float]]
+
+
+async def query_usage(tsdb: TsdbClient, tenant_id: str, start: int, end: int) -> dict[str, dict[tuple[str, ...], Samples]]:
+    """Each usage query's points over (start, end] (at start + step, …, ≤ end) by container, in time order."""
+    step = USAGE_STEP_SECONDS
+    points = USAGE_CHUNK_SECONDS // step
+    chunks = [(first, min(end, first + (points - 1) * step)) for first in range(start + step, end + 1, points * step)]
+    queries = usage_queries(tenant_id)
+    answers = await asyncio.gather(*(
+        tsdb.range(query, first, last, step) for query in queries.values() for first, last in chunks
+    ))
+    out: dict[str, dict[tuple[str, ...], Samples]] = {}
+    for index, name in enumerate(queries):
+        by_container: dict[tuple[str, ...], Samples] = {}
+        for answer in answers[index * len(chunks):(index + 1) * len(chunks)]:
+            for found in answer["result"]:
+                key = tuple(found["metric"].get(label, "") for label in USAGE_LABELS)
+                if key[3]:  # no container: a pod's cgroup
+                    by_container.setdefault(key, []).extend((float(t), float(v)) for t, v in found["values"])
+        out[name] = {key: sorted(points) for key, points in by_container.items()}
+    return out
+
+
+def ooms(restarts: Samples, oom_reported: Samples, memory_request: Samples) -> list[Oom]:
+    """An OOM kill at each point where the restart count rises while the last termination
+    reported (until the count's next point) is OOMKilled, at the memory request then (0 when
+    unknown: the kill's bump then rests on the samples)."""
+    reported = sorted(t for t, _ in oom_reported)
+    kills = []
+    for i in range(1, len(restarts)):
+        (_, before), (at, count) = restarts[i - 1], restarts[i]
+        until = restarts[i + 1][0] if i + 1 < len(restarts) else math.inf
+        if count > before and any(at <= t < until for t in reported):
+            requests = [v for t, v in memory_request if t <= at]
+            kills.append(Oom(at, requests[-1] if requests else 0.0))
+    return kills
+
+
+def replica_usage(usage: dict[str, dict[tuple[str, ...], Samples]]) -> dict[tuple[str, ...], ReplicaUsage]:
+    """Each container with CPU or memory samples: its usage (``k8scost.usage_sizing``)."""
+    out = {}
+    for key in sorted(set(usage["cpu"]) | set(usage["memory"])):
+        out[key] = ReplicaUsage(
+            usage_sizing.cpu_usage(usage["cpu"].get(key, [])),
+            usage["memory"].get(key, []),
+            ooms(usage["restarts"].get(key, []), usage["oom"].get(key, []), usage["memory_request"].get(key, [])),
+        )
+    return out
+
+
+def usage_sized(
+    groups: dict[GroupKey, list[tuple[str, ...]]], usage: dict[tuple[str, ...], ReplicaUsage],
+    recommender: Recommender, params: Params,
+) -> dict[GroupKey, UsageSized]:
+    """The recommender's requests for each group that has usage samples of any of its containers
+    (``groups``: the containers, by ``USAGE_LABELS``, of each group).
+
+    The usage series carry ``cluster`` only if the customer's Prometheus adds it (an external
+    label; the shipped configuration does not: an account is one cluster), so a container's
+    samples without it are its cluster's.
+    """
+    containers_per_pod: dict[tuple[str, ...], int] = {}
+    for key in usage:
+        containers_per_pod[key[:3]] = containers_per_pod.get(key[:3], 0) + 1
+
+    def own(container: tuple[str, ...]) -> tuple[str, ...] | None:
+        return next((key for key in (container, ("", *container[1:])) if key in usage), None)
+
+    sized = {}
+    for group_key_, containers in groups.items():
+        found = [key for c in containers if (key := own(c)) is not None]
+        replicas = [usage[key] for key in found]
+        if replicas:
+            per_pod = max(containers_per_pod[key[:3]] for key in found)
+            target = usage_sizing.recommend(recommender, replicas, params, containers_per_pod=per_pod)
+            sized[group_key_] = UsageSized(str(recommender), target.cpu_cores, target.memory_bytes)
+    return sized
+
+
+# --- the exporter's gauges ---------------------------------------------------------------------
+
 Vector = dict[tuple[str, ...], float]
 
 
@@ -128,6 +255,18 @@ async def query_tenant(tsdb: TsdbClient, tenant_id: str, params: Params, end: in
         name: _vector(answer, NODE_LABELS if name.endswith("_price") else CONTAINER_LABELS)
         for name, answer in zip(queries, answers)
     }
+
+
+def containers_by_group(answers: dict[str, Vector]) -> dict[GroupKey, list[tuple[str, ...]]]:
+    """The containers (by ``USAGE_LABELS``) of each group seen in the gauges."""
+    containers: dict[GroupKey, list[tuple[str, ...]]] = {}
+    seen = {labels for name, vector in answers.items() if not name.endswith("_price") for labels in vector}
+    for labels in sorted(seen):
+        cluster, namespace, pod, container, _, controller_kind, controller = labels
+        members = containers.setdefault(group_key(cluster, namespace, pod, container, controller_kind, controller), [])
+        if labels[:4] not in members:
+            members.append(labels[:4])
+    return containers
 
 
 def replicas_by_group(answers: dict[str, Vector]) -> dict[GroupKey, list[Replica]]:
@@ -167,6 +306,7 @@ class TenantReport:
     query_seconds: float
     compute_seconds: float
     write_seconds: float
+    sized_on_usage: int  # groups sized on their usage series; the others on hourly averages
 
     @property
     def total_seconds(self) -> float:
@@ -174,16 +314,21 @@ class TenantReport:
 
 
 async def rightsize_tenant(
-    account_id: str, organization_id: str, params: Params, end: int, tsdb: TsdbClient, store: RightsizingStore
+    account_id: str, organization_id: str, params: Params, end: int, tsdb: TsdbClient, store: RightsizingStore,
+    recommender: Recommender = Recommender.VPA,
 ) -> TenantReport:
     """Recommendations of one tenant over the window ending at ``end``, written to ``store``."""
     started = time.perf_counter()
-    answers = await query_tenant(tsdb, account_id, params, end)
+    answers, usage = await asyncio.gather(
+        query_tenant(tsdb, account_id, params, end), query_usage(tsdb, account_id, end - params.window_days * DAY, end)
+    )
     queried = time.perf_counter()
     groups = replicas_by_group(answers)
-    recommendations = recommend_all(groups, params)
+    sized = usage_sized(containers_by_group(answers), replica_usage(usage), recommender, params)
+    recommendations = recommend_all(groups, params, sized)
     run = {
         **params.document(),
+        "recommender": str(recommender),
         "window_start": end - params.window_days * DAY,
         "window_end": end,
         "computed_at": int(time.time()),
@@ -204,6 +349,7 @@ async def rightsize_tenant(
         query_seconds=queried - started,
         compute_seconds=computed - queried,
         write_seconds=written - computed,
+        sized_on_usage=len(sized),
     )
     for stage, seconds in (("query", report.query_seconds), ("compute", report.compute_seconds),
                            ("write", report.write_seconds)):
@@ -219,7 +365,8 @@ async def run_tenant(
     tsdb = TsdbClient(stores.tsdb_url, timeout=settings.tsdb_timeout, connections=16)
     db = connect(stores)
     try:
-        return await rightsize_tenant(account_id, organization_id, params, end, tsdb, RightsizingStore(db))
+        return await rightsize_tenant(account_id, organization_id, params, end, tsdb, RightsizingStore(db),
+                                      Recommender(settings.recommender))
     finally:
         await tsdb.aclose()
         db.client.close()
@@ -264,9 +411,11 @@ async def rightsize(
                 continue
             reports.append(report)
             log.info(
-                "rightsizing: tenant %s: %d groups (%d replicas), %d over- and %d under-provisioned, "
-                "savings %.2f USD/month, extra cost %.2f; query %.2f s, compute %.2f s, write %.2f s (%d/%d tenants)",
-                report.account_id, report.groups, report.replicas, report.over_provisioned, report.under_provisioned,
+                "rightsizing: tenant %s: %d groups (%d replicas; %d sized on usage series, the others on hourly "
+                "averages), %d over- and %d under-provisioned, savings %.2f USD/month, extra cost %.2f; query %.2f s, "
+                "compute %.2f s, write %.2f s (%d/%d tenants)",
+                report.account_id, report.groups, report.replicas, report.sized_on_usage, report.over_provisioned,
+                report.under_provisioned,
                 report.monthly_savings, report.extra_monthly_cost, report.query_seconds, report.compute_seconds,
                 report.write_seconds, len(reports) + len(failed), len(accounts),
             )
@@ -277,6 +426,7 @@ async def rightsize(
         "params": params.document(),
         "window_end": end,
         "groups": sum(r.groups for r in reports),
+        "sized_on_usage": sum(r.sized_on_usage for r in reports),
         "replicas": sum(r.replicas for r in reports),
         "monthly_savings": round(sum(r.monthly_savings for r in reports), 2),
         "extra_monthly_cost": round(sum(r.extra_monthly_cost for r in reports), 2),
@@ -312,12 +462,17 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Params]:
                         help=f"usage ÷ recommended CPU request (default {defaults.target_cpu_utilization})")
     parser.add_argument("--target-memory-utilization", type=float, default=defaults.target_memory_utilization,
                         help=f"usage ÷ recommended memory request (default {defaults.target_memory_utilization})")
+    parser.add_argument("--recommender", choices=[str(r) for r in Recommender], default=defaults.recommender,
+                        help="how containers with usage series are sized (default "
+                        f"{defaults.recommender}); the others on the exporter's hourly averages")
     parser.add_argument("--end", type=int, default=None, metavar="UNIX_SECONDS",
                         help="end of the window (default: now), to compute as of a past instant")
     parser.add_argument("--address", default=raylocal.default_address(),
                         help="Ray GCS address, host:port (default: $RAY_ADDRESS, as `ray job submit` sets it, "
                              f"else {raylocal.LOCAL_ADDRESS})")
     args = parser.parse_args(argv)
+    if args.recommender not in {str(r) for r in Recommender}:  # argparse checks a given flag, not its default
+        parser.error(f"--recommender / RIGHTSIZING_RECOMMENDER: {args.recommender!r} is not one of {', '.join(Recommender)}")
     now = int(time.time())
     if args.end is None:
         args.end = now
@@ -335,7 +490,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Params]:
 def main(argv: Sequence[str] | None = None) -> int:
     args, params = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    stores, settings = from_env(StoreSettings), from_env(RightsizingSettings)
+    stores = from_env(StoreSettings)
+    settings = dataclasses.replace(from_env(RightsizingSettings), recommender=args.recommender)
     started = time.perf_counter()
     try:
         accounts = asyncio.run(AccountStore(connect(stores)).select(args.cloud_account_id, args.organization_id))
@@ -345,8 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreUnavailable as exc:
         print(f"error: MongoDB unreachable at {stores.mongodb_url}: {exc.__cause__}", file=sys.stderr)
         return 1
-    log.info("rightsizing: %d tenants, window %d days, algorithm %s; accounts read in %.2f s",
-             len(accounts), params.window_days, params.algorithm, time.perf_counter() - started)
+    log.info("rightsizing: %d tenants, window %d days, recommender %s on usage series, algorithm %s on hourly "
+             "averages; accounts read in %.2f s", len(accounts), params.window_days, settings.recommender,
+             params.algorithm, time.perf_counter() - started)
     if not accounts:
         print(json.dumps({"accounts": 0, "done": 0, "failed": []}))
         return 0

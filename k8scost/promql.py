@@ -1,14 +1,26 @@
-"""PromQL for cost queries, built so that a query can only ever read one tenant's series.
+"""PromQL for cost, live and rightsizing queries, built so that a query can only ever read one
+tenant's series.
 
 Every selector carries ``tenant_id="<tenant>"`` with the value escaped, names only a
-known cost metric and only well-formed label names: no caller input reaches a query
-unchecked, whatever validation happened before.
+metric of its list (the cost gauges, the exporter's container gauges and node prices, the
+customer's usage families of ``k8scost.usage_series``) and only well-formed label names:
+no caller input reaches a query unchecked, whatever validation happened before.
+
+The live usage queries, per container c over the rate window W = LIVE_RATE_SECONDS (120 s):
+
+    CPU usage      rate(cpu_seconds_c[W]), no point if resets(cpu_seconds_c[W]) > 0
+    throttled      rate(throttled_periods_c[W]) / rate(periods_c[W]), no point on a reset
+    working set, requests, limits, restarts, OOM-killed, node memory: the series' value
+
+each the ``max`` over the group's series (one, twice for an HA pair), a missing series no point.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+
+from k8scost.usage_series import USAGE_FAMILIES
 
 TENANT_LABEL = "tenant_id"
 
@@ -154,12 +166,32 @@ class LiveSource:
     constant: tuple[tuple[str, str], ...] = ()
 
 
+# The window the live view's counters are rated over: eight scrapes at the customers' 15 s,
+# so a missed scrape still leaves a rate, short enough that a 1-minute spike shows.
+LIVE_RATE_SECONDS = 120
+
+
+@dataclasses.dataclass(frozen=True)
+class UsageSource:
+    """A function of the customer's usage series (``k8scost.usage_series``) forming one part.
+
+    ``template`` is PromQL per series: ``{0}``, ``{1}``, … stand for the tenant's series of
+    ``metrics`` (with the equality ``matchers``), ``{rate}`` for the rate window. The part is
+    its ``max`` per group: a group is one container or node, which has one series, written
+    twice only by an HA pair of Prometheus (a sum would double it, a ratio would add up).
+    """
+
+    template: str
+    metrics: tuple[str, ...]
+    matchers: tuple[tuple[str, str], ...] = ()
+
+
 @dataclasses.dataclass(frozen=True)
 class LiveQuery:
     """One allow-listed live query: per group of ``group_by`` labels, a time series per part."""
 
     group_by: tuple[str, ...]
-    parts: tuple[tuple[str, tuple[LiveSource, ...]], ...]  # (part name, its sources), in answer order
+    parts: tuple[tuple[str, tuple[LiveSource | UsageSource, ...]], ...]  # (part name, its sources), in answer order
     unit: str
     description: str
 
@@ -189,12 +221,77 @@ def _usage_vs_requests(resource: str, unit: str, group_by: tuple[str, ...]) -> L
             ("request", (LiveSource((CONTAINER_METRICS[resource, "request"],)),)),
         ),
         unit,
-        f"{resource.upper() if resource == 'cpu' else resource.title()} usage (average over the exporter's "
-        f"window) and requests per {per}, summed over its containers",
+        f"{resource.upper() if resource == 'cpu' else resource.title()} usage (the exporter's hourly averages) "
+        f"and requests per {per}, summed over its containers",
     )
 
 
+# Counters rated over LIVE_RATE_SECONDS; a window holding a reset (a restarted container
+# counts from 0 again under the same labels once its ``id`` is dropped) is a gap, not a guess.
+_RATE = "rate({0}[{rate}]) unless resets({0}[{rate}]) > 0"
+_CONTAINER = ("cluster", "namespace", "pod", "container")
+_CAPACITY = {"cpu": (("resource", "cpu"), ("unit", "core")), "memory": (("resource", "memory"), ("unit", "byte"))}
+
+
+def _against_requests_and_limits(usage: UsageSource, resource: str) -> tuple[tuple[str, tuple[UsageSource, ...]], ...]:
+    """The usage, and kube-state-metrics' request and limit in force (only those set: else a gap)."""
+    return (
+        ("usage", (usage,)),
+        ("request", (UsageSource("{0}", ("kube_pod_container_resource_requests",), _CAPACITY[resource]),)),
+        ("limit", (UsageSource("{0}", ("kube_pod_container_resource_limits",), _CAPACITY[resource]),)),
+    )
+
+
+# The live usage queries: the customer's cAdvisor, kube-state-metrics and node-exporter series
+# (``k8scost.usage_series``), per container as kubernetes-mixin's "Compute Resources /
+# Namespace (Pods)" shows them, and the nodes' memory. A missing exporter leaves its parts empty.
+LIVE_USAGE_QUERIES: dict[str, LiveQuery] = {
+    "cpu_usage_by_container": LiveQuery(
+        _CONTAINER,
+        _against_requests_and_limits(UsageSource(_RATE, ("container_cpu_usage_seconds_total",)), "cpu"),
+        "cores",
+        f"CPU usage (cAdvisor's counter rated over {LIVE_RATE_SECONDS} s; a window with a restart is a gap) "
+        "against the requests and limits of kube-state-metrics, per container",
+    ),
+    "memory_working_set_by_container": LiveQuery(
+        _CONTAINER,
+        _against_requests_and_limits(UsageSource("{0}", ("container_memory_working_set_bytes",)), "memory"),
+        "bytes",
+        "Memory working set (cAdvisor) against the requests and limits of kube-state-metrics, per container",
+    ),
+    "cpu_throttling_by_container": LiveQuery(
+        _CONTAINER,
+        (("throttled", (UsageSource(
+            "rate({0}[{rate}]) / rate({1}[{rate}]) unless resets({1}[{rate}]) > 0",
+            ("container_cpu_cfs_throttled_periods_total", "container_cpu_cfs_periods_total"),
+        ),)),),
+        "ratio",
+        f"Share of CFS periods throttled over {LIVE_RATE_SECONDS} s, per container with a CPU limit (cAdvisor)",
+    ),
+    "restarts_by_container": LiveQuery(
+        _CONTAINER,
+        (
+            ("restarts", (UsageSource("{0}", ("kube_pod_container_status_restarts_total",)),)),
+            ("oom_killed", (UsageSource(
+                "{0}", ("kube_pod_container_status_last_terminated_reason",), (("reason", "OOMKilled"),)
+            ),)),
+        ),
+        "count",
+        "Restarts of each container, and 1 while its last termination was an OOM kill (kube-state-metrics)",
+    ),
+    "node_memory_available": LiveQuery(
+        ("cluster", "node"),
+        (
+            ("available", (UsageSource("{0}", ("node_memory_MemAvailable_bytes",)),)),
+            ("allocatable", (UsageSource("{0}", ("kube_node_status_allocatable",), _CAPACITY["memory"]),)),
+        ),
+        "bytes",
+        "Memory available on each node (node-exporter) against its allocatable memory (kube-state-metrics)",
+    ),
+}
+
 LIVE_QUERIES: dict[str, LiveQuery] = {
+    **LIVE_USAGE_QUERIES,
     "cpu_usage_vs_requests_by_namespace": _usage_vs_requests("cpu", "cores", ("cluster", "namespace")),
     "cpu_usage_vs_requests_by_pod": _usage_vs_requests("cpu", "cores", ("cluster", "namespace", "pod")),
     "memory_usage_vs_requests_by_namespace": _usage_vs_requests("memory", "bytes", ("cluster", "namespace")),
@@ -243,6 +340,13 @@ def live_selector(metrics: tuple[str, ...], tenant_id: str, **matchers: str) -> 
     return "{" + f'__name__=~"{"|".join(metrics)}", ' + inner + "}"
 
 
+def usage_selector(metric: str, tenant_id: str, **matchers: str) -> str:
+    """``metric{tenant_id="<tenant_id>", ...}`` for a family of ``k8scost.usage_series``; ValueError as ``selector``."""
+    if metric not in USAGE_FAMILIES:
+        raise ValueError(f"unknown usage family {metric!r}")
+    return metric + "{" + _matchers(tenant_id, matchers) + "}"
+
+
 def live_promql(
     name: str, tenant_id: str, range_window: str, filters: dict[str, str] | None = None,
     max_series: int = LIVE_MAX_SERIES,
@@ -283,7 +387,7 @@ def live_promql(
 
 
 def _source_sum(
-    source: LiveSource, group_by: tuple[str, ...], tenant_id: str, filters: dict[str, str], rank_window: str
+    source: LiveSource | UsageSource, group_by: tuple[str, ...], tenant_id: str, filters: dict[str, str], rank_window: str
 ) -> str | None:
     """``source`` summed per group, its constant labels added; None if a filter rules it out.
 
@@ -292,6 +396,8 @@ def _source_sum(
     series per cluster) from a subquery of their sum, as functions of several metric names
     give series that only their names told apart, which Prometheus refuses.
     """
+    if isinstance(source, UsageSource):
+        return _usage_max(source, group_by, tenant_id, filters, rank_window)
     constant = dict(source.constant)
     if any(constant[label] != value for label, value in filters.items() if label in constant):
         return None
@@ -307,6 +413,16 @@ def _source_sum(
     for label, value in source.constant:
         expr = f'label_replace({expr}, "{label}", "{escape_label_value(value)}", "", "")'
     return expr
+
+
+def _usage_max(
+    source: UsageSource, group_by: tuple[str, ...], tenant_id: str, filters: dict[str, str], rank_window: str
+) -> str:
+    """``source`` per group (its max), or with ``rank_window`` the sum of that over the window
+    up to the range's end (a subquery: a function of the series is no raw sample)."""
+    selectors = [usage_selector(metric, tenant_id, **filters, **dict(source.matchers)) for metric in source.metrics]
+    expr = f"max by ({', '.join(group_by)}) ({source.template.format(*selectors, rate=window(LIVE_RATE_SECONDS))})"
+    return f"sum_over_time(({expr})[{rank_window}:] @ end())" if rank_window else expr
 
 
 # --- rightsizing: the container requests and usage, and the node prices (jobs/rightsizing.py) ---

@@ -44,6 +44,12 @@ and for the group:
                        right-sized (0), not-running (no replica runs at the end: savings 0),
                        unknown (a running replica without price or request, or no usage)
 
+Sized on usage series. When the job has a container's own usage samples (cAdvisor and
+kube-state-metrics, ``k8scost.usage_sizing``), the recommended requests of its group are the
+chosen recommender's on those samples (``recommend``'s ``usage``), and only the recommended
+values change: efficiency and savings are computed as above. Every recommendation says which
+(``sized_on``): ``usage series (<recommender>)``, or ``SIZED_ON_AVERAGES``.
+
 The maximum over replicas is Kubecost's: a deployment whose replicas peaked at 120 m and
 800 m gets 800 m / t for both. Efficiency sums samples, so it is the time-weighted average
 usage over the average request. Savings count the replicas running at the window's end,
@@ -65,6 +71,7 @@ HOURS_PER_MONTH = 730.0
 MIN_CPU_CORES = 0.01  # Kubecost's minRecCPUMillicores default, 10 m
 MIN_MEMORY_BYTES = 20 * MIB  # Kubecost's minRecRAMBytes default
 MAX_WINDOW_DAYS = 30  # the TSDB keeps out-of-order samples 30 days; Kubecost advises 2 days or more
+SIZED_ON_AVERAGES = "hourly averages: no usage series"
 
 
 class Algorithm(enum.StrEnum):
@@ -180,6 +187,7 @@ class Recommendation:
     cpu: ResourceRecommendation
     memory: ResourceRecommendation
     total_efficiency: float | None
+    sized_on: str = SIZED_ON_AVERAGES
 
     @property
     def monthly_savings(self) -> float | None:
@@ -233,9 +241,23 @@ def sized(statistics: Iterable[float | None], target: float, floor: float) -> fl
     return max(floor, max(known) / target) if known else None
 
 
-def _recommend_resource(resource: _Resource, replicas: Sequence[Replica], target: float) -> ResourceRecommendation:
+@dataclasses.dataclass(frozen=True)
+class UsageSized:
+    """A group's requests as a recommender sized them on its usage samples (None: no sample)."""
+
+    recommender: str
+    cpu_cores: float | None
+    memory_bytes: float | None
+
+
+def _recommend_resource(
+    resource: _Resource, replicas: Sequence[Replica], target: float, usage: UsageSized | None
+) -> ResourceRecommendation:
     observed = [getattr(r, resource.name) for r in replicas]
-    recommended = sized((o.statistic for o in observed), target, resource.floor)
+    if usage is None:
+        recommended = sized((o.statistic for o in observed), target, resource.floor)
+    else:
+        recommended = usage.cpu_cores if resource is _CPU else usage.memory_bytes
     request_sum = sum(o.request_sum for o in observed)
     efficiency = sum(o.usage_sum for o in observed) / request_sum if request_sum > 0 else None
     running = [o for r, o in zip(replicas, observed) if r.running]
@@ -262,23 +284,29 @@ def _total_efficiency(replicas: Sequence[Replica]) -> float | None:
     return usage / request if request > 0 else None
 
 
-def recommend(key: GroupKey, replicas: Sequence[Replica], params: Params) -> Recommendation:
-    """The recommendation of one group from its replicas (at least one)."""
+def recommend(key: GroupKey, replicas: Sequence[Replica], params: Params, usage: UsageSized | None = None) -> Recommendation:
+    """The recommendation of one group from its replicas (at least one); its requests sized on
+    ``usage`` when given, else on the hourly averages (module docstring)."""
     if not replicas:
         raise ValueError(f"group {key} has no replica")
     return Recommendation(
         key,
         replicas=sum(1 for r in replicas if r.running),
         pods=len({r.pod for r in replicas}),
-        cpu=_recommend_resource(_CPU, replicas, params.target_cpu_utilization),
-        memory=_recommend_resource(_MEMORY, replicas, params.target_memory_utilization),
+        cpu=_recommend_resource(_CPU, replicas, params.target_cpu_utilization, usage),
+        memory=_recommend_resource(_MEMORY, replicas, params.target_memory_utilization, usage),
         total_efficiency=_total_efficiency(replicas),
+        sized_on=SIZED_ON_AVERAGES if usage is None else f"usage series ({usage.recommender})",
     )
 
 
-def recommend_all(groups: Mapping[GroupKey, Sequence[Replica]], params: Params) -> list[Recommendation]:
-    """Every group's recommendation, the largest savings first (unknown savings last)."""
-    recommendations = [recommend(key, replicas, params) for key, replicas in groups.items()]
+def recommend_all(
+    groups: Mapping[GroupKey, Sequence[Replica]], params: Params, usage: Mapping[GroupKey, UsageSized] | None = None
+) -> list[Recommendation]:
+    """Every group's recommendation, the largest savings first (unknown savings last); a group
+    of ``usage`` sized on its usage samples."""
+    usage = usage or {}
+    recommendations = [recommend(key, replicas, params, usage.get(key)) for key, replicas in groups.items()]
     return sorted(recommendations, key=_savings_order)
 
 

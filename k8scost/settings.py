@@ -344,7 +344,8 @@ class RightsizingSettings:
         "(Kubecost's: peak or quantile ÷ target utilization). `vpa` because on simulated workloads "
         "(scripts/bench_rightsizing_algorithms.py) it left 1.5 % of containers' memory below the next day's peak, "
         "against 2.5 % for request-sizing-v2's peak at 10 times the over-provisioned cost and 28.5 % for today's "
-        "hourly averages. The job sizes the exporter's hourly gauges with request-sizing-v2 until it reads these samples.",
+        "hourly averages. The job sizes each container that has usage series with it (`--recommender`); the others on "
+        "the exporter's hourly averages with request-sizing-v2 (`--algorithm`), saying so (`sized_on`).",
     )
     algorithm: str = setting(
         "RIGHTSIZING_ALGORITHM",

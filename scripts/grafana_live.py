@@ -22,7 +22,7 @@ from k8scost.promql import LIVE_MAX_SERIES, LIVE_QUERIES, PART_LABEL, live_promq
 
 OUTPUT = ROOT / "cluster_config" / "grafana" / "cloudtuner-live.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-GRAFANA_UNITS = {"cores": "short", "bytes": "bytes", "USD/hour": "currencyUSD"}
+GRAFANA_UNITS = {"cores": "short", "bytes": "bytes", "USD/hour": "currencyUSD", "ratio": "percentunit", "count": "short"}
 # A gauge that every reporting cluster has: the tenants to pick from.
 TENANT_VALUES = "label_values(kubecost_cluster_cpu_cost, tenant_id)"
 
@@ -59,7 +59,10 @@ def dashboard() -> dict[str, Any]:
     return {
         "uid": "cloudtuner-live",
         "title": "CloudTuner · Kubernetes live",
-        "description": "Usage vs requests and cost rates of one tenant, from the allocation-exporter's gauges.",
+        "description": "One tenant's containers and nodes from its cAdvisor, kube-state-metrics and node-exporter "
+        "series (CPU rate, working set, against requests and limits, throttling, restarts and OOM kills, node memory: "
+        "kubernetes-mixin's Compute Resources / Namespace (Pods), per container), and its cost rates from the "
+        "allocation-exporter's gauges.",
         "tags": ["cloudtuner", "kubernetes", "kubecost"],
         "timezone": "utc",
         "editable": True,

@@ -386,8 +386,10 @@ async def test_the_job_recommends_what_the_formulas_give_by_hand(world: World) -
     assert_matches(docs["work"], BATCH)
     assert (docs["web"]["cluster"], docs["web"]["namespace"], docs["web"]["controller_kind"], docs["web"]["pod"]) == (
         "prod", "shop", "deployment", None)
+    # No usage series in this estate: every group is sized on the exporter's hourly averages, and says so.
+    assert {doc["sized_on"] for doc in docs.values()} == {"hourly averages: no usage series"}
     assert docs["web"]["run"] == {"window_days": 1, "algorithm": "max", "quantile": 0.95, "target_cpu_utilization": 0.7,
-                                  "target_memory_utilization": 0.7, "window_start": world.end - DAY,
+                                  "target_memory_utilization": 0.7, "recommender": "vpa", "window_start": world.end - DAY,
                                   "window_end": world.end, "computed_at": docs["web"]["run"]["computed_at"]}
     assert time.time() - 120 < docs["web"]["run"]["computed_at"] <= time.time()
     assert (report.groups, report.replicas, report.over_provisioned, report.under_provisioned) == (4, 5, 2, 1)
@@ -575,7 +577,8 @@ async def test_ray_job_submit_runs_the_job_as_the_readme_says(world: World) -> N
     )
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "rightsizing: 2/2 tenants in" in submitted.stdout
-    assert f"rightsizing: tenant {world.a.account}: 4 groups (5 replicas), 2 over- and 1 under-provisioned" in submitted.stdout
+    assert (f"rightsizing: tenant {world.a.account}: 4 groups (5 replicas; 0 sized on usage series, the others on "
+            "hourly averages), 2 over- and 1 under-provisioned") in submitted.stdout
     summary = json.loads(next(line for line in submitted.stdout.splitlines() if line.startswith('{"accounts"')))
     assert (summary["accounts"], summary["done"], summary["failed"], summary["groups"]) == (2, 2, [], 8)
     docs = await stored(world, world.a)

@@ -270,6 +270,24 @@ def gauges(org: Org, start: int, end: int, rate: float) -> bytes:
     ])
 
 
+# A value for every label a usage family may carry, where the family needs a particular one.
+USAGE_LABEL_VALUES = {"resource": "memory", "unit": "byte", "reason": "OOMKilled", "cpu": "total", "mode": "idle",
+                      "owner_kind": "StatefulSet", "owner_is_controller": "true"}
+
+
+def usage(org: Org, start: int, end: int) -> bytes:
+    """A series of every usage family (k8scost/usage_series.py) of ``org``'s main account over
+    (start, end], every RES s, each label marked with the organization: counters grow."""
+    times = range(start + RES, end + 1, RES)
+    series = []
+    for family in USAGE_FAMILIES.values():
+        labels = {label: USAGE_LABEL_VALUES.get(label, f"{org.mark}-{label}") for label in family.labels}
+        labels.update(cluster=f"{org.mark}-cluster", node=f"{org.mark}-node")
+        counter = family.type == "counter"
+        series.append(({"__name__": family.name, **labels}, [(t * 1000, t - start if counter else 2.0) for t in times]))
+    return encode(series)
+
+
 @pytest.fixture(scope="module")
 def estate(serve_apps: str) -> Estate:
     tag = uuid.uuid4().hex[:8]
@@ -294,6 +312,8 @@ def estate(serve_apps: str) -> Estate:
     start = end - 40 * RES
     for org, rate in ((a, 1.0), (b, 100.0)):
         answer = post(gauges(org, start, end, rate), org.credentials())
+        assert answer.status_code == 204, answer.text
+        answer = post(usage(org, start, end), org.credentials())
         assert answer.status_code == 204, answer.text
 
     tasks = []
@@ -833,15 +853,21 @@ async def test_r5e_metroculus_secret_and_tenant_isolation(estate: Estate) -> Non
             answer = await client.get(url, params={**query, "Secret": CLUSTER_SECRET})
             probes.check(f"{endpoint} secret as a parameter", [], answer, allowed={401}, scoped=False)
 
-            # With the secret: each tenant's answer is its own.
+            # With the secret: each tenant's answer is its own; k8s_live's for every query of its
+            # allow-list, each of which finds the tenant's own series (the usage families' too).
             for org, other in ((a, b), (b, a)):
-                answer = await client.get(url, params=metroculus_query(estate, params, org.account()),
-                                          headers={"Secret": CLUSTER_SECRET})
-                assert answer.status_code == 200, f"{endpoint}: give its parameters valid values: {answer.text}"
-                probes.tried += 1
-                strangers = other_tenants_in(answer.json(), org.account())
-                if other.mark in answer.text or strangers:
-                    probes.leaks.append(f"{endpoint} for {org.mark}: {strangers} {answer.text[:300]}")
+                for live_query in (promql.LIVE_QUERIES if "query" in params else (None,)):
+                    query = metroculus_query(estate, params, org.account())
+                    if live_query is not None:
+                        query["query"] = live_query
+                    answer = await client.get(url, params=query, headers={"Secret": CLUSTER_SECRET})
+                    assert answer.status_code == 200, f"{endpoint}: give its parameters valid values: {answer.text}"
+                    probes.tried += 1
+                    strangers = other_tenants_in(answer.json(), org.account())
+                    if other.mark in answer.text or strangers:
+                        probes.leaks.append(f"{endpoint} for {org.mark}: {strangers} {answer.text[:300]}")
+                    if live_query in promql.LIVE_USAGE_QUERIES:
+                        assert answer.json()["series"] and org.mark in answer.text, f"{live_query}: {answer.text[:300]}"
     # The written costs come back to their own tenant, exactly (1.0 and 100.0 $/h over 40 steps).
     costs = {}
     for org in (a, b):

@@ -68,6 +68,7 @@ def document(cloud_account_id: str, organization_id: str, r: Recommendation, run
         "monthly_savings": r.monthly_savings,
         "extra_monthly_cost": r.extra_monthly_cost,
         "status": str(r.status),
+        "sized_on": r.sized_on,
         "run": run,
     }
 

@@ -35,7 +35,7 @@ OPENAPI = {
             ("end_date", {"type": "integer"}, "Unix seconds, after start_date."),
             ("step", {"type": "integer"}, "Seconds between two points (at least 1; at most 11,000 points)."),
             ("cluster", {"type": "string"}, "Only this cluster."),
-            ("namespace", {"type": "string"}, "Only this namespace (queries by namespace or pod)."),
+            ("namespace", {"type": "string"}, "Only this namespace (queries grouping by namespace)."),
         )
     ]
 }

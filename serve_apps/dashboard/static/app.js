@@ -811,6 +811,8 @@ function renderRightsizing(answer) {
       savings.dataset.value = "";
     }
     savings.className = `num ${(item.monthly_savings ?? 0) < 0 ? "up" : "down"}`;
+    // What the recommendation was sized on: the container's usage series or the hourly averages.
+    const sized = (cell) => { cell.title = `sized on ${item.sized_on ?? "hourly averages"}`; cell.dataset.sizedOn = item.sized_on ?? ""; return cell; };
     const status = rightsizingCell(item.status, "status");
     if (item.status === "under-provisioned") status.title = `the recommended requests cost ${formatMoney(item.extra_monthly_cost)} more a month`;
     row.append(
@@ -818,10 +820,10 @@ function renderRightsizing(answer) {
       rightsizingCell(item.container, "container"),
       rightsizingCell(item.cluster, "cluster"),
       rightsizingCell(String(item.replicas), "replicas", item.replicas, true),
-      rightsizingCell(`${millicores(item.current_cpu_cores)} → ${millicores(item.recommended_cpu_cores)}`, "cpu",
-        item.recommended_cpu_cores, true),
-      rightsizingCell(`${mebibytes(item.current_memory_bytes)} → ${mebibytes(item.recommended_memory_bytes)}`, "memory",
-        item.recommended_memory_bytes, true),
+      sized(rightsizingCell(`${millicores(item.current_cpu_cores)} → ${millicores(item.recommended_cpu_cores)}`, "cpu",
+        item.recommended_cpu_cores, true)),
+      sized(rightsizingCell(`${mebibytes(item.current_memory_bytes)} → ${mebibytes(item.recommended_memory_bytes)}`, "memory",
+        item.recommended_memory_bytes, true)),
       rightsizingCell(share(item.total_efficiency), "total_efficiency", item.total_efficiency, true),
       savings,
       status,
@@ -993,8 +995,11 @@ function wireRecommendations() {
 
 // ---- live tab -----------------------------------------------------------------------------
 // The last hours of one cloud account (GET k8s_live: Metroculus's allow-listed range queries
-// over the TSDB): usage against requests per namespace or pod, cost rates per namespace,
-// node or cluster. The tab shows them in place of the other sections and asks again every
+// over the TSDB): per container its CPU and working set against requests and limits,
+// throttling, restarts and OOM kills, and node memory, from the customer's cAdvisor,
+// kube-state-metrics and node-exporter series (a point every 15 s over the last hour; a
+// point the TSDB has no value for is a gap); the exporter's hourly averages against requests
+// per namespace or pod; cost rates per namespace, node or cluster. The tab shows them in place of the other sections and asks again every
 // 30 s while it is open and the page is visible; it says when it last got an answer.
 
 const LIVE_REFRESH_MS = 30000;
@@ -1009,6 +1014,8 @@ function liveValue(value, unit = live.unit) {
   if (value === null || value === undefined) return "–";
   if (unit === "USD/hour") return `${formatMoney(value)}/h`;
   if (unit === "bytes") return value >= 2 ** 30 ? `${(value / 2 ** 30).toFixed(2)} GiB` : `${(value / 2 ** 20).toFixed(1)} MiB`;
+  if (unit === "ratio") return `${(value * 100).toFixed(1)} %`;
+  if (unit === "count") return String(value);
   return `${Number(value).toFixed(3)} cores`;
 }
 
@@ -1102,7 +1109,7 @@ function renderLive(answer) {
   const noun = `${groupBy.at(-1)}s`;
   const total = answer.series_total ?? series.length;
   const ratio = parts.includes("usage") && parts.includes("request");
-  $("live-description").textContent = `${answer.description ?? ""} (${live.unit})${ratio ? "; requests dashed" : ""}.`;
+  $("live-description").textContent = `${answer.description ?? ""} (${live.unit})${ratio ? `; requests dashed${parts.includes("limit") ? ", limits dotted" : ""}` : ""}.`;
   $("live-count").textContent = series.length < total ? `The ${series.length} largest of ${total} ${noun}.` : `${total} ${noun}.`;
   $("live-count").dataset.value = String(total);
 
@@ -1157,7 +1164,7 @@ function renderLive(answer) {
       for (const [t, value] of s[part] ?? []) if (index.has(t)) data[index.get(t)] = value;
       datasets.push({
         label: parts.length > 1 ? `${keyOf(s)} ${part}` : keyOf(s), data, borderColor: color, backgroundColor: color,
-        borderDash: part === "request" ? [6, 4] : [], borderWidth: 1.5, pointRadius: 0, spanGaps: false,
+        borderDash: part === "request" ? [6, 4] : part === "limit" ? [2, 3] : [], borderWidth: 1.5, pointRadius: 0, spanGaps: false,
       });
     }
   });
