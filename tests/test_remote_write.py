@@ -82,6 +82,14 @@ def test_disallowed_metric_is_dropped_and_counted(police: TenantPolice) -> None:
     assert out.samples == 1
 
 
+def test_a_dropped_series_without_samples_adds_no_reason(police: TenantPolice) -> None:
+    """The ingress counts each reason's samples in a Ray counter, which refuses 0 (R4 found a
+    bit-flipped body that decoded to such a series and got a 500)."""
+    body = encode([({"__name__": "node_network_receive_bytes_total"}, []), (cost(), [(NOW_MS, 3)])])
+    out = police.police(body, NOW_MS)
+    assert out.dropped == {} and out.samples == 1
+
+
 def test_staleness_marker_passes_bit_exact(police: TenantPolice) -> None:
     out = police.police(encode([(cost(), [(NOW_MS, STALE_NAN)])]), NOW_MS)
     [(_, [(_, value)])] = decode(out.body)

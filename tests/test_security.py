@@ -423,7 +423,7 @@ def test_the_leak_check_sees_leaks_and_not_echoes() -> None:
     """Without servers: the figures' "0 leaks" would mean nothing if the check missed one."""
     a = Org("org-a", "t", "user-a", "a@x", "amark0", {"main": {"id": "acct-a"}})
     b = Org("org-b", "t", "user-b", "b@x", "bmark0", {"main": {"id": "acct-b"}})
-    probes = Probes(Estate(a, b, "task-a", "task-b", 0, 1, {"res-b"}, 0.0))
+    probes = Probes(Estate(a, b, "task-a", "task-b", "item-a", "item-b", 0, 1, {"res-b"}, 0.0))
 
     def answer(status: int, body: Any) -> httpx.Response:
         return httpx.Response(status, json=body)

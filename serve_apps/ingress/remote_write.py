@@ -215,7 +215,7 @@ class TenantPolice:
             body=body if untouched and not rebuild else snappy.compress(request.SerializeToString()),
             series=len(request.timeseries),
             samples=samples,
-            dropped=dropped,
+            dropped=+dropped,  # without the reasons of series that had no sample: counters refuse 0
             over_limit=len(over_limit),
         )
 
