@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
 import math
 import sys
@@ -63,6 +62,7 @@ from typing import Any
 import ray
 from ray.util import metrics
 
+from jobs.tenant_runs import each_tenant, run_job
 from k8scost import promql, raylocal
 from k8scost.anomalies import Detection
 from k8scost.anomalies import Params as AnomalyParams
@@ -72,8 +72,7 @@ from k8scost.forecast import insufficient_history
 from k8scost.rightsizing import Status
 from k8scost.settings import DAY, StoreSettings, from_env
 from k8scost.spot_readiness import DEFAULT_SPOT_DISCOUNT, Rule, SpotParams, assess
-from k8scost.stores import StoreUnavailable
-from k8scost.stores.accounts import Account, AccountStore
+from k8scost.stores.accounts import Account
 from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.expense_queries import ExpenseQueries, Scope
 from k8scost.stores.mongo import connect
@@ -510,30 +509,14 @@ async def optimize(accounts: Sequence[Account], end: int, options: Options, stor
                    task_cpus: float, tsdb_timeout: float) -> dict[str, Any]:
     """A Ray task per account, all submitted at once; the run's summary."""
     started = time.perf_counter()
-    pending = {
-        asyncio.ensure_future(_result(optimize_task.options(num_cpus=task_cpus, name=f"optimizations {a.id}").remote(
-            a, end, options, stores, tsdb_timeout))): a
-        for a in accounts
-    }
-    reports: list[TenantReport] = []
-    failed: list[str] = []
-    while pending:
-        finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        for future in finished:
-            account = pending.pop(future)
-            try:
-                report = future.result()
-            except Exception as exc:  # Ray retried already; the next run tries again
-                failed.append(account.id)
-                FAILURES.inc()
-                log.error("optimizations: tenant %s failed: %s", account.id, exc)
-            else:
-                reports.append(report)
-                log.info("optimizations: tenant %s: %s in %.2f s", report.account_id,
-                         ", ".join(f"{m} {report.items[m]} items, {report.savings[m]:.2f} USD/month" for m in report.items),
-                         report.seconds)
-            done = len(reports) + len(failed)
-            log.info("optimizations: %d/%d tenants (%d %%)", done, len(accounts), 100 * done // len(accounts))
+    reports, failed = await each_tenant(
+        "optimizations", accounts,
+        lambda a: optimize_task.options(num_cpus=task_cpus, name=f"optimizations {a.id}").remote(
+            a, end, options, stores, tsdb_timeout),
+        lambda r: ", ".join(f"{m} {r.items[m]} items, {r.savings[m]:.2f} USD/month" for m in r.items)
+        + f" in {r.seconds:.2f} s",
+        FAILURES,
+    )
     modules = [str(m) for m in options.modules]
     return {
         "accounts": len(accounts),
@@ -544,10 +527,6 @@ async def optimize(accounts: Sequence[Account], end: int, options: Options, stor
         "saving": {m: round(sum(r.savings.get(m, 0.0) for r in reports), 2) for m in modules},
         "seconds": round(time.perf_counter() - started, 3),
     }
-
-
-async def _result(ref: Any) -> TenantReport:
-    return await ref
 
 
 def _discount(text: str) -> tuple[str, float]:
@@ -610,30 +589,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, options = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     stores = from_env(StoreSettings)
-    try:
-        accounts = asyncio.run(AccountStore(connect(stores)).select(args.cloud_account_id, args.organization_id))
-    except LookupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StoreUnavailable as exc:
-        print(f"error: MongoDB unreachable at {stores.mongodb_url}: {exc.__cause__}", file=sys.stderr)
-        return 1
-    log.info("optimizations: %d tenants, modules %s", len(accounts), ", ".join(options.modules))
-    if not accounts:
-        print(json.dumps({"accounts": 0, "done": 0, "failed": []}))
-        return 0
-    try:
-        raylocal.connect(args.address)
-    except raylocal.RayUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    summary = asyncio.run(optimize(accounts, args.end, options, stores, args.task_cpus, args.tsdb_timeout))
-    print(json.dumps(summary))
-    if summary["failed"]:
-        print(f"error: {len(summary['failed'])} tenants failed; run again (a run replaces, never adds)", file=sys.stderr)
-        return 1
-    return 0
 
+    async def run(accounts: list[Account]) -> dict[str, Any]:
+        log.info("optimizations: %d tenants, modules %s", len(accounts), ", ".join(options.modules))
+        return await optimize(accounts, args.end, options, stores, args.task_cpus, args.tsdb_timeout)
+
+    return run_job("optimizations", stores, args.cloud_account_id, args.organization_id, args.address, run)
 
 if __name__ == "__main__":
     sys.exit(main())

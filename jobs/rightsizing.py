@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
 import math
 import sys
@@ -38,6 +37,7 @@ from typing import Any
 import ray
 from ray.util import metrics
 
+from jobs.tenant_runs import each_tenant, run_job
 from k8scost import promql, raylocal, usage_sizing
 from k8scost.rightsizing import (
     Algorithm,
@@ -53,8 +53,7 @@ from k8scost.rightsizing import (
     recommend_all,
 )
 from k8scost.settings import DAY, RightsizingSettings, SettingsError, StoreSettings, from_env
-from k8scost.stores import StoreUnavailable
-from k8scost.stores.accounts import Account, AccountStore
+from k8scost.stores.accounts import Account
 from k8scost.stores.mongo import connect
 from k8scost.stores.rightsizing import RightsizingStore, document
 from k8scost.tsdb import TsdbClient
@@ -388,37 +387,18 @@ async def rightsize(
 ) -> dict[str, Any]:
     """A Ray task per account, all submitted at once; the run's summary."""
     started = time.perf_counter()
-    pending = {
-        asyncio.ensure_future(_result(
-            rightsize_task.options(num_cpus=settings.task_cpus, name=f"rightsizing {a.id}").remote(
-                a.id, a.organization_id, params, end, stores, settings
-            )
-        )): a
-        for a in accounts
-    }
-    reports: list[TenantReport] = []
-    failed: list[str] = []
-    while pending:
-        finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        for future in finished:
-            account = pending.pop(future)
-            try:
-                report = future.result()
-            except Exception as exc:  # Ray retried already; the next run tries again
-                failed.append(account.id)
-                FAILURES.inc()
-                log.error("rightsizing: tenant %s failed: %s", account.id, exc)
-                continue
-            reports.append(report)
-            log.info(
-                "rightsizing: tenant %s: %d groups (%d replicas; %d sized on usage series, the others on hourly "
-                "averages), %d over- and %d under-provisioned, savings %.2f USD/month, extra cost %.2f; query %.2f s, "
-                "compute %.2f s, write %.2f s (%d/%d tenants)",
-                report.account_id, report.groups, report.replicas, report.sized_on_usage, report.over_provisioned,
-                report.under_provisioned,
-                report.monthly_savings, report.extra_monthly_cost, report.query_seconds, report.compute_seconds,
-                report.write_seconds, len(reports) + len(failed), len(accounts),
-            )
+    reports, failed = await each_tenant(
+        "rightsizing", accounts,
+        lambda a: rightsize_task.options(num_cpus=settings.task_cpus, name=f"rightsizing {a.id}").remote(
+            a.id, a.organization_id, params, end, stores, settings),
+        lambda r: (
+            f"{r.groups} groups ({r.replicas} replicas; {r.sized_on_usage} sized on usage series, the others on "
+            f"hourly averages), {r.over_provisioned} over- and {r.under_provisioned} under-provisioned, savings "
+            f"{r.monthly_savings:.2f} USD/month, extra cost {r.extra_monthly_cost:.2f}; query {r.query_seconds:.2f} s, "
+            f"compute {r.compute_seconds:.2f} s, write {r.write_seconds:.2f} s"
+        ),
+        FAILURES,
+    )
     return {
         "accounts": len(accounts),
         "done": len(reports),
@@ -436,10 +416,6 @@ async def rightsize(
         "write_seconds": round(sum(r.write_seconds for r in reports), 3),
         "seconds": round(time.perf_counter() - started, 3),
     }
-
-
-async def _result(ref: Any) -> TenantReport:
-    return await ref
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Params]:
@@ -492,36 +468,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     stores = from_env(StoreSettings)
     settings = dataclasses.replace(from_env(RightsizingSettings), recommender=args.recommender)
-    started = time.perf_counter()
-    try:
-        accounts = asyncio.run(AccountStore(connect(stores)).select(args.cloud_account_id, args.organization_id))
-    except LookupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StoreUnavailable as exc:
-        print(f"error: MongoDB unreachable at {stores.mongodb_url}: {exc.__cause__}", file=sys.stderr)
-        return 1
-    log.info("rightsizing: %d tenants, window %d days, recommender %s on usage series, algorithm %s on hourly "
-             "averages; accounts read in %.2f s", len(accounts), params.window_days, settings.recommender,
-             params.algorithm, time.perf_counter() - started)
-    if not accounts:
-        print(json.dumps({"accounts": 0, "done": 0, "failed": []}))
-        return 0
-    try:
-        raylocal.connect(args.address)
-    except raylocal.RayUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    summary = asyncio.run(rightsize(accounts, params, args.end, stores, settings))
-    log.info("rightsizing: %d/%d tenants in %.2f s (stages summed over tenants: query %.2f s, compute %.2f s, "
-             "write %.2f s)", summary["done"], summary["accounts"], summary["seconds"], summary["query_seconds"],
-             summary["compute_seconds"], summary["write_seconds"])
-    print(json.dumps(summary))
-    if summary["failed"]:
-        print(f"error: {len(summary['failed'])} tenants failed; run again (a run replaces, never adds)", file=sys.stderr)
-        return 1
-    return 0
 
+    async def run(accounts: list[Account]) -> dict[str, Any]:
+        log.info("rightsizing: %d tenants, window %d days, recommender %s on usage series, algorithm %s on hourly "
+                 "averages", len(accounts), params.window_days, settings.recommender, params.algorithm)
+        summary = await rightsize(accounts, params, args.end, stores, settings)
+        log.info("rightsizing: %d/%d tenants in %.2f s (stages summed over tenants: query %.2f s, compute %.2f s, "
+                 "write %.2f s)", summary["done"], summary["accounts"], summary["seconds"], summary["query_seconds"],
+                 summary["compute_seconds"], summary["write_seconds"])
+        return summary
+
+    return run_job("rightsizing", stores, args.cloud_account_id, args.organization_id, args.address, run)
 
 if __name__ == "__main__":
     sys.exit(main())
