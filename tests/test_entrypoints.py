@@ -123,7 +123,7 @@ def test_optimizations_runs_a_tenant_on_the_local_ray(local_ray: None, accounts)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = json.loads(done.stdout.splitlines()[-1])
     assert (summary["accounts"], summary["done"], summary["failed"]) == (1, 1, [])  # its task ran on Ray
-    assert "optimizations: 1/1 tenants (100 %)" in done.stdout
+    assert f"optimizations: tenant {account.id}: k8s_cost_anomalies " in done.stdout and "(1/1 tenants)" in done.stdout
 
 
 @pytest.mark.parametrize("entry", ["actors", "backfill", "rightsizing", "optimizations"])
