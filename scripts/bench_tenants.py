@@ -79,6 +79,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float], unit: str = "s") -> str:
+    if not values:
+        return "none"
     return f"p50 {pct(values, 0.5):.2f} {unit}, p99 {pct(values, 0.99):.2f} {unit} (max {max(values):.2f}, n {len(values)})"
 
 
@@ -289,7 +291,7 @@ def main() -> None:
     print(f"| steady cycle, all, wall from the call | {summary([c['wall'] for c in steady])} |")
     print(f"| settle, all, actor's stages | {summary([total(c['report']) for c in settles])} |")
     print(f"| ledger lag (since the last good cycle, sampled every s; a round every {args.period:.0f} s) | {summary(lags)} |")
-    print(f"| rows written per steady cycle, mean | {statistics.mean(c['report'].rows_written for c in steady):,.0f} |")
+    print(f"| rows written per steady cycle, mean | {statistics.mean([c['report'].rows_written for c in steady] or [0]):,.0f} |")
     print(f"| failed cycles | {len(failures)}" + (f", e.g. {failures[0]['error']}" if failures else "") + " |")
 
     # Per tenant-hour at the defaults: CYCLE_SECONDS apart, one in LEDGER_SETTLE_SECONDS a settle.
