@@ -144,6 +144,18 @@ async def drop_database(stores: StoreSettings) -> None:
     await connect(stores).client.drop_database(stores.mongodb_database)
 
 
+def tsdb_cpu() -> tuple[int, float]:
+    """The TSDB's pid and CPU seconds so far."""
+    pid = tsdb_pid()
+    return pid, cpu_seconds(pid)
+
+
+def tsdb_spent(since: tuple[int, float]) -> float:
+    """The TSDB's CPU seconds since ``since``; NaN if it restarted meanwhile (the machine is shared)."""
+    pid, cpu = tsdb_cpu()
+    return cpu - since[1] if pid == since[0] else float("nan")
+
+
 def interrupted(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -195,7 +207,6 @@ def main() -> None:
     # Ctrl-C or a kill: the finally below still kills every actor (the driver owns them too).
     signal.signal(signal.SIGTERM, interrupted)
     try:
-        tsdb = tsdb_pid()
         bare = [BareActor.remote() for _ in range(args.anchors)]
         importing = [ImportingActor.remote() for _ in range(args.anchors)]
         actors += bare + importing
@@ -222,20 +233,31 @@ def main() -> None:
         # Idle: every actor between cycles, the scrapes landing.
         time.sleep(5)
         every = [p for group in pids.values() for p in group]
-        before, tsdb_before, t0 = {p: cpu_seconds(p) for p in every}, cpu_seconds(tsdb), time.time()
+        before, tsdb_before, t0 = {p: cpu_seconds(p) for p in every}, tsdb_cpu(), time.time()
         time.sleep(args.idle_seconds)
         idle_wall = time.time() - t0
         idle_cpu = {p: (cpu_seconds(p) - before[p]) / idle_wall for p in every}
-        tsdb_idle_rate = (cpu_seconds(tsdb) - tsdb_before) / idle_wall  # ingest, and whatever else runs there
+        tsdb_idle_rate = tsdb_spent(tsdb_before) / idle_wall  # ingest, and whatever else runs there
         idle_pss = {p: pss_mb(p) for p in every}
+        # Printed now: a later failure (the machine is shared) still leaves these.
+        print()
+        print(f"| idle actor ({idle_wall:.0f} s, every actor at once) | actors | PSS MB, mean (max) | vs anchor | "
+              "CPU % of a core, mean (max) |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        anchor = statistics.mean(idle_pss[p] for p in pids["bare Ray actor (anchor)"])
+        for name, group in pids.items():
+            if group:
+                mem, cpu = [idle_pss[p] for p in group], [idle_cpu[p] * 100 for p in group]
+                print(f"| {name} | {len(group)} | {statistics.mean(mem):.1f} ({max(mem):.1f}) | "
+                      f"{statistics.mean(mem) / anchor:.2f} | {statistics.mean(cpu):.2f} ({max(cpu):.2f}) |", flush=True)
 
         # Steady rounds, then a round where every tenant settles (reads the open days whole).
         def measured(rounds_: int, days: list | None) -> tuple[list[dict], list, float, float, float]:
-            cpu0, tsdb0, t = sum(cpu_seconds(p) for p in tenant_pids), cpu_seconds(tsdb), time.time()
+            cpu0, tsdb0, t = sum(cpu_seconds(p) for p in tenant_pids), tsdb_cpu(), time.time()
             cycles, ends = rounds(tenant_actors, rounds_, args.period, days)
             wall = time.time() - t
             actor_cpu = sum(cpu_seconds(p) for p in tenant_pids) - cpu0 - sum(idle_cpu[p] for p in tenant_pids) * wall
-            return cycles, ends, wall, actor_cpu, cpu_seconds(tsdb) - tsdb0 - tsdb_idle_rate * wall
+            return cycles, ends, wall, actor_cpu, tsdb_spent(tsdb0) - tsdb_idle_rate * wall
 
         steady_started = time.time()
         steady, ends, steady_wall, steady_cpu, steady_tsdb = measured(args.cycles, None)
@@ -266,21 +288,6 @@ def main() -> None:
     steady, settles = ([c for c in group if c["report"] is not None] for group in (steady, settles))
 
     print()
-    print(f"| idle actor ({args.idle_seconds:.0f} s, every actor at once) | actors | PSS MB, mean (max) | vs anchor | "
-          f"CPU % of a core, mean (max) | PSS MB after the cycles, mean (max) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    anchor = statistics.mean(idle_pss[p] for p in pids["bare Ray actor (anchor)"])
-    for name, group in pids.items():
-        if not group:
-            continue
-        mem = [idle_pss[p] for p in group]
-        cpu = [idle_cpu[p] * 100 for p in group]
-        after = [after_pss[p] for p in group if p in after_pss]
-        print(f"| {name} | {len(group)} | {statistics.mean(mem):.1f} ({max(mem):.1f}) | {statistics.mean(mem) / anchor:.2f} | "
-              f"{statistics.mean(cpu):.2f} ({max(cpu):.2f}) | "
-              f"{f'{statistics.mean(after):.1f} ({max(after):.1f})' if after else '—'} |")
-
-    print()
     print(f"| cycles ({args.cycles} rounds of {len(tenant_actors)} over {args.period:.0f} s each, then a settle round) | figure |")
     print("| --- | --- |")
     for name, *_ in SIZES:
@@ -292,6 +299,10 @@ def main() -> None:
     print(f"| settle, all, actor's stages | {summary([total(c['report']) for c in settles])} |")
     print(f"| ledger lag (since the last good cycle, sampled every s; a round every {args.period:.0f} s) | {summary(lags)} |")
     print(f"| rows written per steady cycle, mean | {statistics.mean([c['report'].rows_written for c in steady] or [0]):,.0f} |")
+    for name, group in pids.items():
+        after = [after_pss[p] for p in group if p in after_pss]
+        if after:
+            print(f"| {name}: PSS after the cycles | mean {statistics.mean(after):.1f} MB (max {max(after):.1f}) |")
     print(f"| failed cycles | {len(failures)}" + (f", e.g. {failures[0]['error']}" if failures else "") + " |")
 
     # Per tenant-hour at the defaults: CYCLE_SECONDS apart, one in LEDGER_SETTLE_SECONDS a settle.
