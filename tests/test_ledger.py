@@ -353,13 +353,12 @@ def first_cycle(actor, after_pid: int | None = None) -> dict:
 
 def test_late_samples_land_at_the_next_settle(live, ray_driver) -> None:
     account, credentials = live
-    # Long enough for the steps before the "new hours" cycle on a loaded CI machine (the
-    # full suite took them > 20 s once), which must not be a scheduled settle.
-    settle_seconds = 60.0
-    actor = TenantActor.remote(account.id, account.organization_id, config(settle_seconds=settle_seconds))
+    # No scheduled settle within the test, however slow the machine: the settle below is
+    # asked for (days by name), so no step races a clock. When a schedule fires is
+    # test_ledger_hours' (``settle_reason``).
+    actor = TenantActor.remote(account.id, account.organization_id, config(settle_seconds=86400.0))
     try:
         assert first_cycle(actor)["last_report"]["read"] == "settle (no hours kept)"
-        settled = time.time()
         assert_ledger_is_metroculus(account.id)
         # Half an hour of samples that came late, long after their hour closed (a sender
         # catching up), at twice the rate: the day costs more, and the hours kept miss it.
@@ -369,12 +368,12 @@ def test_late_samples_land_at_the_next_settle(live, ray_driver) -> None:
         # at most the hour that closed since and the two not closed yet: not the late ones
         assert report.read == "new hours" and report.hours_read <= 3, report
         p1 = rid(account.id, Kind.POD, "live", "ns", "p1")
+        days = ledger.open_days(now, config().ledger.open_days)
         missed = sum(expected_costs(account.id, day).get(p1, 0.0) - ledger_costs(account.id, day).get(p1, 0.0)
-                     for day in ledger.open_days(now, config().ledger.open_days))
+                     for day in days)
         assert missed > 0.1  # ≈ half an hour of p1 at 0.4 more per hour
-        time.sleep(max(0.0, settled + settle_seconds - time.time()))
-        report = ray.get(actor.cycle.remote())
-        assert report.read == "settle (schedule)" and report.rows_written > 0
+        report = ray.get(actor.cycle.remote(days))
+        assert report.read == "settle (days asked)" and report.rows_written > 0
         assert_ledger_is_metroculus(account.id)
     finally:
         ray.kill(actor)
