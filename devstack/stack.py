@@ -12,12 +12,14 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
 import yaml
+
+from serve_apps.ingress.remote_write import encode
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where scripts/services.sh keeps the servers' data, logs and pids: CLOUDTUNER_DATA lets a
@@ -25,11 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("CLOUDTUNER_DATA") or ROOT / ".data")
 SERVICES = ROOT / "scripts" / "services.sh"
 SERVE_CONFIG = ROOT / "cluster_config" / "serve_config.yaml"
+# scripts/services.sh's TSDB, Thanos: Query's PromQL, Receive's remote write (a tenant per
+# THANOS-TENANT header), the Store Gateway's HTTP, the bucket's configuration.
 TSDB_URL = "http://127.0.0.1:9090"
-# scripts/services.sh's Thanos stack: Query's PromQL, the Store Gateway's HTTP, the bucket.
-THANOS_QUERY_URL = "http://127.0.0.1:10904"
+TSDB_WRITE_URL = "http://127.0.0.1:10908/api/v1/receive"
+TENANT_HEADER = "THANOS-TENANT"
 THANOS_STORE_URL = "http://127.0.0.1:10912"
-THANOS_OBJSTORE = ROOT / ".data" / "thanos" / "objstore.yaml"
+THANOS_OBJSTORE = DATA / "thanos" / "objstore.yaml"
 THANOS = Path(os.environ.get("CLOUDTUNER_TOOLS", Path.home() / ".cache" / "cloudtuner-k8s")) / "bin" / "thanos"
 SERVE_URL = "http://127.0.0.1:8000"
 RAY_DASHBOARD = "http://127.0.0.1:8265"
@@ -123,15 +127,40 @@ def deploy_serve(env_vars: dict[str, str] | None = None, *, fresh: bool = True) 
     wait_for("Serve applications to run", running, timeout=180, interval=1)
 
 
-def load_blocks(blocks_dir: Path) -> None:
-    """Move the TSDB blocks of ``blocks_dir`` into the local TSDB, which is stopped meanwhile."""
-    from devstack.simulator.history import load_into  # the simulator imports this module
+def write_samples(series: Iterable[tuple[Mapping[str, str], Iterable[tuple[int, float]]]],
+                  http: httpx.Client | None = None) -> None:
+    """Remote-write ``series`` straight into the local TSDB, one write per tenant, as the
+    ingress forwards them: Receive files a write under its THANOS-TENANT header, so each
+    series goes under its own ``tenant_id`` label. Raises on any refusal."""
+    by_tenant: dict[str, list] = {}
+    for labels, samples in series:
+        by_tenant.setdefault(labels["tenant_id"], []).append((labels, samples))
+    for tenant, members in by_tenant.items():
+        answer = (http or httpx).post(TSDB_WRITE_URL, content=encode(members), timeout=60, headers={
+            "Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+            "X-Prometheus-Remote-Write-Version": "0.1.0", TENANT_HEADER: tenant})
+        if not answer.is_success:
+            raise RuntimeError(f"the TSDB refused a write of {tenant}'s samples: {answer.status_code} {answer.text}")
+        oldest = min((t for _, samples in members for t, _ in samples), default=None)
+        if oldest is not None:
+            wait_for(f"Query to answer {tenant}'s samples from {oldest} ms", lambda: tsdb_holds(tenant, oldest), 30)
 
-    services("stop", "tsdb")
-    try:
-        load_into(DATA / "tsdb" / "data", blocks_dir)
-    finally:
-        services("start", "tsdb")
+
+def tsdb_holds(tenant: str, since_ms: int) -> bool:
+    """Whether Query asks, for ``tenant``'s series, a store that holds them from ``since_ms``.
+
+    Query learns which tenants and times its stores hold every 5 s and skips the others: a
+    new tenant's first samples are answered some seconds after Receive took them.
+    """
+    stores = httpx.get(f"{TSDB_URL}/api/v1/stores", timeout=10).json()["data"]
+    return any(store["minTime"] <= since_ms and any(labels.get("tenant_id") == tenant for labels in store["labelSets"])
+               for group in stores.values() for store in group)
+
+
+def load_blocks(blocks_dir: Path, timeout: float = 120.0) -> dict[str, list[str]]:
+    """Load the history ``write_blocks`` wrote into ``blocks_dir`` (a directory of blocks per
+    tenant) into the local TSDB; the block ids per tenant, once Query answers from them."""
+    return upload_blocks({tenant.name: tenant for tenant in sorted(blocks_dir.iterdir()) if tenant.is_dir()}, timeout)
 
 
 def upload_blocks(blocks: Mapping[str, Path], timeout: float = 120.0) -> dict[str, list[str]]:
@@ -152,7 +181,7 @@ def upload_blocks(blocks: Mapping[str, Path], timeout: float = 120.0) -> dict[st
         wanted = {ulid for ulids in uploaded.values() for ulid in ulids}
         if not wanted <= {block["ulid"] for block in loaded["data"]["blocks"]}:
             return False
-        stores = httpx.get(f"{THANOS_QUERY_URL}/api/v1/stores", timeout=10).json()["data"].get("store", [])
+        stores = httpx.get(f"{TSDB_URL}/api/v1/stores", timeout=10).json()["data"].get("store", [])
         return all(any(store["minTime"] <= since and {"tenant_id": tenant} in store["labelSets"] for store in stores)
                    for tenant, since in oldest.items())
 

@@ -124,8 +124,8 @@ class IngressSettings:
 
     tsdb_remote_write_url: str = setting(
         "TSDB_REMOTE_WRITE_URL",
-        "http://127.0.0.1:9090/api/v1/write",
-        "Where accepted writes go: Prometheus /api/v1/write, or Thanos Receive /api/v1/receive.",
+        "http://127.0.0.1:10908/api/v1/receive",
+        "Where accepted writes go: Thanos Receive's /api/v1/receive.",
     )
     tenant_header: str = setting(
         "TSDB_TENANT_HEADER", "THANOS-TENANT", "Header naming the tenant on forwarded writes."

@@ -4,15 +4,15 @@
 #
 #   scripts/services.sh start|stop|status|restart [SERVICE...]
 #
-# SERVICE: clickhouse, mongodb, tsdb (the default set), ray (started on demand by the
-# tests and the demo) and thanos (production's TSDB: Receive, Query, Store Gateway and
-# Compactor over a filesystem bucket; not yet the tests' TSDB). With MONGODB_URL set, that
-# MongoDB is used and no FerretDB runs.
+# SERVICE: clickhouse, mongodb, tsdb (the default set) and ray (started on demand by the
+# tests and the demo). The TSDB is production's: Thanos Receive, Query, Store Gateway and
+# Compactor over a filesystem bucket. With MONGODB_URL set, that MongoDB is used and no
+# FerretDB runs.
 # Ports (env overrides): CLICKHOUSE_TCP_PORT=9000 CLICKHOUSE_HTTP_PORT=8123
-# FERRETDB_PORT=27017 TSDB_PORT=9090 RAY_GCS_PORT=6379 RAY_DASHBOARD_PORT=8265
-# SERVE_HTTP_PORT=8000 RAY_METRICS_PORT=25080; Thanos: THANOS_QUERY_PORT=10904 (PromQL),
-# THANOS_RECEIVE_WRITE_PORT=10908 (remote write, /api/v1/receive), and gRPC/HTTP ports
-# 10903, 10907, 10909-10913 (below). Ray's workers take ports 20000-24999 and
+# FERRETDB_PORT=27017 TSDB_PORT=9090 (Thanos Query's PromQL) RAY_GCS_PORT=6379
+# RAY_DASHBOARD_PORT=8265 SERVE_HTTP_PORT=8000 RAY_METRICS_PORT=25080;
+# THANOS_RECEIVE_WRITE_PORT=10908 (remote write, /api/v1/receive), and Thanos' gRPC/HTTP
+# ports 10903, 10907, 10909-10913 (below). Ray's workers take ports 20000-24999 and
 # its agents 25001-25099, so no listener of ours (all below 20000 or the named ones)
 # ever collides with a Ray worker.
 set -euo pipefail
@@ -28,7 +28,6 @@ TSDB_PORT=${TSDB_PORT:-9090}
 RAY_GCS_PORT=${RAY_GCS_PORT:-6379}
 RAY_DASHBOARD_PORT=${RAY_DASHBOARD_PORT:-8265}
 RAY_METRICS_PORT=${RAY_METRICS_PORT:-25080}
-THANOS_QUERY_PORT=${THANOS_QUERY_PORT:-10904}
 THANOS_QUERY_GRPC_PORT=${THANOS_QUERY_GRPC_PORT:-10903}
 THANOS_RECEIVE_WRITE_PORT=${THANOS_RECEIVE_WRITE_PORT:-10908}
 THANOS_RECEIVE_GRPC_PORT=${THANOS_RECEIVE_GRPC_PORT:-10907}
@@ -173,34 +172,7 @@ mongodb_status() {
     tcp_open "$FERRETDB_PORT" && echo "mongodb: up" || echo "mongodb: down"
 }
 
-# --- TSDB (Prometheus with the remote-write receiver) ---------------------------------
-tsdb_ready() { curl -sf "http://127.0.0.1:$TSDB_PORT/-/ready"; }
-tsdb_start() {
-    # Alive but not ready yet is a server still starting (a large WAL to replay): wait for
-    # it, never start a second one over the same data.
-    if pid_alive tsdb; then wait_until tsdb 600 tsdb_ready; return; fi
-    local dir=$DATA/tsdb
-    mkdir -p "$dir/data"
-    cat >"$dir/prometheus.yml" <<YML
-# The SaaS TSDB: it scrapes nothing, it only receives remote writes.
-global:
-  evaluation_interval: 1m
-# Writes older than the newest sample are accepted for a month: replayed history (the demo,
-# backfills) ends at "now", and a sender retrying after an outage sends older samples.
-storage:
-  tsdb:
-    out_of_order_time_window: 30d
-YML
-    spawn tsdb prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
-        --web.listen-address="127.0.0.1:$TSDB_PORT" --web.enable-remote-write-receiver \
-        --web.enable-admin-api --storage.tsdb.retention.time=400d --log.level=warn
-    wait_until tsdb 600 tsdb_ready
-    log "tsdb (prometheus) ready on 127.0.0.1:$TSDB_PORT"
-}
-tsdb_stop() { stop_pid tsdb; }
-tsdb_status() { tsdb_ready >/dev/null && echo "tsdb: up" || echo "tsdb: down"; }
-
-# --- Thanos (Receive, Store Gateway, Query, Compactor) ----------------------------------
+# --- TSDB: Thanos (Receive, Store Gateway, Query, Compactor) ----------------------------
 # Production's layout (cluster_config/thanos/) on one node: Receive takes the ingress's
 # writes and uploads a block per tenant every 2 h to the bucket, a directory here; the
 # Store Gateway serves the bucket, Query answers PromQL over both, the Compactor compacts
@@ -210,7 +182,7 @@ thanos_ready_one() { curl -sf "http://127.0.0.1:$1/-/ready"; }
 # means it lists both.
 thanos_query_ready() {
     local stores
-    stores=$(curl -sf "http://127.0.0.1:$THANOS_QUERY_PORT/api/v1/stores") || return 1
+    stores=$(curl -sf "http://127.0.0.1:$TSDB_PORT/api/v1/stores") || return 1
     grep -q "127.0.0.1:$THANOS_RECEIVE_GRPC_PORT" <<<"$stores" && grep -q "127.0.0.1:$THANOS_STORE_GRPC_PORT" <<<"$stores"
 }
 thanos_ready() {
@@ -221,7 +193,7 @@ thanos_ready() {
 thanos_raw_retention() {
     sed -n 's/^ *- --retention.resolution-raw=\([0-9]*d\)$/\1/p' "$ROOT/cluster_config/thanos/compact.yaml"
 }
-thanos_start() {
+tsdb_start() {
     local dir=$DATA/thanos bin=$TOOLS/bin/thanos retention
     retention=$(thanos_raw_retention)
     [ -n "$retention" ] || { log "no --retention.resolution-raw in cluster_config/thanos/compact.yaml"; return 1; }
@@ -265,26 +237,26 @@ YML
         # default), or without one once it has dropped an endpoint that stopped answering
         # (after 5 s) unless that endpoint is strict. Metroculus would bill the remainder.
         spawn thanos-query "$bin" query --log.level=warn \
-            --http-address="127.0.0.1:$THANOS_QUERY_PORT" --grpc-address="127.0.0.1:$THANOS_QUERY_GRPC_PORT" \
+            --http-address="127.0.0.1:$TSDB_PORT" --grpc-address="127.0.0.1:$THANOS_QUERY_GRPC_PORT" \
             --endpoint.sd-config="endpoints: [{address: '127.0.0.1:$THANOS_RECEIVE_GRPC_PORT', strict: true},
                 {address: '127.0.0.1:$THANOS_STORE_GRPC_PORT', strict: true}]" \
-            --query.replica-label=replica --no-query.partial-response
+            --query.replica-label=replica --no-query.partial-response --query.timeout=2m --query.max-concurrent=40
     fi
     wait_until thanos-receive 600 thanos_ready_one "$THANOS_RECEIVE_HTTP_PORT"
     wait_until thanos-store 600 thanos_ready_one "$THANOS_STORE_HTTP_PORT"
     wait_until thanos-compact 60 thanos_ready_one "$THANOS_COMPACT_HTTP_PORT"
     wait_until thanos-query 60 thanos_query_ready
-    log "thanos ready: query http://127.0.0.1:$THANOS_QUERY_PORT, receive http://127.0.0.1:$THANOS_RECEIVE_WRITE_PORT/api/v1/receive"
+    log "tsdb (thanos) ready: query http://127.0.0.1:$TSDB_PORT, receive http://127.0.0.1:$THANOS_RECEIVE_WRITE_PORT/api/v1/receive"
 }
-thanos_stop() { local c; for c in query compact store receive; do stop_pid "thanos-$c"; done; }
-thanos_status() {
-    if thanos_ready >/dev/null; then echo "thanos: up"; return; fi
+tsdb_stop() { local c; for c in query compact store receive; do stop_pid "thanos-$c"; done; }
+tsdb_status() {
+    if thanos_ready >/dev/null; then echo "tsdb: up"; return; fi
     local c down=()
     for c in receive:$THANOS_RECEIVE_HTTP_PORT store:$THANOS_STORE_HTTP_PORT compact:$THANOS_COMPACT_HTTP_PORT; do
         thanos_ready_one "${c#*:}" >/dev/null || down+=("${c%%:*}")
     done
     thanos_query_ready || down+=(query)
-    echo "thanos: down (${down[*]} not ready)"
+    echo "tsdb: down (${down[*]} not ready)"
 }
 
 # --- Ray (local head node) -------------------------------------------------------------
@@ -320,14 +292,14 @@ ray_start() {
 ray_stop() { "$(ray_bin)" stop --force >>"$LOGS/ray.log" 2>&1 || true; log "ray stopped"; }
 ray_status() { ray_ready >/dev/null 2>&1 && echo "ray: up" || echo "ray: down"; }
 
-usage() { echo "usage: $0 start|stop|status|restart [clickhouse|mongodb|tsdb|ray|thanos ...]" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|status|restart [clickhouse|mongodb|tsdb|ray ...]" >&2; exit 2; }
 
 command=${1:-}
 [ $# -gt 0 ] && shift
 services=("$@")
 [ ${#services[@]} = 0 ] && services=("${DEFAULT_SERVICES[@]}")
 for s in "${services[@]}"; do
-    case $s in clickhouse|mongodb|tsdb|ray|thanos) ;; *) log "unknown service: $s"; usage ;; esac
+    case $s in clickhouse|mongodb|tsdb|ray) ;; *) log "unknown service: $s"; usage ;; esac
 done
 case $command in
     start) ensure_installed; for s in "${services[@]}"; do "${s}_start"; done ;;

@@ -21,7 +21,8 @@ import pytest_asyncio
 
 from k8scost.metroculus_client import MetroculusClient, MetroculusError
 from k8scost.promql import COST_METRICS, escape_label_value, integral, selector
-from serve_apps.ingress.remote_write import STALE_NAN_BITS, encode
+from devstack import stack
+from serve_apps.ingress.remote_write import STALE_NAN_BITS
 from tests import helpers
 from tests.conftest import TEST_SERVE_ENV
 
@@ -61,17 +62,7 @@ def cost(rate: float, seconds: int) -> float:
 
 
 def write(series: Iterable[Series]) -> None:
-    answer = httpx.post(
-        f"{helpers.TSDB_URL}/api/v1/write",
-        content=encode(series),
-        headers={
-            "Content-Encoding": "snappy",
-            "Content-Type": "application/x-protobuf",
-            "X-Prometheus-Remote-Write-Version": "0.1.0",
-        },
-        timeout=30,
-    )
-    assert answer.status_code == 204, answer.text
+    stack.write_samples(series)
 
 
 def gauge(metric: str, tenant: str, rate: Callable[[int], float | None], times: Iterable[int], **labels: str) -> Series:

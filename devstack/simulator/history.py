@@ -4,8 +4,8 @@ A customer's history cannot be remote-written (a TSDB takes only recent samples)
 demo, the tests and the benchmarks replay it: at every ``step`` of the past range the
 simulator answers the allocation API as of that instant, the exporter's own parsing turns
 the answers into its gauges, and ``promtool tsdb create-blocks-from openmetrics`` makes
-blocks that the TSDB loads on restart (Prometheus) or that are uploaded to the bucket with
-a tenant's external labels, where the Store Gateway finds them (Thanos).
+blocks that are uploaded to the Thanos bucket with a tenant's external labels, where the
+Store Gateway finds them without a restart.
 """
 
 from __future__ import annotations
@@ -83,11 +83,14 @@ def write_blocks(
     window: str = "1h",
     chunk_seconds: float = 86400.0,
 ) -> int:
-    """Write TSDB blocks of the replayed samples into ``blocks_dir``; the number of samples.
+    """Write TSDB blocks of the replayed samples of each cluster → tenant into
+    ``blocks_dir/<tenant>/``; the number of samples.
 
-    ``step`` must stay under the TSDB's 5-minute lookback, or the cost between two samples
-    is lost. The range goes to promtool a chunk at a time, to bound memory, and the chunks
-    are computed on every core: a month of a demo estate is minutes of simulator time.
+    A tenant's blocks hold its series only: Thanos answers a block's series under the
+    block's external labels (``upload_blocks``). ``step`` must stay under the TSDB's
+    5-minute lookback, or the cost between two samples is lost. The range goes to promtool
+    a chunk at a time, to bound memory, and the chunks are computed on every core: a month
+    of a demo estate is minutes of simulator time.
     """
     if not 0 < step <= 300:
         raise ValueError("step must be in (0, 300] seconds: PromQL sees a sample for 5 minutes only")
@@ -96,7 +99,8 @@ def write_blocks(
     while chunk_start < end:
         bounds.append((chunk_start, min(end, chunk_start + chunk_seconds)))
         chunk_start += chunk_seconds
-    work = [(estate, dict(tenants), a, b, step, window, blocks_dir) for a, b in bounds]
+    work = [(estate, {cluster: t for cluster, t in tenants.items() if t == tenant}, a, b, step, window, blocks_dir / tenant)
+            for tenant in sorted(set(tenants.values())) for a, b in bounds]
     if len(work) == 1:
         return _write_chunk(*work[0])
     with ProcessPoolExecutor(max_workers=min(len(work), os.cpu_count() or 1)) as pool:
@@ -106,6 +110,7 @@ def write_blocks(
 def _write_chunk(estate: Estate, tenants: Mapping[str, str], start: float, end: float, step: float, window: str,
                  blocks_dir: Path) -> int:
     samples = 0
+    blocks_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         text = Path(scratch) / "history.om"
         with text.open("w") as out:
@@ -132,8 +137,8 @@ def load_into(data_dir: Path, blocks_dir: Path) -> list[str]:
 def upload_blocks(blocks_dir: Path, tenant_id: str, objstore_config: Path, thanos: Path) -> list[str]:
     """Upload the blocks of ``blocks_dir`` to the Thanos bucket of ``objstore_config`` as ``tenant_id``'s; their ids.
 
-    The blocks must hold that tenant's series only (``write_blocks`` given its clusters
-    alone): Thanos answers every series of a block under the block's external labels,
+    The blocks must hold that tenant's series only (``write_blocks`` writes a directory per
+    tenant): Thanos answers every series of a block under the block's external labels,
     whatever tenant_id the series carries. The blocks get the label tenant_id=<tenant> that
     Receive gives its own, without Receive's replica label, which Query and the Compactor
     merge over anyway. Thanos' own uploader writes the meta.json Thanos reads (external
