@@ -127,6 +127,12 @@ def deploy_serve(env_vars: dict[str, str] | None = None, *, fresh: bool = True) 
     wait_for("Serve applications to run", running, timeout=180, interval=1)
 
 
+def tsdb_pids() -> tuple[int, ...]:
+    """The TSDB's processes as scripts/services.sh runs them: Thanos Receive, Store Gateway, Query, Compactor."""
+    return tuple(int((DATA / "run" / f"thanos-{component}.pid").read_text())
+                 for component in ("receive", "store", "query", "compact"))
+
+
 def write_samples(series: Iterable[tuple[Mapping[str, str], Iterable[tuple[int, float]]]],
                   http: httpx.Client | None = None) -> None:
     """Remote-write ``series`` straight into the local TSDB, one write per tenant, as the

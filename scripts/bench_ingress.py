@@ -1,4 +1,4 @@
-"""Remote-write throughput and CPU per sample: straight into the TSDB vs through the ingress.
+"""Remote-write throughput and CPU per sample: straight into Thanos Receive vs through the ingress.
 
     .venv/bin/python scripts/bench_ingress.py [--series 2000] [--bodies 8] [--rounds 50]
     .venv/bin/python scripts/bench_ingress.py --mix cluster [--containers 2000] [--rounds 8] [--in-process]
@@ -6,10 +6,10 @@
 Both paths get the same kind of pre-built bodies (Kubecost-like label sets, encoded as
 Prometheus encodes them, the same series again every round with a newer timestamp), sent
 in the same way, one after the other in one run. It prints samples/s and CPU-seconds per
-million samples of the ingress processes (Serve proxy and replicas) and of Prometheus,
-read from /proc before and after each path. The anchor is Prometheus' own receiver on
-the direct path; the targets: the ingress takes ≥ 100k samples per CPU-second and spends
-no more CPU per sample than Prometheus does.
+million samples of the ingress processes (Serve proxy and replicas) and of Thanos Receive
+(the TSDB's front door, where the ingress forwards), read from /proc before and after each
+path. The anchor is Receive's own receiver on the direct path; the targets: the ingress
+takes ≥ 100k samples per CPU-second and spends no more CPU per sample than Receive does.
 
 ``--mix cluster`` sends a realistic mix instead: one simulated cluster of about
 ``--containers`` containers (devstack/simulator) scraped every 15 s, its cAdvisor,
@@ -72,7 +72,7 @@ def ingress_pids() -> list[int]:
 
 
 def tsdb_pid() -> int:
-    return int((stack.DATA / "run" / "tsdb.pid").read_text())
+    return int((stack.DATA / "run" / "thanos-receive.pid").read_text())
 
 
 def bodies(tenant: str, path: str, series: int, count: int, rounds: int, t0_ms: int) -> list[list[bytes]]:
@@ -169,29 +169,32 @@ def main_cluster_mix(args: argparse.Namespace) -> None:
     samples = series * (args.rounds - 1)
     rows = []
     if args.in_process:
-        cold, warm = police_cpu(str(uuid.uuid4()), ingress_rounds, t0_ms)
+        tenant = str(uuid.uuid4())
+        direct_headers = {**write_headers, stack.TENANT_HEADER: tenant}
+        cold, warm = police_cpu(tenant, ingress_rounds, t0_ms)
         rows.append(("ingress codec + police, in-process (first scrape: every series new)", series, cold, "—"))
         rows.append(("ingress codec + police, in-process (later scrapes)", samples, warm, "—"))
-        asyncio.run(send(f"{stack.TSDB_URL}/api/v1/write", direct_rounds[:1], write_headers, None))
-        direct = run_path("direct", f"{stack.TSDB_URL}/api/v1/write", direct_rounds[1:], samples, write_headers, None,
+        asyncio.run(send(stack.TSDB_WRITE_URL, direct_rounds[:1], direct_headers, None))
+        direct = run_path("direct", stack.TSDB_WRITE_URL, direct_rounds[1:], samples, direct_headers, None,
                           pids=[])
-        rows.append(("direct to Prometheus (anchor), later scrapes", direct.samples, "—", direct.tsdb_cpu))
+        rows.append(("direct to Thanos Receive (anchor), later scrapes", direct.samples, "—", direct.tsdb_cpu))
     else:
         stack.services("start", "ray")
         stack.deploy_serve({"INGRESS_TENANT_SAMPLES_PER_SECOND": "1e12", "INGRESS_TENANT_BURST_SAMPLES": "1e12"})
         _, credentials = asyncio.run(AccountStore(connect(from_env(StoreSettings))).create("bench", "bench cluster"))
         tenant = credentials.account_id
         auth_headers = {**write_headers, "Cloud-Account-Id": tenant}
-        asyncio.run(send(f"{stack.TSDB_URL}/api/v1/write", direct_rounds[:1], write_headers, None))
+        direct_headers = {**write_headers, stack.TENANT_HEADER: tenant}
+        asyncio.run(send(stack.TSDB_WRITE_URL, direct_rounds[:1], direct_headers, None))
         asyncio.run(send(stack.WRITE_URL, ingress_rounds[:1], auth_headers, (tenant, credentials.password)))
-        direct = run_path("direct", f"{stack.TSDB_URL}/api/v1/write", direct_rounds[1:], samples, write_headers, None)
+        direct = run_path("direct", stack.TSDB_WRITE_URL, direct_rounds[1:], samples, direct_headers, None)
         ingress = run_path("ingress", stack.WRITE_URL, ingress_rounds[1:], samples, auth_headers,
                            (tenant, credentials.password))
         rows.append(("through the ingress (Serve proxy + replicas), later scrapes", ingress.samples, ingress.ingress_cpu,
                      ingress.tsdb_cpu))
-        rows.append(("direct to Prometheus (anchor), later scrapes", direct.samples, "—", direct.tsdb_cpu))
+        rows.append(("direct to Thanos Receive (anchor), later scrapes", direct.samples, "—", direct.tsdb_cpu))
     print()
-    print("| path | samples | ingress CPU-s per 1M samples | Prometheus CPU-s per 1M samples |")
+    print("| path | samples | ingress CPU-s per 1M samples | Receive CPU-s per 1M samples |")
     print("| --- | ---: | ---: | ---: |")
     for path, n, ingress_cpu, tsdb_cpu in rows:
         cells = [f"{cpu / n * 1e6:.2f}" if isinstance(cpu, float) else cpu for cpu in (ingress_cpu, tsdb_cpu)]
@@ -199,8 +202,8 @@ def main_cluster_mix(args: argparse.Namespace) -> None:
     ours = rows[-2] if not args.in_process else rows[1]
     anchor = rows[-1]
     print()
-    print(f"ingress: {ours[1] / ours[2]:,.0f} samples per CPU-second; Prometheus receiver: "
-          f"{anchor[1] / anchor[3]:,.0f} (anchor ≈ 125,000); ratio of CPU per sample, ingress ÷ Prometheus: "
+    print(f"ingress: {ours[1] / ours[2]:,.0f} samples per CPU-second; Thanos Receive: "
+          f"{anchor[1] / anchor[3]:,.0f}; ratio of CPU per sample, ingress ÷ Receive (target ≤ 1): "
           f"{(ours[2] / ours[1]) / (anchor[3] / anchor[1]):.2f}")
     print(f"a {containers}-container cluster at a 15 s scrape: {series / SCRAPE_SECONDS:,.0f} samples/s, "
           f"{series / SCRAPE_SECONDS * ours[2] / ours[1]:.3f} ingress CPU-cores")
@@ -278,28 +281,29 @@ def main() -> None:
                      "X-Prometheus-Remote-Write-Version": "0.1.0"}
     # Warm both paths (connections, the ingress's credential cache and label-set verdicts).
     warm = bodies(tenant, "warm", args.series, args.bodies, 2, t0_ms)
-    asyncio.run(send(f"{stack.TSDB_URL}/api/v1/write", warm[:1], write_headers, None))
+    direct_headers = {**write_headers, stack.TENANT_HEADER: tenant}
+    asyncio.run(send(stack.TSDB_WRITE_URL, warm[:1], direct_headers, None))
     asyncio.run(send(stack.WRITE_URL, warm[1:], {**write_headers, "Cloud-Account-Id": tenant},
                      (tenant, credentials.password)))
 
     samples = args.rounds * args.bodies * args.series
-    direct = run_path("direct to Prometheus", f"{stack.TSDB_URL}/api/v1/write", direct_rounds, samples,
-                      write_headers, None)
+    direct = run_path("direct to Thanos Receive", stack.TSDB_WRITE_URL, direct_rounds, samples,
+                      direct_headers, None)
     ingress = run_path("through the ingress", stack.WRITE_URL, ingress_rounds, samples,
                        {**write_headers, "Cloud-Account-Id": tenant}, (tenant, credentials.password))
 
     print()
-    print("| path | samples | wall s | samples/s | ingress CPU-s per 1M samples | Prometheus CPU-s per 1M samples |")
+    print("| path | samples | wall s | samples/s | ingress CPU-s per 1M samples | Receive CPU-s per 1M samples |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in (direct, ingress):
         print(f"| {r.path} | {r.samples:,} | {r.seconds:.2f} | {r.rate:,.0f} | "
               f"{r.ingress_cpu / r.samples * 1e6:.2f} | {r.tsdb_cpu / r.samples * 1e6:.2f} |")
     per_core = ingress.samples / ingress.ingress_cpu
-    prometheus_per_core = direct.samples / direct.tsdb_cpu
+    receive_per_core = direct.samples / direct.tsdb_cpu
     print()
     print(f"ingress: {per_core:,.0f} samples per CPU-second (target ≥ 100,000)")
-    print(f"Prometheus receiver: {prometheus_per_core:,.0f} samples per CPU-second (anchor ≈ 125,000)")
-    print(f"ingress CPU per sample ÷ Prometheus CPU per sample: {prometheus_per_core / per_core:.2f} (target ≤ 1)")
+    print(f"Thanos Receive: {receive_per_core:,.0f} samples per CPU-second")
+    print(f"ingress CPU per sample ÷ Receive CPU per sample: {receive_per_core / per_core:.2f} (target ≤ 1)")
 
 
 if __name__ == "__main__":

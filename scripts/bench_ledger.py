@@ -52,7 +52,6 @@ from k8scost.promql import CLUSTER_COST_METRICS
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.stores.accounts import AccountStore
 from k8scost.stores.mongo import connect
-from serve_apps.ingress.remote_write import encode
 
 STEP = 300
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -94,15 +93,16 @@ def write_openmetrics(path: Path, families: dict[str, list[tuple[dict[str, str],
     return samples
 
 
-def load_history(families: dict[str, list[tuple[dict[str, str], float]]], start: int, end: int) -> int:
+def load_history(tenant: str, families: dict[str, list[tuple[dict[str, str], float]]], start: int, end: int) -> int:
     samples = 0
     with tempfile.TemporaryDirectory(dir=stack.DATA) as scratch:
         blocks = Path(scratch) / "blocks"
+        tenant_blocks = blocks / tenant
         chunk = 12 * 3600  # promtool gets the range half a day at a time, to bound file size
         for chunk_start in range(start, end, chunk):
             text = Path(scratch) / "chunk.om"
             samples += write_openmetrics(text, families, chunk_start, min(end, chunk_start + chunk))
-            subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(blocks)],
+            subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(tenant_blocks)],
                            check=True, capture_output=True)
         stack.load_blocks(blocks)
     return samples
@@ -112,9 +112,9 @@ def send(families: dict[str, list[tuple[dict[str, str], float]]], times_ms: Sequ
     """Samples of every series at ``times_ms`` straight into the TSDB, as its exporter's scrapes would land."""
     series = [({"__name__": family, **labels}, [(t, value) for t in times_ms])
               for family, members in families.items() for labels, value in members]
-    for first in range(0, len(series), 5000):
-        httpx.post(f"{stack.TSDB_URL}/api/v1/write", content=encode(series[first:first + 5000]),
-                   headers={"Content-Encoding": "snappy"}, timeout=60).raise_for_status()
+    with httpx.Client() as http:
+        for first in range(0, len(series), 5000):
+            stack.write_samples(series[first:first + 5000], http)
 
 
 def pss_mb(pid: int) -> float:
@@ -131,15 +131,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def tsdb_pid() -> int:
-    return int((stack.DATA / "run" / "tsdb.pid").read_text())
+def tsdb_cpu_seconds() -> float:
+    """CPU seconds of the TSDB's processes so far (Thanos: Receive, Store Gateway, Query, Compactor)."""
+    return sum(cpu_seconds(pid) for pid in stack.tsdb_pids())
 
 
-def timed_cycle(actor, tsdb: int) -> tuple[CycleReport, float]:
+def timed_cycle(actor) -> tuple[CycleReport, float]:
     """One cycle of ``actor`` and the TSDB's CPU seconds meanwhile."""
-    before = cpu_seconds(tsdb)
+    before = tsdb_cpu_seconds()
     report = ray.get(actor.cycle.remote())
-    return report, cpu_seconds(tsdb) - before
+    return report, tsdb_cpu_seconds() - before
 
 
 def total_seconds(report: CycleReport) -> float:
@@ -203,7 +204,7 @@ def main() -> None:
     now = int(time.time())
     start = int(ledger.open_days(now, 2)[0].timestamp()) - 3600
     started = time.perf_counter()
-    samples = load_history(families, start, now - now % STEP)
+    samples = load_history(account.id, families, start, now - now % STEP)
     pods = args.namespaces * args.pods
     print(f"loaded {samples:,} samples ({pods:,} pods, {(now - start) / 86400:.1f} days every {STEP} s) "
           f"in {time.perf_counter() - started:.0f} s", flush=True)
@@ -219,7 +220,6 @@ def main() -> None:
 
     raylocal.connect(stack.RAY_ADDRESS, "bench")
     secret = TenantConfig.from_env().cluster_secret
-    tsdb = tsdb_pid()
     print()
     print(f"| cycle, open days of {pods:,} pods | resolution s | read | hours read | rows written | resources upserted | "
           "query s | compute s | MongoDB s | ClickHouse s | total s | TSDB CPU s |")
@@ -233,18 +233,18 @@ def main() -> None:
             # One writer at a time: each mode's actor replaces the other's. Its loop runs the
             # first cycle at start, which rebuilds the written rows from ClickHouse.
             scrape()
-            before = cpu_seconds(tsdb)
+            before = tsdb_cpu_seconds()
             actor = TenantActor.remote(account.id, account.organization_id, config)
             status = stack.wait_for("the actor's first cycle", lambda: (s := ray.get(actor.status.remote()))["cycles"] and s,
                                     timeout=600, interval=0.2)
-            first[resolution, mode] = CycleReport(**status["last_report"]), cpu_seconds(tsdb) - before
+            first[resolution, mode] = CycleReport(**status["last_report"]), tsdb_cpu_seconds() - before
             title = "cold (all new)" if index == 0 and mode == "full" else "first after a (re)start"
             print_cycle(f"{mode}: {title}", resolution, *first[resolution, mode])
             for variant in VARIANTS:
                 for _ in range(args.cycles):
                     if variant == "new samples":
                         scrape()
-                    report, cpu = timed_cycle(actor, tsdb)
+                    report, cpu = timed_cycle(actor)
                     steady.setdefault((resolution, mode, variant), []).append((report, cpu))
                     print_cycle(f"{mode}: steady, {variant}", resolution, report, cpu)
             status = ray.get(actor.status.remote())

@@ -24,9 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from devstack.stack import SERVE_URL, TSDB_URL  # noqa: E402
+from devstack.stack import SERVE_URL, write_samples  # noqa: E402
 from k8scost.settings import MetroculusSettings, from_env  # noqa: E402
-from serve_apps.ingress.remote_write import encode  # noqa: E402
 
 NAMESPACES = 100
 EVERY = 60
@@ -50,10 +49,7 @@ def write_tenant(tenant: str, pods: int, hours: int) -> float:
             for metric, value in ((USAGE, (i % 7) / 8), (REQUEST, (i % 5) / 4)):
                 batch.append(({"__name__": metric, **labels}, [(t * 1000, value) for t in times]))
             if len(batch) >= BATCH or i == pods - 1:
-                answer = http.post(f"{TSDB_URL}/api/v1/write", content=encode(batch), headers={
-                    "Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
-                    "X-Prometheus-Remote-Write-Version": "0.1.0"})
-                answer.raise_for_status()
+                write_samples(batch, http)
                 batch = []
     return time.perf_counter() - started
 

@@ -92,11 +92,12 @@ def load_history(tenant: str, containers: list[tuple[str, str, str, int, int]], 
     samples = 0
     with tempfile.TemporaryDirectory(dir=stack.DATA) as scratch:
         blocks = Path(scratch) / "blocks"
+        tenant_blocks = blocks / tenant
         chunk = 12 * 3600  # half a day a time: bounds the text file and promtool's memory
         for chunk_start in range(start, end, chunk):
             text = Path(scratch) / "chunk.om"
             samples += write_openmetrics(text, tenant, containers, chunk_start, min(end, chunk_start + chunk))
-            subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(blocks)],
+            subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(tenant_blocks)],
                            check=True, capture_output=True)
         stack.load_blocks(blocks)
     return samples

@@ -43,7 +43,7 @@ import httpx
 import ray
 
 from actors.tenant import TenantActor, TenantConfig
-from bench_ledger import BareActor, cpu_seconds, gauges, pss_mb, send, tsdb_pid
+from bench_ledger import BareActor, cpu_seconds, gauges, pss_mb, send, tsdb_cpu_seconds
 from k8scost import ledger, raylocal
 from k8scost.metroculus_client import SECRET_HEADER
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
@@ -144,16 +144,15 @@ async def drop_database(stores: StoreSettings) -> None:
     await connect(stores).client.drop_database(stores.mongodb_database)
 
 
-def tsdb_cpu() -> tuple[int, float]:
-    """The TSDB's pid and CPU seconds so far."""
-    pid = tsdb_pid()
-    return pid, cpu_seconds(pid)
+def tsdb_cpu() -> tuple[tuple[int, ...], float]:
+    """The TSDB's pids and CPU seconds so far."""
+    return stack.tsdb_pids(), tsdb_cpu_seconds()
 
 
-def tsdb_spent(since: tuple[int, float]) -> float:
+def tsdb_spent(since: tuple[tuple[int, ...], float]) -> float:
     """The TSDB's CPU seconds since ``since``; NaN if it restarted meanwhile (the machine is shared)."""
-    pid, cpu = tsdb_cpu()
-    return cpu - since[1] if pid == since[0] else float("nan")
+    pids, cpu = tsdb_cpu()
+    return cpu - since[1] if pids == since[0] else float("nan")
 
 
 def interrupted(*_: object) -> None:

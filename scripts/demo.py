@@ -33,6 +33,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -116,11 +117,10 @@ def load_history(estate: Estate, estate_file: Path, tenants: dict[str, str], day
         return
     now = time.time()
     start = ledger.day_start(now).timestamp() - days * DAY - 3600  # the exporter looks back an hour
-    blocks = DEMO_DIR / "blocks"
-    blocks.mkdir(exist_ok=True)
     print(f"replaying {days} days of history into the TSDB ...", flush=True)
-    write_blocks(estate, tenants, start, now - now % 300, blocks)
-    stack.load_blocks(blocks)
+    with tempfile.TemporaryDirectory(dir=stack.DATA) as blocks:  # uploaded to the TSDB's bucket, then gone
+        write_blocks(estate, tenants, start, now - now % 300, Path(blocks))
+        stack.load_blocks(Path(blocks))
     marker.write_text(json.dumps(tenants))
 
 

@@ -164,3 +164,19 @@ def test_an_account_is_required_and_must_exist(history) -> None:
     empty = run_job(sys.executable, "-m", "jobs.backfill", "--organization-id", "org-without-accounts",
                     "--start", days[0].date().isoformat(), "--end", days[1].date().isoformat())
     assert empty.returncode == 2 and "has no live Kubernetes cloud account" in empty.stderr
+
+
+def test_a_day_90_days_old_is_backfilled_from_the_bucket(serve_apps: str, accounts, tmp_path) -> None:
+    """A day Receive never held (it keeps hours): its blocks in the bucket, answered by the
+    Store Gateway through Query, backfilled exactly as the recent days are."""
+    day = ledger.day_start(time.time()) - timedelta(days=90)
+    estate = ledger_estate(day.timestamp())
+    tenant, _ = accounts.create("org-backfill-90")
+    write_blocks(estate, {c.name: tenant.id for c in estate.clusters},
+                 day.timestamp() - 2 * HOUR, day.timestamp() + DAY + 2 * HOUR, tmp_path)
+    uploaded = stack.load_blocks(tmp_path)
+    assert uploaded[tenant.id]
+    done = run_job(*backfill_command(tenant.id, [day]))
+    assert done.returncode == 0, done.stderr
+    assert (summary_of(done.stdout)["written_days"], summary_of(done.stdout)["failed"]) == (1, [])
+    assert_days_exact(estate, tenant.id, [day])
