@@ -149,18 +149,21 @@ def write_samples(series: Iterable[tuple[Mapping[str, str], Iterable[tuple[int, 
             raise RuntimeError(f"the TSDB refused a write of {tenant}'s samples: {answer.status_code} {answer.text}")
         oldest = min((t for _, samples in members for t, _ in samples), default=None)
         if oldest is not None:
-            wait_for(f"Query to answer {tenant}'s samples from {oldest} ms", lambda: tsdb_holds(tenant, oldest), 30)
+            wait_until_queryable(tenant, oldest)
 
 
-def tsdb_holds(tenant: str, since_ms: int) -> bool:
-    """Whether Query asks, for ``tenant``'s series, a store that holds them from ``since_ms``.
+def wait_until_queryable(tenant: str, since_ms: int, timeout: float = 30.0) -> None:
+    """Wait until Query asks, for ``tenant``'s series, a store that holds them from ``since_ms``.
 
     Query learns which tenants and times its stores hold every 5 s and skips the others: a
     new tenant's first samples are answered some seconds after Receive took them.
     """
-    stores = httpx.get(f"{TSDB_URL}/api/v1/stores", timeout=10).json()["data"]
-    return any(store["minTime"] <= since_ms and any(labels.get("tenant_id") == tenant for labels in store["labelSets"])
-               for group in stores.values() for store in group)
+    def known() -> bool:
+        stores = httpx.get(f"{TSDB_URL}/api/v1/stores", timeout=10).json()["data"]
+        return any(store["minTime"] <= since_ms and any(labels.get("tenant_id") == tenant for labels in store["labelSets"])
+                   for group in stores.values() for store in group)
+
+    wait_for(f"Query to answer {tenant}'s samples from {since_ms} ms", known, timeout, interval=0.5)
 
 
 def load_blocks(blocks_dir: Path, timeout: float = 120.0) -> dict[str, list[str]]:

@@ -8,8 +8,8 @@ no caller input reaches a query unchecked, whatever validation happened before.
 
 The live usage queries, per container c over the rate window W = LIVE_RATE_SECONDS (120 s):
 
-    CPU usage      rate(cpu_seconds_c[W]), no point if resets(cpu_seconds_c[W]) > 0
-    throttled      rate(throttled_periods_c[W]) / rate(periods_c[W]), no point on a reset
+    CPU usage      rate(cpu_seconds_c[W])
+    throttled      rate(throttled_periods_c[W]) / rate(periods_c[W])
     working set, requests, limits, restarts, OOM-killed, node memory: the series' value
 
 each the ``max`` over the group's series (one, twice for an HA pair), a missing series no point.
@@ -226,9 +226,12 @@ def _usage_vs_requests(resource: str, unit: str, group_by: tuple[str, ...]) -> L
     )
 
 
-# Counters rated over LIVE_RATE_SECONDS; a window holding a reset (a restarted container
-# counts from 0 again under the same labels once its ``id`` is dropped) is a gap, not a guess.
-_RATE = "rate({0}[{rate}]) unless resets({0}[{rate}]) > 0"
+# Counters rated over LIVE_RATE_SECONDS. A restarted container counts from 0 again under the
+# same labels once its ``id`` is dropped: rate() takes the drop for a reset from 0, on every
+# engine alike, and misses only what the old container used after its last scrape (at most a
+# scrape interval of it). A window with a reset cannot be left out instead: Thanos Query
+# adjusts counters for resets before resets() sees them, which then answers 0 (tests/test_tsdb.py).
+_RATE = "rate({0}[{rate}])"
 _CONTAINER = ("cluster", "namespace", "pod", "container")
 _CAPACITY = {"cpu": (("resource", "cpu"), ("unit", "core")), "memory": (("resource", "memory"), ("unit", "byte"))}
 
@@ -250,7 +253,7 @@ LIVE_USAGE_QUERIES: dict[str, LiveQuery] = {
         _CONTAINER,
         _against_requests_and_limits(UsageSource(_RATE, ("container_cpu_usage_seconds_total",)), "cpu"),
         "cores",
-        f"CPU usage (cAdvisor's counter rated over {LIVE_RATE_SECONDS} s; a window with a restart is a gap) "
+        f"CPU usage (cAdvisor's counter rated over {LIVE_RATE_SECONDS} s, a restart a reset from 0) "
         "against the requests and limits of kube-state-metrics, per container",
     ),
     "memory_working_set_by_container": LiveQuery(
@@ -262,7 +265,7 @@ LIVE_USAGE_QUERIES: dict[str, LiveQuery] = {
     "cpu_throttling_by_container": LiveQuery(
         _CONTAINER,
         (("throttled", (UsageSource(
-            "rate({0}[{rate}]) / rate({1}[{rate}]) unless resets({1}[{rate}]) > 0",
+            "rate({0}[{rate}]) / rate({1}[{rate}])",
             ("container_cpu_cfs_throttled_periods_total", "container_cpu_cfs_periods_total"),
         ),)),),
         "ratio",

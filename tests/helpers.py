@@ -17,6 +17,7 @@ from devstack.stack import (  # noqa: F401  (re-exported for tests)
     free_port,
     services,
     wait_for,
+    wait_until_queryable,
 )
 
 

@@ -333,6 +333,7 @@ def live(serve_apps: str, accounts):
     account, credentials = accounts.create("org-live")
     now = time.time()
     send(credentials, now - 4 * HOUR, now, 1.0)
+    helpers.wait_until_queryable(account.id, int(now - 4 * HOUR) * 1000)
     return account, credentials
 
 

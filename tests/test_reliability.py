@@ -253,8 +253,7 @@ def history(serve_apps: str, accounts):
     """A tenant with 3 whole past days in the TSDB, out of the open days (its actor's own cycles leave them alone).
 
     The replayed samples (devstack.simulator.history) go through the ingress, as a sender
-    catching up sends them: the TSDB takes out-of-order samples for 30 days, and loading
-    blocks instead would restart it, minutes on a TSDB holding the demo's history.
+    catching up sends them: the TSDB takes out-of-order samples for 30 days.
     """
     last_day = ledger.day_start(time.time()) - timedelta(days=2)
     days = [last_day - timedelta(days=back) for back in (2, 1, 0)]
@@ -272,6 +271,7 @@ def history(serve_apps: str, accounts):
     for first in range(0, len(batch), 20):  # ≈ 17,000 samples a request, under the test tenant's burst
         answer = post(encode((dict(labels), samples) for labels, samples in batch[first:first + 20]), credentials)
         assert answer.status_code == 204, answer.text
+    helpers.wait_until_queryable(account.id, int(days[0].timestamp() - 2 * HOUR) * 1000)
     return account, credentials, days
 
 

@@ -198,6 +198,7 @@ async def stack(real_services: None) -> AsyncIterator[Stack]:
         samples = [(t * 1000, DEFAULT_D2) for t in recent] + [((recent[-1] + RES) * 1000, STALE)]
         body = encode([({"__name__": NS, "cluster": CLUSTER, "namespace": "default"}, samples)])
         assert (await remote_write(ingress_http, body, auth, tenant)).status_code == 204
+        helpers.wait_until_queryable(tenant, (D1 - HOUR) * 1000)
 
         # One ledger cycle over the two days, by the tenant actor's own code (its class, without
         # Ray), reading this Metroculus.

@@ -21,7 +21,7 @@ import pytest
 
 from devstack import stack
 from k8scost import ledger
-from k8scost.promql import integral, selector
+from k8scost.promql import integral, live_promql, selector
 from serve_apps.ingress.remote_write import encode
 from tests import helpers
 
@@ -159,3 +159,32 @@ def test_a_change_at_midnight_and_a_start_on_a_step_land_on_their_day_on_both_en
         for part in want:
             assert got[part] == pytest.approx(want[part], abs=0.005), (engine, part, got)
             assert got[part] == pytest.approx(want[part], rel=1e-9), (engine, part, got)
+
+
+def test_a_counter_reset_is_rated_alike_on_both_engines(real_services: None, prometheus_2: str) -> None:
+    """A container restarted mid-window: its counter drops. Prometheus 2.42's ``resets()``
+    counts the drop; Thanos Query's answers 0 (it adjusts counters for resets before a counter
+    function sees them). ``rate()``, which the live view uses, takes the drop for a reset from
+    0 on both: the increase of the old counter, then the new one's whole value."""
+    tenant, now = str(uuid.uuid4()), int(time.time()) // 15 * 15
+    values = [10, 20, 30, 40, 5, 15, 25, 35, 45]  # cumulative CPU seconds every 15 s; the restart after 40
+    series = [({"__name__": "container_cpu_usage_seconds_total", "tenant_id": tenant, "cluster": "c1",
+                "namespace": "ns", "pod": "p", "container": "c"},
+               [((now - 15 * (len(values) - 1 - k)) * 1000, float(v)) for k, v in enumerate(values)])]
+    stack.write_samples(series)
+    sent = httpx.post(f"{prometheus_2}/api/v1/write", content=encode(series), timeout=30,
+                      headers={"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"})
+    assert sent.status_code == 204, sent.text
+
+    def values_at(url: str, query: str) -> list[float]:
+        answer = httpx.get(f"{url}/api/v1/query", params={"query": query, "time": now}, timeout=30).json()
+        assert answer["status"] == "success", answer
+        return [float(s["value"][1]) for s in answer["data"]["result"] if s["metric"].get("part", "usage") == "usage"]
+
+    resets = f'resets(container_cpu_usage_seconds_total{{tenant_id="{tenant}"}}[2m])'
+    assert (values_at(prometheus_2, resets), values_at(stack.TSDB_URL, resets)) == ([1.0], [0.0])
+    # The window's samples, 105 s from first to last: 20 30 40 | 5 15 25 35 45.
+    increase = (40 - 20) + 5 + (45 - 5)
+    cpu = live_promql("cpu_usage_by_container", tenant, "2m").range
+    for url in (stack.TSDB_URL, prometheus_2):
+        assert values_at(url, cpu) == [pytest.approx(increase / 105, rel=1e-12)], url
