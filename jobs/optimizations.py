@@ -334,11 +334,11 @@ async def read_estate(
         priced = {node: (cpu, ram) for (c, node), (cpu, ram) in prices.items() if c == cluster and None not in (cpu, ram)}
         node_types, untyped = {}, []
         for node in sorted({*priced, *(r.k8s_node for r in running if r.k8s_node)}):
-            found = facts.node_type(cluster, node, priced.get(node))
-            if isinstance(found, NodeType):
-                node_types[node] = found
+            typed = facts.node_type(cluster, node, priced.get(node))
+            if isinstance(typed, NodeType):
+                node_types[node] = typed
             else:
-                untyped.append(found)
+                untyped.append(typed)
         estates.append(ClusterEstate(
             cluster, _history(costs, last_day), tuple(pods), tuple(unsized), priced, node_types or None,
             volumes_known, tuple(untyped),
@@ -399,7 +399,8 @@ def _plan(plan: Any) -> dict[str, Any]:
         "profile": plan.profile.name, "target_utilization": plan.profile.target_utilization,
         "min_nodes": plan.profile.min_nodes, "monthly_cost": plan.monthly_cost,
         "current_monthly_cost": plan.current_monthly_cost, "monthly_saving": plan.monthly_saving,
-        "node_counts": plan.node_counts, "kept_nodes": sorted(n.kept for n in plan.nodes if n.kept),
+        # A list, not the type → count map: FerretDB refuses keys with a ".", which instance types have.
+        "node_counts": [{"node_type": t, "count": n} for t, n in sorted(plan.node_counts.items())], "kept_nodes": sorted(n.kept for n in plan.nodes if n.kept),
         "unplaceable": list(plan.unplaceable), "daemonset_cpu_cores": plan.daemonset_cpu,
         "daemonset_memory_bytes": plan.daemonset_memory,
     }
