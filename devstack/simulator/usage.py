@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections.abc import Callable
 
 from devstack.simulator.model import container_stream, find_cluster, segments
 from devstack.simulator.spec import SAFE_TO_EVICT, Cluster, Container, Estate, Pod
@@ -194,26 +195,21 @@ class UsageExporters:
         return [({"__name__": name, **labels}, value)
                 for name, (_, _, samples) in self._families(t).items() for labels, value in samples]
 
-    def _families(self, t: float) -> dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]]:
-        """Family name → (type, help, [(labels, value)]) at t."""
-        families: dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]] = {}
+    def estate_series(self, t: float) -> list[tuple[dict[str, str], float]]:
+        """The kube-state-metrics series of the nodes' types and capacity and the pods' volumes
+        at t (labels with ``__name__``, value): cheap, no usage integrated, for replayed history."""
+        found: list[tuple[dict[str, str], float]] = []
+        self._estate_families(t, lambda name, kind, help_, labels, value: found.append(({"__name__": name, **labels}, value)))
+        return found
 
-        def add(name: str, kind: str, help_: str, labels: dict[str, str], value: float) -> None:
-            families.setdefault(name, (kind, help_, []))[2].append((labels, value))
-
-        cluster = self.cluster.name
-        ram_on_node: dict[str, float] = {}
+    def _estate_families(self, t: float, add: Callable[[str, str, str, dict[str, str], float], None]) -> None:
+        """``add`` each series of the nodes' labels and allocatable and the running pods' annotations and volumes."""
         for ns in self.cluster.namespaces:
             for pod in ns.pods:
                 if not _running(pod, t):
                     continue
-                uid = _uid(cluster, ns.name, pod.name)
+                uid = _uid(self.cluster.name, ns.name, pod.name)
                 base = {"namespace": ns.name, "pod": pod.name}
-                kind = _KINDS.get(pod.controller_kind)
-                owner = pod.controller if kind != "ReplicaSet" else pod.name.rsplit("-", 1)[0]
-                add("kube_pod_owner", "gauge", "Information about the Pod's owner.",
-                    {**base, "uid": uid, "owner_kind": kind or "<none>", "owner_name": owner if kind else "<none>",
-                     "owner_is_controller": "true" if kind else "<none>"}, 1.0)
                 evict = pod.annotations.get(SAFE_TO_EVICT)
                 add("kube_pod_annotations", "gauge", "Kubernetes annotations converted to Prometheus labels.",
                     {**base, "uid": uid, **({SAFE_TO_EVICT_LABEL: evict} if evict is not None else {})}, 1.0)
@@ -227,10 +223,42 @@ class UsageExporters:
                     add("kube_persistentvolumeclaim_info", "gauge", "Information about persistent volume claim.",
                         {"namespace": ns.name, "persistentvolumeclaim": claim, "storageclass": storageclass,
                          "volumename": pv.name}, 1.0)
+                    handle = f"vol-{hashlib.blake2b(pv.name.encode(), digest_size=9).hexdigest()[:17]}"
                     where = ({"local_path": pv.local_path, "local_fs": "ext4"} if pv.local_path else
-                             {"csi_driver": "ebs.csi.aws.com", "csi_volume_handle": f"vol-{hashlib.blake2b(pv.name.encode(), digest_size=9).hexdigest()[:17]}"})
+                             {"csi_driver": "ebs.csi.aws.com", "csi_volume_handle": handle})
                     add("kube_persistentvolume_info", "gauge", "Information about persistentvolume.",
                         {"persistentvolume": pv.name, "storageclass": storageclass, **where}, 1.0)
+        for node in self.cluster.nodes:
+            labels = {"node": node.name}
+            add("kube_node_labels", "gauge", "Kubernetes labels converted to Prometheus labels.",
+                {**labels, **({INSTANCE_TYPE_LABEL: node.instance_type} if node.instance_type else {})}, 1.0)
+            for resource, unit, value in (("cpu", "core", node.cpu_cores), ("memory", "byte", node.ram_bytes),
+                                          ("pods", "integer", float(NODE_MAX_PODS))):
+                add("kube_node_status_allocatable", "gauge",
+                    "The allocatable for different resources of a node that are available for scheduling.",
+                    {**labels, "resource": resource, "unit": unit}, value)
+
+    def _families(self, t: float) -> dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]]:
+        """Family name → (type, help, [(labels, value)]) at t."""
+        families: dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]] = {}
+
+        def add(name: str, kind: str, help_: str, labels: dict[str, str], value: float) -> None:
+            families.setdefault(name, (kind, help_, []))[2].append((labels, value))
+
+        self._estate_families(t, add)
+        cluster = self.cluster.name
+        ram_on_node: dict[str, float] = {}
+        for ns in self.cluster.namespaces:
+            for pod in ns.pods:
+                if not _running(pod, t):
+                    continue
+                uid = _uid(cluster, ns.name, pod.name)
+                base = {"namespace": ns.name, "pod": pod.name}
+                kind = _KINDS.get(pod.controller_kind)
+                owner = pod.controller if kind != "ReplicaSet" else pod.name.rsplit("-", 1)[0]
+                add("kube_pod_owner", "gauge", "Information about the Pod's owner.",
+                    {**base, "uid": uid, "owner_kind": kind or "<none>", "owner_name": owner if kind else "<none>",
+                     "owner_is_controller": "true" if kind else "<none>"}, 1.0)
                 pod_cpu = pod_ram = pod_cpu_seconds = 0.0
                 for container in pod.containers:
                     truth = self.container(ns.name, pod, container, t)
@@ -279,13 +307,6 @@ class UsageExporters:
         busy = self.node_busy(t)
         for node in self.cluster.nodes:
             labels = {"node": node.name}
-            add("kube_node_labels", "gauge", "Kubernetes labels converted to Prometheus labels.",
-                {**labels, **({INSTANCE_TYPE_LABEL: node.instance_type} if node.instance_type else {})}, 1.0)
-            for resource, unit, value in (("cpu", "core", node.cpu_cores), ("memory", "byte", node.ram_bytes),
-                                          ("pods", "integer", float(NODE_MAX_PODS))):
-                add("kube_node_status_allocatable", "gauge",
-                    "The allocatable for different resources of a node that are available for scheduling.",
-                    {**labels, "resource": resource, "unit": unit}, value)
             cores = max(1, int(node.cpu_cores))
             user = busy.get(node.name, 0.0) / cores
             for cpu in range(cores):
