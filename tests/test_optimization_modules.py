@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from devstack.simulator import ground_truth
 from devstack.simulator.customer import write_relabel
 from devstack.simulator.spec import SAFE_TO_EVICT, Estate, generate_estate
 from devstack.simulator.usage import UsageExporters
@@ -19,6 +20,7 @@ from jobs.optimizations import (
     KubeFacts,
     Options,
     TenantEstate,
+    anomaly_items,
     cluster_sizing_items,
     estate_facts,
     parse_args,
@@ -185,7 +187,7 @@ def _answers(series: list[tuple[dict[str, str], float]]) -> dict[str, list[dict[
     return out
 
 
-DEMO_DAYS = 42
+DEMO_DAYS = 42  # scripts/demo.py's default history
 
 
 def _demo(cluster_index: int) -> tuple[Estate, Any, int, KubeFacts]:
@@ -248,3 +250,23 @@ def test_the_demo_estate_gets_cluster_rightsizing_and_spot_savings() -> None:
         totals["k8s_cluster_rightsizing"] += sum(i["saving"] for i in sized)
         totals["k8s_spot_instances"] += sum(i["saving"] for i in spot)
     assert totals["k8s_cluster_rightsizing"] > 0 and totals["k8s_spot_instances"] > 0
+
+
+def test_the_demo_history_is_long_enough_for_anomalies_and_has_some() -> None:
+    """The demo's default history (scripts/demo.py's HISTORY_DAYS) of its namespaces' daily
+    costs (the simulator's ground truth, what the ledger holds): every cluster is scored, none
+    says "insufficient history", and the requests and pods that change in the last 7 days
+    make anomalies to flag."""
+    assert DEMO_DAYS == 7 * Options().anomalies.weeks + Options().anomaly_days
+    estate = _demo(0)[0]
+    days = [LAST - k * 86_400 for k in range(DEMO_DAYS - 1, -1, -1)]
+    namespace_costs = {(c.name, ns.name): {d: ground_truth(estate, d, d + 86_400, cluster=c.name, namespace=ns.name).total
+                                           for d in days}
+                       for c in estate.clusters for ns in c.namespaces}
+    cluster_costs = {c.name: {d: sum(v[d] for (cl, _), v in namespace_costs.items() if cl == c.name) for d in days}
+                     for c in estate.clusters}
+    tenant = TenantEstate(Account("acc", "org", "n", "kubernetes_cnr", 0, 0), LAST, (), (), cluster_costs, namespace_costs)
+    items = anomaly_items(tenant, Options(), {})
+    assert not [i for i in items if "insufficient" in i["fields"]]
+    assert {i["fields"]["k8s_namespace"] for i in items} - {None}  # some namespace's anomaly
+    assert all(LAST - 6 * 86_400 <= i["fields"]["start"] <= LAST and i["saving"] == 0.0 for i in items)
