@@ -34,12 +34,13 @@ A cluster's current nodes are those with a price or a running pod; each becomes 
 ``NodeType`` (its instance type, allocatable, prices) or is named with what it lacks. A pod
 is bound to its node (``Pod.local_storage``: cluster sizing keeps its node, spot says
 ``local-volume``) when a claim of it is bound to a local or hostPath volume or it is
-annotated safe-to-evict ``"false"`` (cluster-autoscaler's rule; ``k8scost.usage_series`` says
-why emptyDir volumes are not seen), and holds a persistent volume when it has a claim. A
-usage series without a ``cluster`` label (the shipped configuration adds none: an account is
-one cluster) speaks for a node or pod of that name in any cluster of the account that has no
-series of its own labelled with the cluster. The nodes' capacity type (spot or on demand) is not read: a ready workload already on
-spot nodes is offered the discount again, on the prices its nodes have.
+annotated safe-to-evict ``"false"`` (cluster-autoscaler's rule; ``k8scost.usage_series``
+says why emptyDir volumes are not seen), and holds a persistent volume when it has a claim.
+A usage series without a ``cluster`` label (the shipped configuration adds none: an account
+is one cluster) speaks for a node or pod of that name in any cluster of the account that has
+no series of its own labelled with the cluster. The nodes' capacity type (spot or on demand)
+is not read: a ready workload already on spot nodes is offered the discount again, on the
+prices its nodes have.
 
 What a customer does not send is never invented: a node without type, allocatable or price,
 or a cluster whose running pods lack ``kube_pod_annotations`` series (kube-state-metrics

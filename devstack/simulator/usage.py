@@ -199,7 +199,8 @@ class UsageExporters:
         """The kube-state-metrics series of the nodes' types and capacity and the pods' volumes
         at t (labels with ``__name__``, value): cheap, no usage integrated, for replayed history."""
         found: list[tuple[dict[str, str], float]] = []
-        self._estate_families(t, lambda name, kind, help_, labels, value: found.append(({"__name__": name, **labels}, value)))
+        self._estate_families(
+            t, lambda name, kind, help_, labels, value: found.append(({"__name__": name, **labels}, value)))
         return found
 
     def _estate_families(self, t: float, add: Callable[[str, str, str, dict[str, str], float], None]) -> None:
