@@ -15,18 +15,37 @@ tenant's items and savings per module, and ``optimizations: 3/10 tenants (30 %)`
 Exit status: 0 every tenant done, 1 some failed or MongoDB or Ray unreachable (run again:
 a run replaces, never adds), 2 bad arguments.
 
-Inputs, what exists of them (``read_estate``):
+Inputs (``read_estate``):
 
 - the ledger (ClickHouse): each cluster's daily cost (``K8s Cluster``: its history, and the
   anomaly series), its namespaces' and their pods' daily costs, and the pods with cost on
   the last complete day (the running ones, with their node and controller);
 - MongoDB: the pods' controller kinds (``cloud_resource``), the rightsizing job's results
   (``k8s_rightsizing``: each container's current and recommended requests);
-- the TSDB: each node's prices (the exporter's node price gauges) at the end.
+- the TSDB: each node's prices (the exporter's node price gauges, their last values over the
+  day before the end), and the kube-state-metrics families of ``k8scost.usage_series`` the
+  customer forwards (their last values from the last complete day's start to the end,
+  ``promql.estate_queries``): each node's instance type (``kube_node_labels``) and allocatable
+  CPU and memory (``kube_node_status_allocatable``), each pod's persistent volume claims and
+  whether a claim's volume is local (``local_path`` or ``host_path``), and its
+  cluster-autoscaler safe-to-evict annotation (``kube_pod_annotations``).
 
-Not exported yet, so never invented: the nodes' types and allocatable CPU and memory
-(Kubecost's assets API has them), and the pods' volumes (node-local storage, persistent
-volumes). Where a module needs one, its item says ``insufficient data: <what>`` and saves 0.
+A cluster's current nodes are those with a price or a running pod; each becomes a
+``NodeType`` (its instance type, allocatable, prices) or is named with what it lacks. A pod
+is bound to its node (``Pod.local_storage``: cluster sizing keeps its node, spot says
+``local-volume``) when a claim of it is bound to a local or hostPath volume or it is
+annotated safe-to-evict ``"false"`` (cluster-autoscaler's rule; ``k8scost.usage_series``
+says why emptyDir volumes are not seen), and holds a persistent volume when it has a claim.
+A usage series without a ``cluster`` label (the shipped configuration adds none: an account
+is one cluster) speaks for a node or pod of that name in any cluster of the account that has
+no series of its own labelled with the cluster. The nodes' capacity type (spot or on demand)
+is not read: a ready workload already on spot nodes is offered the discount again, on the
+prices its nodes have.
+
+What a customer does not send is never invented: a node without type, allocatable or price,
+or a cluster whose running pods lack ``kube_pod_annotations`` series (kube-state-metrics
+without the annotation allow-list, or a ``remote_write`` configured before these families),
+makes the module's item say ``insufficient data: <what>`` and save 0.
 A cluster with fewer than ``--min-history-days`` days in the ledger (anomalies: the
 ``7 × weeks`` days their baseline needs before the first day looked at) gets one item per
 module saying ``insufficient history: N days``, never a recommendation.
@@ -80,14 +99,16 @@ from k8scost.stores.optimizations import Module, OptimizationStore, item
 from k8scost.stores.resources import RESOURCE_TYPES, Kind, Resource, ResourceStore
 from k8scost.stores.rightsizing import RightsizingStore
 from k8scost.tsdb import TsdbClient
+from k8scost.usage_series import INSTANCE_TYPE_LABEL, KSM_ALLOWLISTS, SAFE_TO_EVICT_LABEL
 
 log = logging.getLogger("jobs.optimizations")
 
 CLUSTER, NAMESPACE, POD = (RESOURCE_TYPES[k] for k in (Kind.CLUSTER, Kind.NAMESPACE, Kind.POD))
-MISSING_CAPACITY = ("insufficient data: node types and allocatable CPU and memory (the exporter does not export "
-                    "Kubecost's assets cpuCores, ramBytes, nodeType yet)")
-MISSING_VOLUMES = ("insufficient data: pod volumes (node-local storage, persistent volumes: the exporter does not "
-                   "export them yet)")
+MISSING_CAPACITY = ("insufficient data: node types and allocatable CPU and memory (kube-state-metrics' kube_node_labels "
+                    "with label_node_kubernetes_io_instance_type, which needs "
+                    f"{KSM_ALLOWLISTS[0]}, and kube_node_status_allocatable) or node prices")
+MISSING_VOLUMES = ("insufficient data: pod volumes (kube-state-metrics' kube_pod_annotations, which needs "
+                   f"{KSM_ALLOWLISTS[1]}, and its persistent volume families, for every running pod)")
 MAX_PODS = 50_000  # running pods read per cluster (the ledger's page limit)
 
 LAST_SUCCESS = metrics.Gauge(
@@ -131,11 +152,13 @@ class Options:
 class ClusterEstate:
     """One cluster's inputs, as far as they exist.
 
-    ``pods``: the running pods (each container's demand from the rightsizing job; pods it has
-    no result for are in ``unsized``, not here); ``prices``: node → (USD per core-hour, per
-    GiB-hour); ``node_types``: node → its type with allocatable capacity, None while no
-    source exports them; ``volumes_known``: whether the pods' volume flags were read (False:
-    no source yet, and ``Pod``'s False flags mean nothing).
+    ``pods``: the running pods (each container's demand from the rightsizing job, its volume
+    flags; pods it has no result for are in ``unsized``, not here); ``prices``: node → (USD
+    per core-hour, per GiB-hour); ``node_types``: node → its type with allocatable capacity
+    and prices, for the current nodes that have all three (None: none read);
+    ``untyped``: the current nodes without, each as ``"<node> (<what it lacks>)"``;
+    ``volumes_known``: whether every running pod's volume flags were read (False: some were
+    not, and ``Pod``'s False flags mean nothing).
     """
 
     cluster: str
@@ -145,6 +168,7 @@ class ClusterEstate:
     prices: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     node_types: Mapping[str, NodeType] | None = None
     volumes_known: bool = False
+    untyped: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +215,86 @@ async def node_prices(tsdb: TsdbClient, tenant_id: str, end: int) -> dict[tuple[
     return prices
 
 
+@dataclasses.dataclass(frozen=True)
+class KubeFacts:
+    """What kube-state-metrics said of a tenant's nodes and pods (``estate_facts``), keyed by
+    the series' ``cluster`` label ("" when it has none) first."""
+
+    instance_types: Mapping[tuple[str, str], str]  # (cluster, node) → type; a node seen with two has none
+    allocatable: Mapping[tuple[str, str], tuple[float | None, float | None]]  # (cluster, node) → (cores, bytes)
+    # (cluster, namespace, pod) → (bound to its node, holds a persistent volume), for each pod
+    # with a kube_pod_annotations series: the pods whose volumes were read.
+    volumes: Mapping[tuple[str, str, str], tuple[bool, bool]]
+
+    def _lookup(self, mapping: Mapping[tuple[str, ...], Any], cluster: str, *key: str) -> Any:
+        found = mapping.get((cluster, *key))
+        return mapping.get(("", *key)) if found is None else found
+
+    def node_type(self, cluster: str, node: str, prices: tuple[float, float] | None) -> NodeType | str:
+        """The node's type, or what it lacks."""
+        name = self._lookup(self.instance_types, cluster, node)
+        cpu, memory = self._lookup(self.allocatable, cluster, node) or (None, None)
+        lacking = [what for what, value in (("no instance type", name), ("no allocatable CPU", cpu),
+                                            ("no allocatable memory", memory), ("no price", prices)) if value is None]
+        if lacking:
+            return f"{node} ({', '.join(lacking)})"
+        assert name is not None and cpu is not None and memory is not None and prices is not None
+        return NodeType(name, cpu, memory, *prices)
+
+    def pod_volumes(self, cluster: str, namespace: str, pod: str) -> tuple[bool, bool] | None:
+        """(bound to its node, holds a persistent volume), or None when not read."""
+        return self._lookup(self.volumes, cluster, namespace, pod)
+
+
+def estate_facts(answers: Mapping[str, Sequence[Mapping[str, Any]]]) -> KubeFacts:
+    """``KubeFacts`` from the answers (``result`` lists) of ``promql.estate_queries``.
+
+    A pod is bound to its node when it is annotated safe-to-evict ``"false"`` or one of its
+    claims is bound to a volume with a ``local_path`` or ``host_path``; it holds a persistent
+    volume when it has a claim. An unbound claim (no volume yet) is a persistent volume, not
+    a local one.
+    """
+    def labels(name: str) -> Iterable[tuple[Mapping[str, str], float]]:
+        for series in answers.get(name, ()):
+            value = float(series["value"][1])
+            if math.isfinite(value):
+                yield series["metric"], value
+
+    types: dict[tuple[str, str], set[str]] = {}
+    for m, _ in labels("instance_type"):
+        if m.get(INSTANCE_TYPE_LABEL):
+            types.setdefault((m.get("cluster", ""), m.get("node", "")), set()).add(m[INSTANCE_TYPE_LABEL])
+    allocatable: dict[tuple[str, str], list[float | None]] = {}
+    for index, name in enumerate(("cpu_cores", "memory_bytes")):
+        for m, value in labels(name):
+            allocatable.setdefault((m.get("cluster", ""), m.get("node", "")), [None, None])[index] = value
+    local = {(m.get("cluster", ""), m.get("persistentvolume", "")) for m, _ in labels("local_volumes")
+             if m.get("local_path") or m.get("host_path")}
+    bound_to = {(m.get("cluster", ""), m.get("namespace", ""), m.get("persistentvolumeclaim", "")): m.get("volumename", "")
+                for m, _ in labels("volumes")}
+    claims: dict[tuple[str, str, str], list[str]] = {}
+    for m, _ in labels("claims"):
+        key = (m.get("cluster", ""), m.get("namespace", ""), m.get("pod", ""))
+        claims.setdefault(key, []).append(m.get("persistentvolumeclaim", ""))
+    volumes: dict[tuple[str, str, str], tuple[bool, bool]] = {}
+    for m, _ in labels("pods"):
+        key = (m.get("cluster", ""), m.get("namespace", ""), m.get("pod", ""))
+        cluster, namespace = key[:2]
+        local_claim = any((cluster, bound_to.get((cluster, namespace, c), "")) in local for c in claims.get(key, ()))
+        pinned = m.get(SAFE_TO_EVICT_LABEL) == "false" or local_claim
+        was = volumes.get(key, (False, False))  # a pod whose annotation changed: either series may pin it
+        volumes[key] = (was[0] or pinned, bool(claims.get(key)))
+    return KubeFacts({key: next(iter(found)) for key, found in types.items() if len(found) == 1},
+                     {key: (cpu, memory) for key, (cpu, memory) in allocatable.items()}, volumes)
+
+
+async def kube_facts(tsdb: TsdbClient, tenant_id: str, start: int, end: int) -> KubeFacts:
+    """What kube-state-metrics said over (start, end], at ``end``."""
+    queries = promql.estate_queries(tenant_id, end - start)
+    answers = await asyncio.gather(*(tsdb.instant(query, end) for query in queries.values()))
+    return estate_facts({name: answer["result"] for name, answer in zip(queries, answers)})
+
+
 async def read_estate(
     account: Account, end: int, options: Options, expenses: ExpenseQueries, resources: ResourceStore,
     rightsizing: RightsizingStore, tsdb: TsdbClient,
@@ -212,11 +316,12 @@ async def read_estate(
     kinds = {doc["_id"]: (doc.get("meta") or {}).get("controller_kind", "")
              for doc in await resources.find(account.id, resource_type=POD)}
     prices = await node_prices(tsdb, account.id, end)
+    facts = await kube_facts(tsdb, account.id, last_day, end)
     estates = []
     for cluster, costs in sorted(clusters.items()):
         scope = Scope(ids, last_day, last_day + DAY, {"resource_type": (POD,), "k8s_cluster": (cluster,)})
         running = (await expenses.resource_page(scope, MAX_PODS)).resources
-        pods, unsized = [], []
+        pods, unsized, volumes_known = [], [], True
         for r in running:
             kind, controller = kinds.get(r.resource_id, ""), r.k8s_service or ""
             namespace = r.k8s_namespace or ""
@@ -225,10 +330,21 @@ async def read_estate(
             if containers is None:
                 unsized.append(f"{namespace}/{r.resource_name}")
                 continue
-            pods.append(Pod(namespace, r.resource_name, r.k8s_node or "", kind, controller, tuple(containers)))
+            flags = facts.pod_volumes(cluster, namespace, r.resource_name)
+            volumes_known = volumes_known and flags is not None
+            pods.append(Pod(namespace, r.resource_name, r.k8s_node or "", kind, controller, tuple(containers),
+                            *(flags or (False, False))))
+        priced = {node: (cpu, ram) for (c, node), (cpu, ram) in prices.items() if c == cluster and None not in (cpu, ram)}
+        node_types, untyped = {}, []
+        for node in sorted({*priced, *(r.k8s_node for r in running if r.k8s_node)}):
+            typed = facts.node_type(cluster, node, priced.get(node))
+            if isinstance(typed, NodeType):
+                node_types[node] = typed
+            else:
+                untyped.append(typed)
         estates.append(ClusterEstate(
-            cluster, _history(costs, last_day), tuple(pods), tuple(unsized),
-            {node: (cpu, ram) for (c, node), (cpu, ram) in prices.items() if c == cluster and None not in (cpu, ram)},
+            cluster, _history(costs, last_day), tuple(pods), tuple(unsized), priced, node_types or None,
+            volumes_known, tuple(untyped),
         ))
     return TenantEstate(account, last_day, tuple(estates), tuple(found), clusters, namespace_costs)
 
@@ -286,7 +402,8 @@ def _plan(plan: Any) -> dict[str, Any]:
         "profile": plan.profile.name, "target_utilization": plan.profile.target_utilization,
         "min_nodes": plan.profile.min_nodes, "monthly_cost": plan.monthly_cost,
         "current_monthly_cost": plan.current_monthly_cost, "monthly_saving": plan.monthly_saving,
-        "node_counts": plan.node_counts, "kept_nodes": sorted(n.kept for n in plan.nodes if n.kept),
+        # A list, not the type → count map: FerretDB refuses keys with a ".", which instance types have.
+        "node_counts": [{"node_type": t, "count": n} for t, n in sorted(plan.node_counts.items())], "kept_nodes": sorted(n.kept for n in plan.nodes if n.kept),
         "unplaceable": list(plan.unplaceable), "daemonset_cpu_cores": plan.daemonset_cpu,
         "daemonset_memory_bytes": plan.daemonset_memory,
     }
@@ -322,8 +439,9 @@ def cluster_sizing_items(tenant: TenantEstate, options: Options) -> list[dict[st
 
 def _missing_sizing(estate: ClusterEstate) -> list[str]:
     missing = []
-    if estate.node_types is None:
-        missing.append(MISSING_CAPACITY)
+    if estate.node_types is None or estate.untyped:
+        some = f" of {len(estate.untyped)} nodes, e.g. {estate.untyped[0]}" if estate.untyped else ""
+        missing.append(MISSING_CAPACITY + some)
     if not estate.volumes_known:
         missing.append(MISSING_VOLUMES)
     if estate.unsized:

@@ -75,14 +75,12 @@ the copies it holds, then open new nodes; so a group costs one numpy pass over t
 nodes, not one per pod. An exact solver (integer programming) would
 need a solver dependency and does not scale to 20,000 pods.
 
-What a Ray job will need to call ``size_cluster`` (per cluster, from the stores): the pods
-running at the window's end and their containers' requests and controllers (the exporter's
-``cloudtuner_kubecost_container_*_request_*`` series in the TSDB, labels ``pod``, ``node``,
-``controller_kind``, ``controller``), the recommendations of ``k8s_rightsizing`` (MongoDB),
-each node's price (the exporter's node price gauges), and two inputs the exporter does not
-export yet: each node's allocatable CPU and memory and type (Kubecost's assets API has
-``cpuCores``, ``ramBytes``, ``nodeType``) and each pod's volumes (Kubecost's allocations list
-a pod's PVs; node-local storage needs the Kubernetes API or kube-state-metrics).
+What ``jobs/optimizations.py`` reads to call ``size_all`` (per cluster, from the stores): the
+pods running on the last complete day (the ledger) and their containers' requests and
+recommendations (``k8s_rightsizing``, MongoDB), each node's price (the exporter's node price
+gauges), and from the customer's kube-state-metrics (``k8scost.usage_series``) each node's
+instance type and allocatable CPU and memory and each pod's volumes (persistent volume
+claims, local volumes, cluster-autoscaler's safe-to-evict annotation).
 ``k8scost.spot_readiness`` reads the same ``Pod`` and ``Node`` inputs.
 """
 

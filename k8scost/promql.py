@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from k8scost.usage_series import USAGE_FAMILIES
+from k8scost.usage_series import INSTANCE_TYPE_LABEL, SAFE_TO_EVICT_LABEL, USAGE_FAMILIES
 
 TENANT_LABEL = "tenant_id"
 
@@ -441,3 +441,30 @@ def rightsizing_selector(metric: str, tenant_id: str, **matchers: str) -> str:
     if metric not in RIGHTSIZING_METRICS:
         raise ValueError(f"unknown rightsizing metric {metric!r}")
     return metric + "{" + _matchers(tenant_id, matchers) + "}"
+
+
+# --- optimizations: the nodes' types and capacity, the pods' volumes (jobs/optimizations.py) ---
+
+# Query → (family, its labels kept, equality matchers): what ``estate_queries`` reads of the
+# kube-state-metrics families of ``k8scost.usage_series`` (its docstring says why these).
+ESTATE_SOURCES: dict[str, tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]]] = {
+    "instance_type": ("kube_node_labels", ("cluster", "node", INSTANCE_TYPE_LABEL), ()),
+    "cpu_cores": ("kube_node_status_allocatable", ("cluster", "node"), (("resource", "cpu"), ("unit", "core"))),
+    "memory_bytes": ("kube_node_status_allocatable", ("cluster", "node"), (("resource", "memory"), ("unit", "byte"))),
+    "pods": ("kube_pod_annotations", ("cluster", "namespace", "pod", SAFE_TO_EVICT_LABEL), ()),
+    "claims": ("kube_pod_spec_volumes_persistentvolumeclaims_info", ("cluster", "namespace", "pod", "persistentvolumeclaim"), ()),
+    "volumes": ("kube_persistentvolumeclaim_info", ("cluster", "namespace", "persistentvolumeclaim", "volumename"), ()),
+    "local_volumes": ("kube_persistentvolume_info", ("cluster", "persistentvolume", "local_path", "host_path"), ()),
+}
+
+
+def estate_queries(tenant_id: str, window_seconds: int) -> dict[str, str]:
+    """The instant queries of ``ESTATE_SOURCES`` for one tenant: each series' last value over
+    the ``window_seconds`` before the query's time, ``max by`` the labels kept (which drops
+    the scrape's own, so an HA pair's copies are one series). A label a series lacks is
+    absent from its answer too."""
+    range_ = window(window_seconds)
+    return {
+        name: f"max by ({', '.join(labels)}) (last_over_time({usage_selector(metric, tenant_id, **dict(matchers))}[{range_}]))"
+        for name, (metric, labels, matchers) in ESTATE_SOURCES.items()
+    }

@@ -8,6 +8,31 @@ labels and types are the real exporters' (the kubelet's cAdvisor, kube-state-met
 node-exporter); the high-cardinality labels they also carry (cAdvisor's ``id``, ``image``,
 ``name``; kube-state-metrics' pod ``uid``) are on no list, so they never leave the cluster.
 
+What the optimizations job (``jobs/optimizations.py``) reads of the estate, from
+kube-state-metrics v2, is here too:
+
+- each node's type: ``kube_node_labels`` with ``label_node_kubernetes_io_instance_type``,
+  which kube-state-metrics exports only when started with
+  ``--metric-labels-allowlist=nodes=[node.kubernetes.io/instance-type]``; its allocatable CPU
+  and memory are ``kube_node_status_allocatable``'s;
+- each pod's persistent volumes: ``kube_pod_spec_volumes_persistentvolumeclaims_info`` (pod →
+  claim), ``kube_persistentvolumeclaim_info`` (claim → volume) and ``kube_persistentvolume_info``
+  (a volume's ``local_path`` or ``host_path``: a local or hostPath PV, bound to its node);
+- node-local storage: kube-state-metrics has no metric of a pod's emptyDir or inline hostPath
+  volumes (nor has the kubelet or cAdvisor: ``kubelet_volume_stats_*`` cover PVCs only). The
+  source taken is cluster-autoscaler's rule: it never moves a pod with local storage unless
+  annotated ``cluster-autoscaler.kubernetes.io/safe-to-evict: "true"``, and never one
+  annotated ``"false"``; that annotation is ``kube_pod_annotations``'
+  ``annotation_cluster_autoscaler_kubernetes_io_safe_to_evict``, exported only with
+  ``--metric-annotations-allowlist=pods=[cluster-autoscaler.kubernetes.io/safe-to-evict]``.
+  With that allow-list kube-state-metrics exports ``kube_pod_annotations`` for every pod (the
+  label only where the annotation is set), so a pod's series says its volumes were read. A
+  pod with an emptyDir but without the annotation is not seen as bound to its node.
+
+``KSM_ALLOWLISTS`` are those two flags. Their cost in series: one per node, one per pod and
+three per persistent volume, against about four per container of cAdvisor's families
+(``INGRESS_MAX_SERIES_PER_TENANT`` counts them all).
+
 Every family also may carry ``COMMON_LABELS`` (what Prometheus and its service discovery add
 to every target) and ``tenant_id``, which the ingress stamps whatever was sent.
 """
@@ -48,6 +73,12 @@ class Family:
 
 
 _CONTAINER = ("namespace", "pod", "container")
+# kube-state-metrics turns a Kubernetes label or annotation into a Prometheus label only when
+# its allow-list names it (``--metric-labels-allowlist``, ``--metric-annotations-allowlist``).
+INSTANCE_TYPE_LABEL = "label_node_kubernetes_io_instance_type"  # node.kubernetes.io/instance-type
+SAFE_TO_EVICT_LABEL = "annotation_cluster_autoscaler_kubernetes_io_safe_to_evict"
+KSM_ALLOWLISTS = ("--metric-labels-allowlist=nodes=[node.kubernetes.io/instance-type]",
+                  "--metric-annotations-allowlist=pods=[cluster-autoscaler.kubernetes.io/safe-to-evict]")
 USAGE_FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
@@ -64,6 +95,15 @@ USAGE_FAMILIES: dict[str, Family] = {
         Family("kube_pod_owner", GAUGE, ("namespace", "pod", "owner_kind", "owner_name", "owner_is_controller"),
                "kube-state-metrics"),
         Family("kube_node_status_allocatable", GAUGE, ("resource", "unit"), "kube-state-metrics"),
+        # What the optimizations job reads of the estate (module docstring: their allow-lists).
+        Family("kube_node_labels", GAUGE, (INSTANCE_TYPE_LABEL,), "kube-state-metrics"),
+        Family("kube_pod_annotations", GAUGE, ("namespace", "pod", SAFE_TO_EVICT_LABEL), "kube-state-metrics"),
+        Family("kube_pod_spec_volumes_persistentvolumeclaims_info", GAUGE,
+               ("namespace", "pod", "volume", "persistentvolumeclaim"), "kube-state-metrics"),
+        Family("kube_persistentvolumeclaim_info", GAUGE,
+               ("namespace", "persistentvolumeclaim", "storageclass", "volumename"), "kube-state-metrics"),
+        Family("kube_persistentvolume_info", GAUGE, ("persistentvolume", "storageclass", "local_path", "host_path"),
+               "kube-state-metrics"),
         # node-exporter.
         Family("node_cpu_seconds_total", COUNTER, ("cpu", "mode"), "node-exporter"),
         Family("node_memory_MemAvailable_bytes", GAUGE, (), "node-exporter"),

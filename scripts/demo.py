@@ -1,6 +1,6 @@
 """The main command on local defaults: simulated customer clusters flowing into the cost ledger.
 
-    .venv/bin/python scripts/demo.py [--clusters 3] [--history-days 30] [--seed 42]
+    .venv/bin/python scripts/demo.py [--clusters 3] [--history-days 42] [--seed 42]
                                      [--scrape-interval 5] [--cycle-seconds 30] [--once]
     .venv/bin/python scripts/demo.py stop
 
@@ -51,6 +51,7 @@ from actors.tenant import TenantConfig
 from devstack.simulator.customer import CustomerCluster
 from devstack.simulator.history import write_blocks
 from devstack.simulator.spec import Estate, from_json, generate_estate, to_json
+from jobs.optimizations import Options
 from k8scost import raylocal
 from k8scost import ledger
 from k8scost.settings import DAY, LedgerSettings, StoreSettings, from_env
@@ -62,6 +63,11 @@ from k8scost.stores.optimizations import Module
 from k8scost.stores.resources import ResourceStore
 
 DEMO_DIR = stack.ROOT / ".data" / "demo"
+# The history replayed by default: the anomaly module's baseline (7 × weeks days) before each
+# of the days it looks at, so a first run flags anomalies rather than "insufficient history".
+# Replayed as TSDB blocks (stack.load_blocks), never remote-written: neither the TSDB's
+# out-of-order window (30 days) nor INGRESS_MAX_PAST_SECONDS bounds it, the raw retention does.
+HISTORY_DAYS = 7 * Options().anomalies.weeks + Options().anomaly_days
 # What the running demo started: its customer processes (by process group) and the servers.
 RUNNING_FILE = DEMO_DIR / "running.json"
 SERVICES = ("clickhouse", "mongodb", "tsdb", "ray")
@@ -72,14 +78,14 @@ DEMO_USERS = (
 )
 
 
-def load_estate(seed: int, clusters: int) -> tuple[Estate, Path]:
-    """The demo estate: 30 days of history up to now, reused by later runs with the same shape."""
-    path = DEMO_DIR / f"estate-seed{seed}-clusters{clusters}.json"
+def load_estate(seed: int, clusters: int, days: int) -> tuple[Estate, Path]:
+    """The demo estate: ``days`` of history up to now, reused by later runs with the same shape."""
+    path = DEMO_DIR / f"estate-seed{seed}-clusters{clusters}-days{days}.json"
     if path.exists():
         return from_json(path.read_text()), path
-    month = 30 * DAY
+    history = max(days, 1) * DAY
     estate = generate_estate(seed, clusters=clusters, namespaces_per_cluster=5, pods_per_namespace=6,
-                             start=time.time() - month, span_seconds=month + 7 * DAY)
+                             start=time.time() - history, span_seconds=history + 7 * DAY)
     path.write_text(to_json(estate))
     return estate, path
 
@@ -303,8 +309,10 @@ def main() -> int:
     parser.add_argument("--clusters", type=int, default=3, help="simulated clusters, one account each (default 3)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the simulated estate (default 42)")
     parser.add_argument("--scrape-interval", type=float, default=5.0, help="exporter poll and scrape interval, s")
-    parser.add_argument("--history-days", type=int, default=30,
-                        help="past days replayed into the TSDB and backfilled into the ledger (default 30)")
+    parser.add_argument("--history-days", type=int, default=HISTORY_DAYS,
+                        help="past days replayed into the TSDB and backfilled into the ledger (default "
+                             f"{HISTORY_DAYS}: what the anomaly module needs to look at its {Options().anomaly_days} "
+                             "days)")
     parser.add_argument("--cycle-seconds", type=float, default=30.0, help="ledger cycle of the tenant actors, s")
     parser.add_argument("--once", action="store_true",
                         help="print the results once, then stop the simulated clusters; the servers stay up")
@@ -318,8 +326,10 @@ def main() -> int:
         parser.error("--clusters must be between 1 and 20")
     if args.scrape_interval < 1:
         parser.error("--scrape-interval must be at least 1 second")
-    if not 0 <= args.history_days <= 30:
-        parser.error("--history-days must be between 0 and 30")
+    retention = from_env(StoreSettings).tsdb_raw_retention_days
+    if not 0 <= args.history_days < retention:
+        parser.error(f"--history-days must be from 0 to {retention - 1} (TSDB_RAW_RETENTION_DAYS: the backfill "
+                     "refuses older days)")
     if args.cycle_seconds < 5:
         parser.error("--cycle-seconds must be at least 5")
 
@@ -335,7 +345,7 @@ def main() -> int:
     stack.services("start", *SERVICES)
     print("deploying the Serve applications ...", flush=True)
     stack.deploy_serve()
-    estate, estate_file = load_estate(args.seed, args.clusters)
+    estate, estate_file = load_estate(args.seed, args.clusters, args.history_days)
     credentials = asyncio.run(accounts_for([c.name for c in estate.clusters]))
     if args.history_days:
         load_history(estate, estate_file, {c: cred.account_id for c, cred in credentials.items()}, args.history_days)

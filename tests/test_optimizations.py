@@ -6,6 +6,10 @@ written through the store, and every count and saving the route answers is check
 sums computed here from what was written. Organization gamma gets a ledger (a 50-day
 history with a known spike, and a 3-day one), pods and rightsizing results, and the job's
 per-tenant function runs on them; its items are checked against values computed by hand.
+Its third account's customer also sends kube-state-metrics' node types and pod volumes and
+the exporter's node prices (written to the shared TSDB under that fresh tenant), so its
+cluster rightsizing and spot items are recommendations, checked against packings and prices
+worked out by hand.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import pytest
 import pytest_asyncio
 
 from jobs.optimizations import MISSING_CAPACITY, MISSING_VOLUMES, Options, optimize_tenant
+from k8scost.promql import NODE_PRICE_METRICS
 from k8scost.rightsizing import GIB
+from k8scost.rightsizing import HOURS_PER_MONTH as MONTH
 from k8scost.rightsizing import GroupKey, Recommendation, ResourceRecommendation
-from k8scost.settings import RestApiSettings, StoreSettings, from_env
+from k8scost.settings import IngressSettings, RestApiSettings, StoreSettings, from_env
 from k8scost.stores import StoreUnavailable
 from k8scost.stores.accounts import Account
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
@@ -34,7 +40,9 @@ from k8scost.stores.optimizations import Module, OptimizationStore, item
 from k8scost.stores.resources import RESOURCE_TYPES, Kind, Resource, ResourceStore
 from k8scost.stores.rightsizing import RightsizingStore, document
 from k8scost.tsdb import TsdbClient
+from serve_apps.ingress.remote_write import encode
 from serve_apps.restapi.api import RestApiConfig, create_api
+from tests import helpers
 from tests.test_restapi import JWT_KEY, SECRET, Org, _account, _clickhouse, _dsn, _signup
 
 pytestmark = [pytest.mark.services, pytest.mark.asyncio(loop_scope="session")]
@@ -102,7 +110,7 @@ async def world(real_services: None) -> AsyncIterator[World]:
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://restapi.test")
     try:
         a, b, c = await _signup(client, "alpha"), await _signup(client, "beta"), await _signup(client, "gamma")
-        for org, names in ((a, ("alpha east", "alpha west")), (b, ("beta east",)), (c, ("gamma long", "gamma new"))):
+        for org, names in ((a, ("alpha east", "alpha west")), (b, ("beta east",)), (c, ("gamma long", "gamma new", "gamma typed"))):
             for name in names:
                 await _account(client, org, name)
         store = OptimizationStore(connect(stores))
@@ -367,7 +375,7 @@ async def job_world(world: World) -> World:
     db = connect(world.stores)
     resources, rightsizing = ResourceStore(db), RightsizingStore(db)
     await resources.ensure_indexes()
-    for index, days in ((0, LONG), (1, SHORT)):
+    for index, days in ((0, LONG), (1, SHORT), (2, LONG)):
         account = acc(c, index)
         await world.expenses.insert(ledger_rows(account, days))
         pods = [Resource(Kind.POD, "east", "shop", p, n, "web", {"controller_kind": "deployment"})
@@ -486,3 +494,76 @@ async def test_a_failed_run_is_recorded_and_keeps_the_previous_items(job_world: 
     assert await items_of(world, 0) == before
     body = (await get(world, world.c, {"cloud_account_id": acc(world.c, 0), "type": "k8s_spot_instances"})).json()
     assert body["optimizations"]["k8s_spot_instances"]["runs"][0]["status"] == "failed"
+
+
+# The third account's nodes, all m5.large (2 cores, 8 GiB allocatable) at 0.03 USD a core-hour
+# and 0.004 a GiB-hour: 0.092 USD an hour each. pg-0's claim is bound to a local volume;
+# web-2 is annotated safe to evict ("true": no effect), job-x has no controller.
+NODE_HOURLY = 2 * 0.03 + 8 * 0.004
+
+
+def kube_series(tenant: str, at_ms: int) -> list[tuple[dict[str, str], list[tuple[int, float]]]]:
+    """What the customer's Prometheus sends, as the shipped relabelling leaves it (no cluster label)."""
+    def one(name: str, **labels: str) -> tuple[dict[str, str], list[tuple[int, float]]]:
+        return {"__name__": name, "tenant_id": tenant, "job": "kube-state-metrics", **labels}, [(at_ms, 1.0)]
+
+    series = []
+    for node in ("n1", "n2", "n3"):
+        series.append(one("kube_node_labels", node=node, label_node_kubernetes_io_instance_type="m5.large"))
+        for resource, unit, value in (("cpu", "core", 2.0), ("memory", "byte", 8.0 * GIB)):
+            labels, _ = one("kube_node_status_allocatable", node=node, resource=resource, unit=unit)
+            series.append((labels, [(at_ms, value)]))
+        for metric, price in zip(NODE_PRICE_METRICS.values(), (0.03, 0.004)):
+            series.append(({"__name__": metric, "tenant_id": tenant, "cluster": "east", "node": node}, [(at_ms, price)]))
+    series += [one("kube_pod_annotations", namespace="shop", pod="web-1"),
+               one("kube_pod_annotations", namespace="shop", pod="web-2",
+                   annotation_cluster_autoscaler_kubernetes_io_safe_to_evict="true"),
+               one("kube_pod_annotations", namespace="db", pod="pg-0"),
+               one("kube_pod_annotations", namespace="tools", pod="job-x"),
+               one("kube_pod_spec_volumes_persistentvolumeclaims_info", namespace="db", pod="pg-0", volume="data",
+                   persistentvolumeclaim="data-pg-0"),
+               one("kube_persistentvolumeclaim_info", namespace="db", persistentvolumeclaim="data-pg-0",
+                   storageclass="local-storage", volumename="local-pv-1"),
+               one("kube_persistentvolume_info", persistentvolume="local-pv-1", storageclass="local-storage",
+                   local_path="/mnt/disks/ssd0")]
+    return series
+
+
+async def test_the_job_on_a_customer_sending_node_types_and_volumes(job_world: World) -> None:
+    world = job_world
+    tenant = acc(world.c, 2)
+    # As the ingress forwards a customer's write: to TSDB_REMOTE_WRITE_URL, the tenant in its header.
+    forward = from_env(IngressSettings)
+    answer = httpx.post(forward.tsdb_remote_write_url, content=encode(kube_series(tenant, (LAST + DAY // 2) * 1000)),
+                        headers={"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+                                 "X-Prometheus-Remote-Write-Version": "0.1.0", forward.tenant_header: tenant},
+                        timeout=30)
+    assert answer.is_success, answer.text
+    # A new tenant's first samples are answered some seconds after they are taken (Thanos Query).
+    helpers.wait_for("the TSDB to answer the written series",
+                     lambda: helpers.tsdb_query(f'last_over_time(kube_node_labels{{tenant_id="{tenant}"}}[2d])', LAST + DAY),
+                     timeout=60, interval=1)
+    report = await run_job(world, 2)
+    found = await items_of(world, 2)
+    # Sized demand: web-1, web-2 0.25 core and 1 GiB each (movable), pg-0 0.75 and 2 GiB (its
+    # local volume pins n2), job-x 0.05 and 1 GiB (no controller: pins n1). Production (65 %,
+    # at least 2 nodes): n1 takes job-x and both web pods, 0.55 ≤ 1.3 cores and 3 ≤ 5.2 GiB;
+    # n1 and n2 are kept, n3 goes: one node's price a month.
+    [cluster] = found["k8s_cluster_rightsizing"]
+    assert "insufficient" not in cluster["fields"]
+    assert cluster["saving"] == pytest.approx(NODE_HOURLY * MONTH)
+    assert (cluster["fields"]["current_nodes"], cluster["fields"]["planned_nodes"]) == (3, 2)
+    [production] = [p for p in cluster["fields"]["evidence"]["plans"] if p["profile"] == "production"]
+    assert production["kept_nodes"] == ["n1", "n2"] and production["node_counts"] == [{"node_type": "m5.large", "count": 2}]
+    # Spot: web is ready (its "true" annotation pins nothing), at 60 % off its sized demand;
+    # pg-0 (a StatefulSet with a local volume) and job-x are not items.
+    [spot] = found["k8s_spot_instances"]
+    assert (spot["fields"]["controller"], spot["fields"]["rule"], "insufficient" in spot["fields"]) == ("web", "ready", False)
+    assert spot["saving"] == pytest.approx(2 * (0.25 * 0.03 + 1 * 0.004) * 0.6 * MONTH)
+    # Through the route: items → module → total, against the sums of what the job wrote.
+    body = (await get(world, world.c, {"cloud_account_id": tenant})).json()
+    for module, docs in found.items():
+        got = body["optimizations"][module]
+        assert (got["count"], got["saving"]) == (len(docs), pytest.approx(sum(d["saving"] for d in docs)))
+    assert body["total_saving"] == pytest.approx(52.5 + 1.5 + NODE_HOURLY * MONTH + 2 * 0.0115 * 0.6 * MONTH)
+    assert report.savings["k8s_cluster_rightsizing"] == pytest.approx(NODE_HOURLY * MONTH)

@@ -7,7 +7,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.simulator import Cluster, Container, Estate, Namespace, Node, Pod, create_app
+from devstack.simulator import PV, Cluster, Container, Estate, Namespace, Node, Pod, create_app
+from devstack.simulator.spec import SAFE_TO_EVICT
 from devstack.simulator.usage import PATHS, UsageExporters
 from k8scost.usage_series import USAGE_FAMILIES
 
@@ -23,10 +24,15 @@ APP = Container("app", 1.0, 2 * GIB, 0.5, 1 * GIB,
 WORK = Container("work", 0.0, 0.0, 0.25, 256 * MIB)
 
 
+# web-0 holds two volumes, the first a local PV; the job is annotated safe to evict.
+VOLUMES = [PV("pv-local-1", 10 * GIB, 0.0001, "/mnt/disks/ssd0"), PV("pvc-0b1c", 20 * GIB, 0.0001)]
+
+
 def estate() -> Estate:
-    node = Node("n1", 4.0, 16 * GIB, 0.03, 0.004, "i-1")
-    pods = [Pod("web-0", "n1", "statefulset", "web", T0, None, [APP]),
-            Pod("batch-1234-abcde", "n1", "job", "batch-1234", T0, T0 + 200, [WORK])]
+    node = Node("n1", 4.0, 16 * GIB, 0.03, 0.004, "i-1", "m5.xlarge")
+    pods = [Pod("web-0", "n1", "statefulset", "web", T0, None, [APP], VOLUMES),
+            Pod("batch-1234-abcde", "n1", "job", "batch-1234", T0, T0 + 200, [WORK],
+                annotations={SAFE_TO_EVICT: "true"})]
     return Estate(7, [Cluster("c1", 0.1, [node], [Namespace("apps", {}, pods)])])
 
 
@@ -89,6 +95,27 @@ def test_kube_state_metrics_reports_what_is_set() -> None:
     assert value(text, "kube_pod_owner", pod="web-0", owner_kind="StatefulSet", owner_name="web") == 1.0
     assert value(text, "kube_pod_owner", pod="batch-1234-abcde", owner_kind="Job", owner_name="batch-1234") == 1.0
     assert value(text, "kube_node_status_allocatable", node="n1", resource="cpu", unit="core") == 4.0
+
+
+def test_kube_state_metrics_reports_the_nodes_type_and_the_pods_volumes() -> None:
+    text = UsageExporters(estate(), "c1").text(T0 + 50)
+    assert value(text, "kube_node_labels", node="n1", label_node_kubernetes_io_instance_type="m5.xlarge") == 1.0
+    web = {"namespace": "apps", "pod": "web-0"}
+    assert value(text, "kube_pod_annotations", **web) == 1.0  # every pod has one; its label only when annotated
+    [web_annotations] = [labels for (name, labels) in samples(text) if name == "kube_pod_annotations"
+                         and ("pod", "web-0") in labels]
+    assert not any(label.startswith("annotation_") for label, _ in web_annotations)
+    assert value(text, "kube_pod_annotations", pod="batch-1234-abcde",
+                 annotation_cluster_autoscaler_kubernetes_io_safe_to_evict="true") == 1.0
+    for volume, claim, pv in (("data", "data-web-0", "pv-local-1"), ("data-1", "data-1-web-0", "pvc-0b1c")):
+        assert value(text, "kube_pod_spec_volumes_persistentvolumeclaims_info", **web, volume=volume,
+                     persistentvolumeclaim=claim) == 1.0
+        assert value(text, "kube_persistentvolumeclaim_info", namespace="apps", persistentvolumeclaim=claim,
+                     volumename=pv) == 1.0
+    assert value(text, "kube_persistentvolume_info", persistentvolume="pv-local-1", local_path="/mnt/disks/ssd0") == 1.0
+    assert value(text, "kube_persistentvolume_info", persistentvolume="pvc-0b1c", csi_driver="ebs.csi.aws.com") == 1.0
+    # The job ended at T0+200: its pod's series went with it.
+    assert value(UsageExporters(estate(), "c1").text(T0 + 250), "kube_pod_annotations", pod="batch-1234-abcde") is None
 
 
 def test_counters_only_grow_and_reset_at_the_restart() -> None:

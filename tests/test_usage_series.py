@@ -26,7 +26,7 @@ import pytest_asyncio
 import uvicorn
 import yaml
 
-from devstack.simulator import Cluster, Container, Estate, Namespace, Node, Pod, create_app
+from devstack.simulator import PV, Cluster, Container, Estate, Namespace, Node, Pod, create_app
 from devstack.simulator.customer import REMOTE_WRITE_TEMPLATE, prometheus_config, write_relabel
 from devstack.simulator.usage import UsageExporters
 from devstack.stack import free_port, wait_for
@@ -79,12 +79,15 @@ def test_no_high_cardinality_label_is_forwarded_or_allowed() -> None:
 
 
 def estate(t0: float) -> Estate:
-    node = Node("n1", 4.0, 16 * GIB, 0.03, 0.004, "i-1")
+    """Every usage family has a series: web-0 holds a local and an EBS volume, api is annotated."""
+    node = Node("n1", 4.0, 16 * GIB, 0.03, 0.004, "i-1", "m5.xlarge")
     web = [Container("app", 1.0, 2 * GIB, 0.5, 1 * GIB, cpu_limit_cores=1.5, ram_limit_bytes=2 * GIB,
                      restarts=[(t0 + 60, "OOMKilled")]),
            Container("istio-proxy", 0.1, 0.125 * GIB, 0.05, 0.1 * GIB)]
-    pods = [Pod("web-0", "n1", "statefulset", "web", t0, None, web),
-            Pod("api-5d8f7-x2k4q", "n1", "deployment", "api", t0, None, [Container("api", 0.5, GIB, 0.2, 0.5 * GIB)])]
+    volumes = [PV("local-pv-1", 10 * GIB, 0.0001, "/mnt/disks/ssd0"), PV("pvc-0b1c", 20 * GIB, 0.0001)]
+    pods = [Pod("web-0", "n1", "statefulset", "web", t0, None, web, volumes),
+            Pod("api-5d8f7-x2k4q", "n1", "deployment", "api", t0, None, [Container("api", 0.5, GIB, 0.2, 0.5 * GIB)],
+                annotations={"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"})]
     return Estate(3, [Cluster("c1", 0.1, [node], [Namespace("apps", {}, pods)])])
 
 
@@ -117,8 +120,11 @@ def test_the_relabelled_exporters_are_distinct_and_pass_the_police_untouched() -
     police = TenantPolice("tenant-a", Limits())
     out = police.police(encode(sent), int(t0 + 120) * 1000)
     assert not out.dropped and out.over_limit == 0
-    assert sorted(decode(out.body), key=repr) == sorted(
-        (({**labels, "tenant_id": "tenant-a"}, samples) for labels, samples in sent), key=repr)
+    def canonical(series: list[Series]) -> list[tuple[tuple[tuple[str, str], ...], list[tuple[int, float]]]]:
+        return sorted((tuple(sorted(labels.items())), samples) for labels, samples in series)
+
+    assert canonical(decode(out.body)) == canonical([({**labels, "tenant_id": "tenant-a"}, samples)
+                                                     for labels, samples in sent])
 
 
 def test_unrelabelled_exporters_are_refused_by_label_and_counted() -> None:
@@ -129,10 +135,13 @@ def test_unrelabelled_exporters_are_refused_by_label_and_counted() -> None:
     police = TenantPolice("tenant-a", Limits())
     out = police.police(encode(raw), int(t0 + 120) * 1000)
     refused = [labels for labels, _ in raw if HIGH_CARDINALITY & set(labels)]
-    assert refused and out.dropped == {"label_not_allowed": len(refused)}
+    # kube_persistentvolume_info's CSI and local_fs labels are on no list either (the relabelling drops them).
+    off_list = [labels for labels, _ in raw if {"csi_driver", "csi_volume_handle", "local_fs"} & set(labels)]
+    assert refused and off_list and out.dropped == {"label_not_allowed": len(refused) + len(off_list)}
     assert {labels["__name__"] for labels, _ in decode(out.body)} == {
         name for name in USAGE_FAMILIES if name in ("kube_node_status_allocatable", "node_cpu_seconds_total",
-                                                   "node_memory_MemAvailable_bytes")}
+                                                   "node_memory_MemAvailable_bytes", "kube_node_labels",
+                                                   "kube_persistentvolumeclaim_info")}
 
 
 # --- the active-series limit, in the police --------------------------------------------------

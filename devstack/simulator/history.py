@@ -22,11 +22,15 @@ from pathlib import Path
 from exporter.allocation import parse_allocations, parse_management_rate
 from exporter.snapshot import AGGREGATES, Snapshot, allocation_params, assets_params, build_snapshot
 from devstack.simulator.allocation import allocation_response, assets_response
+from devstack.simulator.customer import write_relabel
 from devstack.simulator.spec import Estate
+from devstack.simulator.usage import UsageExporters
+from k8scost.usage_series import write_relabel_configs
 
 # The labels the customer's Prometheus adds when it scrapes the exporter (honor_labels
 # keeps the exporter's own); replayed samples carry them too, so they are the same series.
 SCRAPE_LABELS = {"job": "cloudtuner-allocation-exporter", "instance": "allocation-exporter:19090"}
+KSM_SCRAPE_LABELS = {"job": "kube-state-metrics", "instance": "kube-state-metrics:8080"}
 
 
 def exported_at(estate: Estate, cluster: str, tenant_id: str, at: float, window: str) -> Snapshot:
@@ -50,9 +54,17 @@ def openmetrics(
 ) -> Iterator[str]:
     """OpenMetrics text of the samples at start, start+step, … < end for each cluster → tenant.
 
+    Besides the exporter's gauges, the customer's kube-state-metrics series of the nodes'
+    types and capacity and the pods' volumes (``UsageExporters.estate_series``: the
+    optimizations job reads them over the last complete day), as the shipped relabelling sends
+    them and the ingress stamps them; not the usage series (cAdvisor, node-exporter, the
+    containers' kube-state-metrics): those are live only.
+
     Grouped as promtool wants it: one family after another, each series' samples in order.
     """
     series: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[float, float]]] = {}
+    kube = {cluster: UsageExporters(estate, cluster) for cluster in tenants}
+    relabel = write_relabel_configs()
     at = start
     while at < end:
         for cluster, tenant in tenants.items():
@@ -60,6 +72,11 @@ def openmetrics(
                 for label_values, value in values.items():
                     labels = tuple((k, v) for k, v in zip(metric.labels, label_values) if v) + tuple(SCRAPE_LABELS.items())
                     series.setdefault((metric.name, labels), []).append((at, value))
+            for scraped, value in kube[cluster].estate_series(at):
+                sent = write_relabel({**scraped, **KSM_SCRAPE_LABELS}, relabel)
+                if sent is not None:
+                    name = sent.pop("__name__")
+                    series.setdefault((name, (*sorted(sent.items()), ("tenant_id", tenant))), []).append((at, value))
         at += step
     for family in sorted({name for name, _ in series}):
         yield f"# TYPE {family} gauge\n"

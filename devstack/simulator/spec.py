@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -54,11 +55,12 @@ class Container:
 
 @dataclass
 class PV:
-    """A persistent volume mounted by one pod."""
+    """A persistent volume mounted by one pod; ``local_path`` set: a local PV, bound to its node."""
 
     name: str
     size_bytes: float
     price_per_gib_hour: float
+    local_path: str = ""
 
 
 @dataclass
@@ -73,6 +75,8 @@ class Pod:
     end: float | None
     containers: list[Container]
     pvs: list[PV] = field(default_factory=list)
+    # As kube-state-metrics exports them: only cluster-autoscaler's safe-to-evict matters here.
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,7 +100,8 @@ class LoadBalancer:
 
 @dataclass
 class Node:
-    """A node, always up; its full capacity is billed."""
+    """A node, always up; its full capacity is billed. Nodes of one ``instance_type``
+    (its ``node.kubernetes.io/instance-type`` label; "" none) have the same capacity and prices."""
 
     name: str
     cpu_cores: float
@@ -104,6 +109,7 @@ class Node:
     cpu_price_per_core_hour: float
     ram_price_per_gib_hour: float
     provider_id: str
+    instance_type: str = ""
 
 
 @dataclass
@@ -259,6 +265,12 @@ _KIND_WEIGHTS = (55, 15, 10, 10, 10)
 _CPU_REQUESTS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 _RAM_REQUESTS = tuple(m * MIB for m in (64, 128, 256, 512, 1024, 2048))
 _NODE_CORES = (2, 4, 8, 16, 32, 64, 96)
+# AWS's size names of those core counts, and instance families by GiB per core, each with its
+# price factor (on the list prices above): a type's capacity and prices follow from its name.
+_SIZES = {2: "large", 4: "xlarge", 8: "2xlarge", 16: "4xlarge", 32: "8xlarge", 64: "16xlarge", 96: "24xlarge"}
+_FAMILIES = {4: (("m6a", 0.9), ("m5", 1.0), ("m6i", 1.05), ("m7i", 1.1), ("m7a", 1.2)),
+             8: (("r6a", 0.88), ("r5", 0.98), ("r6i", 1.03), ("r7i", 1.08), ("r7a", 1.18))}
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 _HEADROOM = 0.85  # nodes are sized so peak allocation stays below this share of capacity: idle is never negative
 
 
@@ -344,19 +356,24 @@ def _pods(rng: random.Random, count: int, nodes: int, start: float, span: float,
 
 def _nodes(rng: random.Random, cluster_index: int, region: str, placed: list[list[Pod]],
            variation: float) -> list[Node]:
-    """Nodes big enough for the peak allocation of the pods placed on each."""
+    """Nodes big enough for the peak allocation of the pods placed on each: the smallest size
+    of an instance family (GiB per core, price factor) that holds it."""
     nodes = []
     for j, pods in enumerate(placed):
         peaks = [_peak(c, variation) for p in pods for c in p.containers]
         need_cpu = sum(p[0] for p in peaks) / _HEADROOM
         need_ram = sum(p[1] for p in peaks) / _HEADROOM
-        cores = next((c for c in _NODE_CORES if c >= need_cpu), float(int(need_cpu) + 1))
         gib_per_core = rng.choice((4, 8))
-        ram = float(max(cores * gib_per_core, int(need_ram / GIB) + 1) * GIB)
-        price = rng.uniform(0.85, 1.25)  # instance families differ in price per resource
+        families = _FAMILIES[gib_per_core]
+        family, price = families[int(rng.random() * len(families))]  # one draw, as the price's was
+        cores = next((c for c in _NODE_CORES if c >= need_cpu and c * gib_per_core * GIB >= need_ram), None)
+        size = _SIZES.get(cores or 0)
+        if cores is None:  # past the largest size: a custom one, named by its cores
+            cores = max(int(need_cpu) + 1, math.ceil(need_ram / GIB / gib_per_core))
+            size = f"{cores}c"
         name = f"ip-10-{cluster_index % 256}-{j // 256}-{j % 256}.{region}.compute.internal"
-        nodes.append(Node(name, float(cores), ram, round(_CPU_PRICE * price, 6), round(_RAM_PRICE * price, 6),
-                          f"i-{rng.getrandbits(68):017x}"))
+        nodes.append(Node(name, float(cores), float(cores * gib_per_core * GIB), round(_CPU_PRICE * price, 6),
+                          round(_RAM_PRICE * price, 6), f"i-{rng.getrandbits(68):017x}", f"{family}.{size}"))
     return nodes
 
 
@@ -396,9 +413,30 @@ def generate_estate(seed: int, clusters: int = 1, namespaces_per_cluster: int = 
                for k in range(rng.randint(1, 2))]
         result.append(Cluster(name, rng.choice(_MANAGEMENT_FEES), nodes, namespaces, lbs))
     _limits_and_restarts(seed, result, start, span_seconds)
+    _node_bound_storage(seed, result)
     estate = Estate(seed, result, usage_period_seconds=3600.0, usage_variation=usage_variation)
     validate(estate)
     return estate
+
+
+def _node_bound_storage(seed: int, clusters: list[Cluster]) -> None:
+    """A quarter of the StatefulSets' volumes local PVs; a tenth of the Deployments annotated
+    safe-to-evict "false" (a cache on an emptyDir they would lose) and a tenth "true", on every
+    replica, as a pod template gives them. Drawn from their own generator, as the limits."""
+    rng = random.Random(seed ^ 0x5707A6E)
+    for cluster in clusters:
+        for namespace in cluster.namespaces:
+            verdicts: dict[str, str | None] = {}
+            for pod in namespace.pods:
+                for pv in pod.pvs:
+                    if rng.random() < 0.25:
+                        pv.local_path = f"/mnt/disks/{pv.name}"
+                if pod.controller_kind == "deployment":
+                    if pod.controller not in verdicts:
+                        draw = rng.random()
+                        verdicts[pod.controller] = "false" if draw < 0.1 else "true" if draw < 0.2 else None
+                    if verdicts[pod.controller] is not None:
+                        pod.annotations = {SAFE_TO_EVICT: verdicts[pod.controller]}
 
 
 def _limits_and_restarts(seed: int, clusters: list[Cluster], start: float, span: float) -> None:

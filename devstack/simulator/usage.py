@@ -13,6 +13,13 @@ included) and ``s0`` its last start (the pod's start or its last restart):
 - kube-state-metrics: requests and limits in force at t (only those set, as it does),
   ``kube_pod_container_status_restarts_total`` = restarts up to t, and
   ``kube_pod_container_status_last_terminated_reason`` = 1 for the last one's reason;
+- kube-state-metrics, as started with ``usage_series.KSM_ALLOWLISTS``: per running pod
+  ``kube_pod_annotations`` = 1 (its safe-to-evict annotation as a label, when set), per
+  volume of it ``kube_pod_spec_volumes_persistentvolumeclaims_info`` = 1 (volume ``data``,
+  ``data-1``, …; claim ``<volume>-<pod>``, as a StatefulSet names them),
+  ``kube_persistentvolumeclaim_info`` = 1 and ``kube_persistentvolume_info`` = 1 (a local PV
+  with its ``local_path``, else an EBS one with the CSI labels the relabelling drops), all
+  while the pod runs; per node ``kube_node_labels`` = 1 with its instance type;
 - node-exporter, per node booted at ``boot`` (an hour before the cluster's first pod): with
   B(t) = ∫ Σ u over [boot, t) of the node's containers, each of its ``cores`` CPUs reports
   ``user`` = B / cores and ``idle`` = (t − boot) − B / cores (``system`` 0), and
@@ -33,10 +40,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections.abc import Callable
 
 from devstack.simulator.model import container_stream, find_cluster, segments
-from devstack.simulator.spec import Cluster, Container, Estate, Pod
-from k8scost.usage_series import USAGE_FAMILIES
+from devstack.simulator.spec import SAFE_TO_EVICT, Cluster, Container, Estate, Pod
+from k8scost.usage_series import INSTANCE_TYPE_LABEL, SAFE_TO_EVICT_LABEL, USAGE_FAMILIES
 
 # Each exporter's path here, by the source ``k8scost.usage_series`` names.
 PATHS = {"cadvisor": "/metrics/cadvisor", "kube-state-metrics": "/kube-state-metrics/metrics",
@@ -187,6 +195,50 @@ class UsageExporters:
         return [({"__name__": name, **labels}, value)
                 for name, (_, _, samples) in self._families(t).items() for labels, value in samples]
 
+    def estate_series(self, t: float) -> list[tuple[dict[str, str], float]]:
+        """The kube-state-metrics series of the nodes' types and capacity and the pods' volumes
+        at t (labels with ``__name__``, value): cheap, no usage integrated, for replayed history."""
+        found: list[tuple[dict[str, str], float]] = []
+        self._estate_families(
+            t, lambda name, kind, help_, labels, value: found.append(({"__name__": name, **labels}, value)))
+        return found
+
+    def _estate_families(self, t: float, add: Callable[[str, str, str, dict[str, str], float], None]) -> None:
+        """``add`` each series of the nodes' labels and allocatable and the running pods' annotations and volumes."""
+        for ns in self.cluster.namespaces:
+            for pod in ns.pods:
+                if not _running(pod, t):
+                    continue
+                uid = _uid(self.cluster.name, ns.name, pod.name)
+                base = {"namespace": ns.name, "pod": pod.name}
+                evict = pod.annotations.get(SAFE_TO_EVICT)
+                add("kube_pod_annotations", "gauge", "Kubernetes annotations converted to Prometheus labels.",
+                    {**base, "uid": uid, **({SAFE_TO_EVICT_LABEL: evict} if evict is not None else {})}, 1.0)
+                for index, pv in enumerate(pod.pvs):
+                    volume = "data" if index == 0 else f"data-{index}"
+                    claim = f"{volume}-{pod.name}"
+                    storageclass = "local-storage" if pv.local_path else "gp3"
+                    add("kube_pod_spec_volumes_persistentvolumeclaims_info", "gauge",
+                        "Information about persistentvolumeclaim volumes in a pod.",
+                        {**base, "uid": uid, "volume": volume, "persistentvolumeclaim": claim}, 1.0)
+                    add("kube_persistentvolumeclaim_info", "gauge", "Information about persistent volume claim.",
+                        {"namespace": ns.name, "persistentvolumeclaim": claim, "storageclass": storageclass,
+                         "volumename": pv.name}, 1.0)
+                    handle = f"vol-{hashlib.blake2b(pv.name.encode(), digest_size=9).hexdigest()[:17]}"
+                    where = ({"local_path": pv.local_path, "local_fs": "ext4"} if pv.local_path else
+                             {"csi_driver": "ebs.csi.aws.com", "csi_volume_handle": handle})
+                    add("kube_persistentvolume_info", "gauge", "Information about persistentvolume.",
+                        {"persistentvolume": pv.name, "storageclass": storageclass, **where}, 1.0)
+        for node in self.cluster.nodes:
+            labels = {"node": node.name}
+            add("kube_node_labels", "gauge", "Kubernetes labels converted to Prometheus labels.",
+                {**labels, **({INSTANCE_TYPE_LABEL: node.instance_type} if node.instance_type else {})}, 1.0)
+            for resource, unit, value in (("cpu", "core", node.cpu_cores), ("memory", "byte", node.ram_bytes),
+                                          ("pods", "integer", float(NODE_MAX_PODS))):
+                add("kube_node_status_allocatable", "gauge",
+                    "The allocatable for different resources of a node that are available for scheduling.",
+                    {**labels, "resource": resource, "unit": unit}, value)
+
     def _families(self, t: float) -> dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]]:
         """Family name → (type, help, [(labels, value)]) at t."""
         families: dict[str, tuple[str, str, list[tuple[dict[str, str], float]]]] = {}
@@ -194,6 +246,7 @@ class UsageExporters:
         def add(name: str, kind: str, help_: str, labels: dict[str, str], value: float) -> None:
             families.setdefault(name, (kind, help_, []))[2].append((labels, value))
 
+        self._estate_families(t, add)
         cluster = self.cluster.name
         ram_on_node: dict[str, float] = {}
         for ns in self.cluster.namespaces:
@@ -255,11 +308,6 @@ class UsageExporters:
         busy = self.node_busy(t)
         for node in self.cluster.nodes:
             labels = {"node": node.name}
-            for resource, unit, value in (("cpu", "core", node.cpu_cores), ("memory", "byte", node.ram_bytes),
-                                          ("pods", "integer", float(NODE_MAX_PODS))):
-                add("kube_node_status_allocatable", "gauge",
-                    "The allocatable for different resources of a node that are available for scheduling.",
-                    {**labels, "resource": resource, "unit": unit}, value)
             cores = max(1, int(node.cpu_cores))
             user = busy.get(node.name, 0.0) / cores
             for cpu in range(cores):

@@ -18,7 +18,7 @@ import yaml
 
 from k8scost.settings import ExporterSettings
 from k8scost.stores.accounts import Account
-from k8scost.usage_series import write_relabel_configs
+from k8scost.usage_series import KSM_ALLOWLISTS, write_relabel_configs
 
 # Where the exporter reaches Kubecost in a stock Helm install (exporter-deployment.yaml).
 IN_CLUSTER_KUBECOST_URL = "http://kubecost-cost-analyzer.kubecost.svc:9090"
@@ -70,7 +70,9 @@ def remote_write_yaml(account: Account, write_url: str, password: str | None = N
         if password
         else f"# Put the account's password in a Secret mounted at {PASSWORD_FILE}.\n"
     )
-    header = f"# CloudTuner cloud account {account.id} ({account.name}): merge into prometheus.yml.\n" + where
+    header = (f"# CloudTuner cloud account {account.id} ({account.name}): merge into prometheus.yml.\n" + where
+              + "# Start kube-state-metrics with " + " ".join(KSM_ALLOWLISTS) + "\n"
+              "# (node types and pods that cannot move, for the cluster rightsizing and spot recommendations).\n")
     return header + yaml.safe_dump(block, sort_keys=False)
 
 
