@@ -25,12 +25,13 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from devstack import stack
 from jobs.optimizations import MISSING_CAPACITY, MISSING_VOLUMES, Options, optimize_tenant
 from k8scost.promql import NODE_PRICE_METRICS
 from k8scost.rightsizing import GIB
 from k8scost.rightsizing import HOURS_PER_MONTH as MONTH
 from k8scost.rightsizing import GroupKey, Recommendation, ResourceRecommendation
-from k8scost.settings import IngressSettings, RestApiSettings, StoreSettings, from_env
+from k8scost.settings import RestApiSettings, StoreSettings, from_env
 from k8scost.stores import StoreUnavailable
 from k8scost.stores.accounts import Account
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
@@ -40,7 +41,6 @@ from k8scost.stores.optimizations import Module, OptimizationStore, item
 from k8scost.stores.resources import RESOURCE_TYPES, Kind, Resource, ResourceStore
 from k8scost.stores.rightsizing import RightsizingStore, document
 from k8scost.tsdb import TsdbClient
-from serve_apps.ingress.remote_write import encode
 from serve_apps.restapi.api import RestApiConfig, create_api
 from tests import helpers
 from tests.test_restapi import JWT_KEY, SECRET, Org, _account, _clickhouse, _dsn, _signup
@@ -532,17 +532,8 @@ def kube_series(tenant: str, at_ms: int) -> list[tuple[dict[str, str], list[tupl
 async def test_the_job_on_a_customer_sending_node_types_and_volumes(job_world: World) -> None:
     world = job_world
     tenant = acc(world.c, 2)
-    # As the ingress forwards a customer's write: to TSDB_REMOTE_WRITE_URL, the tenant in its header.
-    forward = from_env(IngressSettings)
-    answer = httpx.post(forward.tsdb_remote_write_url, content=encode(kube_series(tenant, (LAST + DAY // 2) * 1000)),
-                        headers={"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
-                                 "X-Prometheus-Remote-Write-Version": "0.1.0", forward.tenant_header: tenant},
-                        timeout=30)
-    assert answer.is_success, answer.text
-    # A new tenant's first samples are answered some seconds after they are taken (Thanos Query).
-    helpers.wait_for("the TSDB to answer the written series",
-                     lambda: helpers.tsdb_query(f'last_over_time(kube_node_labels{{tenant_id="{tenant}"}}[2d])', LAST + DAY),
-                     timeout=60, interval=1)
+    # As the ingress forwards a customer's write: the tenant in Receive's header.
+    stack.write_samples(kube_series(tenant, (LAST + DAY // 2) * 1000))
     report = await run_job(world, 2)
     found = await items_of(world, 2)
     # Sized demand: web-1, web-2 0.25 core and 1 GiB each (movable), pg-0 0.75 and 2 GiB (its
