@@ -1,12 +1,14 @@
 """An async client of the TSDB's PromQL HTTP API (Prometheus or Thanos Query).
 
 Failures come in two kinds that callers answer differently: ``StoreUnavailable`` (may pass
-on retry: unreachable, timed out, 5xx), as every store client raises it, and
-``TsdbQueryError`` (the TSDB refused the query itself: 4xx, carrying its error text).
+on retry: unreachable, timed out, 5xx, or Thanos Query's 422 for a store it could not reach),
+as every store client raises it, and ``TsdbQueryError`` (the TSDB refused the query itself:
+4xx, carrying its error text).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -14,6 +16,11 @@ import httpx
 from k8scost.stores import StoreUnavailable
 
 _ERROR_TEXT_LIMIT = 1024
+# Thanos Query with strict stores and no partial answers fails a query whose store does not
+# answer with 422, as PromQL fails an execution (e.g. "expanding series: proxy Series():
+# fetch series for …: rpc error: code = Unavailable desc = connection error"): the store is
+# down, not the query wrong, and a retry passes once it is back.
+_STORE_DOWN = re.compile(r"code = (Unavailable|DeadlineExceeded)|connection refused")
 
 
 class TsdbQueryError(Exception):
@@ -50,16 +57,26 @@ class TsdbClient:
             answer = await self._http.get(path, params=params)
         except httpx.TransportError as exc:
             raise StoreUnavailable("TSDB", f"unreachable: {exc!r}") from exc
-        if answer.status_code >= 500:
-            raise StoreUnavailable("TSDB", f"answered {answer.status_code}: {_error_text(answer)}")
-        if not answer.is_success:
-            raise TsdbQueryError(answer.status_code, _error_text(answer))
-        return answer.json()["data"]
+        if answer.is_success:
+            return answer.json()["data"]
+        error = _error_text(answer)
+        # The cause ends Thanos' message, after every label set of the store it asked.
+        if answer.status_code >= 500 or answer.status_code == 422 and _STORE_DOWN.search(error):
+            raise StoreUnavailable("TSDB", f"answered {answer.status_code}: {_shortened(error)}")
+        raise TsdbQueryError(answer.status_code, _shortened(error))
 
 
 def _error_text(answer: httpx.Response) -> str:
-    """Prometheus' ``error`` field, or the start of the body when it is not its JSON."""
+    """Prometheus' ``error`` field, or the body when it is not its JSON."""
     try:
-        return str(answer.json()["error"])[:_ERROR_TEXT_LIMIT]
+        return str(answer.json()["error"])
     except (ValueError, KeyError, TypeError):
-        return answer.text[:_ERROR_TEXT_LIMIT].strip()
+        return answer.text.strip()
+
+
+def _shortened(error: str) -> str:
+    """At most _ERROR_TEXT_LIMIT characters of ``error``: its start and its end, where the cause is."""
+    if len(error) <= _ERROR_TEXT_LIMIT:
+        return error
+    half = _ERROR_TEXT_LIMIT // 2
+    return f"{error[:half]} … {error[-half:]}"

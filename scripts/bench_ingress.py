@@ -1,7 +1,7 @@
 """Remote-write throughput and CPU per sample: straight into Thanos Receive vs through the ingress.
 
     .venv/bin/python scripts/bench_ingress.py [--series 2000] [--bodies 8] [--rounds 50]
-    .venv/bin/python scripts/bench_ingress.py --mix cluster [--containers 2000] [--rounds 8] [--in-process]
+    .venv/bin/python scripts/bench_ingress.py --mix cluster [--containers 2000] [--rounds 8] [--samples-per-send N] [--in-process]
 
 Both paths get the same kind of pre-built bodies (Kubecost-like label sets, encoded as
 Prometheus encodes them, the same series again every round with a newer timestamp), sent
@@ -14,7 +14,7 @@ takes ≥ 100k samples per CPU-second and spends no more CPU per sample than Rec
 ``--mix cluster`` sends a realistic mix instead: one simulated cluster of about
 ``--containers`` containers (devstack/simulator) scraped every 15 s, its cAdvisor,
 kube-state-metrics and node-exporter series relabelled by the shipped configuration
-(k8scost/usage_series.py), in bodies of the shipped ``max_samples_per_send``, a round per
+(k8scost/usage_series.py), in bodies of the shipped ``max_samples_per_send`` (or ``--samples-per-send``), a round per
 scrape. These series carry no ``tenant_id``: the ingress adds it to every one, so it
 re-encodes every body. ``--in-process`` measures the codec and tenant police alone
 (``TenantPolice.police``, this process's CPU; no Ray, no Serve: the Serve proxy and HTTP
@@ -103,7 +103,8 @@ def bodies(tenant: str, path: str, series: int, count: int, rounds: int, t0_ms: 
 SCRAPE_SECONDS = 15
 
 
-def cluster_mix(containers: int, rounds: int, t0_ms: int, extra: dict[str, str]) -> tuple[list[list[bytes]], int, int]:
+def cluster_mix(containers: int, rounds: int, t0_ms: int, extra: dict[str, str],
+                per_body: int) -> tuple[list[list[bytes]], int, int]:
     """Bodies of one cluster's usage series, a round per 15-s scrape, as the shipped
     configuration sends them; with the series and the containers they stand for."""
     namespaces, t0 = 40, t0_ms / 1000
@@ -122,7 +123,6 @@ def cluster_mix(containers: int, rounds: int, t0_ms: int, extra: dict[str, str])
         estate, live = running(max(pods, round(pods * containers / max(live, 1))))
     [cluster] = estate.clusters
     exporters = UsageExporters(estate, cluster.name)
-    per_body = yaml.safe_load(REMOTE_WRITE_TEMPLATE.read_text())["remote_write"][0]["queue_config"]["max_samples_per_send"]
     relabel = write_relabel_configs()
     out = []
     for r in range(rounds):
@@ -157,8 +157,9 @@ def main_cluster_mix(args: argparse.Namespace) -> None:
         stack.services("start", "mongodb", "tsdb")
     t0_ms = int(time.time() * 1000) - args.rounds * SCRAPE_SECONDS * 1000 - 60_000  # the rounds end a minute ago
     print(f"building {args.rounds} scrapes of a {args.containers}-container cluster ...", flush=True)
-    direct_rounds, series, containers = cluster_mix(args.containers, args.rounds, t0_ms, {"bench_path": "direct"})
-    ingress_rounds, _, _ = cluster_mix(args.containers, args.rounds, t0_ms, {})
+    direct_rounds, series, containers = cluster_mix(args.containers, args.rounds, t0_ms, {"bench_path": "direct"},
+                                                    args.samples_per_send)
+    ingress_rounds, _, _ = cluster_mix(args.containers, args.rounds, t0_ms, {}, args.samples_per_send)
     bodies_per_round = len(ingress_rounds[0])
     size = sum(len(b) for b in ingress_rounds[0]) / bodies_per_round
     print(f"{containers} running containers, {series} series ({series / containers:.1f} per container) per scrape; "
@@ -251,12 +252,15 @@ def main() -> None:
     parser.add_argument("--mix", choices=("cost", "cluster"), default="cost",
                         help="cost: the exporter's gauges in --series-sized bodies; cluster: a cluster's usage series")
     parser.add_argument("--containers", type=int, default=2000, help="--mix cluster: containers of the cluster")
+    shipped = yaml.safe_load(REMOTE_WRITE_TEMPLATE.read_text())["remote_write"][0]["queue_config"]["max_samples_per_send"]
+    parser.add_argument("--samples-per-send", type=int, default=shipped,
+                        help=f"--mix cluster: series per body (default {shipped}, the shipped max_samples_per_send)")
     parser.add_argument("--in-process", action="store_true",
                         help="--mix cluster: the ingress's codec and police in this process, no Ray nor Serve")
     args = parser.parse_args()
     args.rounds = args.rounds or (8 if args.mix == "cluster" else 50)
-    if min(args.series, args.bodies, args.rounds, args.containers) < 1 or args.rounds > 500:
-        parser.error("--series, --bodies, --rounds and --containers must be ≥ 1, --rounds ≤ 500")
+    if min(args.series, args.bodies, args.rounds, args.containers, args.samples_per_send) < 1 or args.rounds > 500:
+        parser.error("--series, --bodies, --rounds, --containers and --samples-per-send must be ≥ 1, --rounds ≤ 500")
     if args.mix == "cluster":
         if args.rounds < 2:
             parser.error("--mix cluster needs --rounds ≥ 2: the first scrape warms, the others are measured")

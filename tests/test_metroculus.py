@@ -9,19 +9,24 @@ Convention (see ``k8scost.promql.integral``): a sample at t costs its rate over 
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 
+from devstack import stack
+from devstack.simulator.history import write_blocks
+from devstack.simulator.spec import generate_estate
 from k8scost.metroculus_client import MetroculusClient, MetroculusError
 from k8scost.promql import COST_METRICS, escape_label_value, integral, selector
-from devstack import stack
 from serve_apps.ingress.remote_write import STALE_NAN_BITS
 from tests import helpers
 from tests.conftest import TEST_SERVE_ENV
@@ -33,6 +38,7 @@ SECRET = TEST_SERVE_ENV["CLUSTER_SECRET"]
 METROCULUS = f"{helpers.SERVE_URL}/metroculus"
 WINDOW = 2400  # 40 minutes: Prometheus takes samples from about the last hour only
 HOUR = 3600
+DAY = 86_400
 STALE = struct.unpack("<d", struct.pack("<Q", STALE_NAN_BITS))[0]
 NS = "cloudtuner_kubecost_namespace_total_cost"
 POD = "cloudtuner_kubecost_pod_total_cost"
@@ -348,11 +354,49 @@ def test_escaped_label_values_reach_exactly_their_series(real_services: None) ->
     assert series["metric"]["namespace"] == weird
 
 
+def stop_thanos(component: str) -> None:
+    """Stop one process of the TSDB (scripts/services.sh's ``tsdb`` starts what is missing)."""
+    pid = int((stack.DATA / "run" / f"thanos-{component}.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    helpers.wait_for(f"thanos {component} to stop", lambda: not Path(f"/proc/{pid}").exists(), timeout=60)
+
+
 @services
-def test_tsdb_down_is_503(serve_apps: str) -> None:
-    helpers.services("stop", "tsdb")
+@pytest.mark.parametrize("down", ["the whole TSDB", "Query", "Receive"])
+def test_tsdb_down_is_503(serve_apps: str, down: str) -> None:
+    """Whichever part of Thanos is down, a 503 (which callers retry), never a partial answer.
+
+    The tenant asked has samples in Receive: Query asks only the stores holding a tenant."""
+    tenant = f"acct-{uuid.uuid4().hex[:10]}"
+    write([gauge(NS, tenant, lambda t: 1.0, range(END - HOUR, END + 1, RES), cluster="c1", namespace="ns")])
+    if down == "the whole TSDB":
+        helpers.services("stop", "tsdb")
+    else:
+        stop_thanos({"Query": "query", "Receive": "receive"}[down])
     try:
-        answer = get("/v2/kubecost_metrics", valid_params())
+        answer = get("/v2/kubecost_metrics", valid_params(cloud_account_id=tenant))
+    finally:
+        helpers.services("start", "tsdb")
+    assert (answer.status_code, answer.json()) == (
+        503, {"error": {"reason": "unavailable", "message": "TSDB unavailable, retry later"}}), down
+
+
+@services
+def test_the_store_gateway_down_is_503_for_the_days_it_holds(serve_apps: str, tmp_path: Path) -> None:
+    """Days older than Receive keeps are the Store Gateway's: with it down, Query fails (its
+    store is strict) and Metroculus answers 503, never the days without their samples."""
+    start = (int(time.time()) // DAY - 40) * DAY
+    estate = generate_estate(7, clusters=1, namespaces_per_cluster=1, pods_per_namespace=1,
+                             start=start - DAY, span_seconds=3 * DAY)
+    tenant = f"acct-{uuid.uuid4().hex[:10]}"
+    write_blocks(estate, {estate.clusters[0].name: tenant}, start - HOUR, start + HOUR, tmp_path)
+    stack.load_blocks(tmp_path)
+    params = valid_params(cloud_account_id=tenant, start_date=start - HOUR // 2, end_date=start + HOUR // 2)
+    served = get("/v2/kubecost_metrics", params)
+    assert served.status_code == 200 and served.json()["metrics"][NS]["data"]["result"], served.text
+    stop_thanos("store")
+    try:
+        answer = get("/v2/kubecost_metrics", params)
     finally:
         helpers.services("start", "tsdb")
     assert (answer.status_code, answer.json()) == (
