@@ -108,11 +108,13 @@ async def measure(clients: dict[str, MetroculusClient], cpu: dict[str, Callable[
                 timings.setdefault((name, name_tsdb), []).append((time.perf_counter() - started, cpu[name_tsdb]() - before))
         thanos, prometheus = (answers[name, t] for t in clients)
         if name.startswith("open days"):
+            # Today's costs still grow while its last samples are within the lookback: compare the closed days.
+            closed = [k for k in prometheus.costs if k[1] != days[-1]]
             assert thanos.costs.keys() == prometheus.costs.keys(), "Thanos and Prometheus answer other resources"
             worst = max(abs(thanos.costs[k] - prometheus.costs[k]) / max(abs(prometheus.costs[k]), 1e-12)
-                        for k in prometheus.costs)
-            print(f"{name}: {len(prometheus.costs):,} resource-days, the same on both (largest relative "
-                  f"difference {worst:.1e})", flush=True)
+                        for k in closed)
+            print(f"{name}: {len(prometheus.costs):,} resource-days; the {len(closed):,} of closed days the same on "
+                  f"both (largest relative difference {worst:.1e})", flush=True)
             assert worst < 1e-9
     return timings
 
