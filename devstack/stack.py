@@ -152,16 +152,18 @@ def write_samples(series: Iterable[tuple[Mapping[str, str], Iterable[tuple[int, 
             wait_until_queryable(tenant, oldest)
 
 
-def wait_until_queryable(tenant: str, since_ms: int, timeout: float = 30.0) -> None:
-    """Wait until Query asks, for ``tenant``'s series, a store that holds them from ``since_ms``.
+def wait_until_queryable(tenant: str, since_ms: int, timeout: float = 30.0, group: str | None = None) -> None:
+    """Wait until Query asks, for ``tenant``'s series, a store (of ``group``: ``receive``,
+    ``store``; any if None) that holds them from ``since_ms``.
 
     Query learns which tenants and times its stores hold every 5 s and skips the others: a
     new tenant's first samples are answered some seconds after Receive took them.
     """
     def known() -> bool:
-        stores = httpx.get(f"{TSDB_URL}/api/v1/stores", timeout=10).json()["data"]
+        groups = httpx.get(f"{TSDB_URL}/api/v1/stores", timeout=10).json()["data"]
+        stores = [store for name, members in groups.items() if group in (None, name) for store in members]
         return any(store["minTime"] <= since_ms and any(labels.get("tenant_id") == tenant for labels in store["labelSets"])
-                   for group in stores.values() for store in group)
+                   for store in stores)
 
     wait_for(f"Query to answer {tenant}'s samples from {since_ms} ms", known, timeout, interval=0.5)
 
@@ -184,15 +186,14 @@ def upload_blocks(blocks: Mapping[str, Path], timeout: float = 120.0) -> dict[st
     uploaded = {tenant: upload_blocks(path, tenant, THANOS_OBJSTORE, THANOS) for tenant, path in blocks.items()}
     oldest = {tenant: min(json.loads((blocks[tenant] / ulid / "meta.json").read_text())["minTime"] for ulid in ulids)
               for tenant, ulids in uploaded.items() if ulids}
+    wanted = {ulid for ulids in uploaded.values() for ulid in ulids}
 
-    def served() -> bool:
-        loaded = httpx.get(f"{THANOS_STORE_URL}/api/v1/blocks", params={"view": "loaded"}, timeout=10).json()
-        wanted = {ulid for ulids in uploaded.values() for ulid in ulids}
-        if not wanted <= {block["ulid"] for block in loaded["data"]["blocks"]}:
-            return False
-        stores = httpx.get(f"{TSDB_URL}/api/v1/stores", timeout=10).json()["data"].get("store", [])
-        return all(any(store["minTime"] <= since and {"tenant_id": tenant} in store["labelSets"] for store in stores)
-                   for tenant, since in oldest.items())
+    def loaded() -> bool:
+        blocks_loaded = httpx.get(f"{THANOS_STORE_URL}/api/v1/blocks", params={"view": "loaded"}, timeout=10).json()
+        return wanted <= {block["ulid"] for block in blocks_loaded["data"]["blocks"]}
 
-    wait_for(f"the Store Gateway and Query to serve the blocks of {len(oldest)} tenants", served, timeout, interval=0.5)
+    started = time.monotonic()
+    wait_for(f"the Store Gateway to load {len(wanted)} blocks", loaded, timeout, interval=0.5)
+    for tenant, since in oldest.items():
+        wait_until_queryable(tenant, since, max(1.0, timeout - (time.monotonic() - started)), group="store")
     return uploaded

@@ -93,18 +93,24 @@ def write_openmetrics(path: Path, families: dict[str, list[tuple[dict[str, str],
     return samples
 
 
-def load_history(tenant: str, families: dict[str, list[tuple[dict[str, str], float]]], start: int, end: int) -> int:
+def write_history_blocks(families: dict[str, list[tuple[dict[str, str], float]]], start: int, end: int,
+                         blocks: Path) -> int:
+    """``families``' samples every STEP s of [start, end) as TSDB blocks in ``blocks``; the sample count."""
     samples = 0
     with tempfile.TemporaryDirectory(dir=stack.DATA) as scratch:
-        blocks = Path(scratch) / "blocks"
-        tenant_blocks = blocks / tenant
         chunk = 12 * 3600  # promtool gets the range half a day at a time, to bound file size
         for chunk_start in range(start, end, chunk):
             text = Path(scratch) / "chunk.om"
             samples += write_openmetrics(text, families, chunk_start, min(end, chunk_start + chunk))
-            subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(tenant_blocks)],
+            subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(blocks)],
                            check=True, capture_output=True)
-        stack.load_blocks(blocks)
+    return samples
+
+
+def load_history(tenant: str, families: dict[str, list[tuple[dict[str, str], float]]], start: int, end: int) -> int:
+    with tempfile.TemporaryDirectory(dir=stack.DATA) as scratch:
+        samples = write_history_blocks(families, start, end, Path(scratch) / tenant)
+        stack.load_blocks(Path(scratch))
     return samples
 
 

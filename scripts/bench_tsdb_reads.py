@@ -41,25 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx  # noqa: E402
 
 from bench_freshness import asgi  # noqa: E402
-from bench_ledger import STEP, cpu_seconds, gauges, tsdb_cpu_seconds, write_openmetrics  # noqa: E402
+from bench_ledger import STEP, cpu_seconds, gauges, tsdb_cpu_seconds, write_history_blocks  # noqa: E402
 from devstack import stack  # noqa: E402
 from devstack.simulator.history import load_into  # noqa: E402
 from k8scost import ledger  # noqa: E402
 from k8scost.metroculus_client import MetroculusClient  # noqa: E402
 from k8scost.ledger import HOUR  # noqa: E402
 from k8scost.settings import LedgerSettings, from_env  # noqa: E402
-
-
-def write_blocks(tenant: str, namespaces: int, pods: int, start: int, end: int, blocks: Path) -> int:
-    """The tenant's gauges every STEP s of [start, end) as TSDB blocks in ``blocks``; the sample count."""
-    families, samples = gauges(tenant, namespaces, pods), 0
-    with tempfile.TemporaryDirectory(dir=stack.DATA) as scratch:
-        for chunk_start in range(start, end, 12 * 3600):  # half a day a time: bounds promtool's memory
-            text = Path(scratch) / "chunk.om"
-            samples += write_openmetrics(text, families, chunk_start, min(end, chunk_start + 12 * 3600))
-            subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(blocks)],
-                           check=True, capture_output=True)
-    return samples
 
 
 async def run(tsdbs: dict[str, str], cpu: dict[str, Callable[[], float]], tenant: str, days: list[datetime],
@@ -136,7 +124,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=stack.DATA) as scratch_dir:
         scratch = Path(scratch_dir)
         started = time.perf_counter()
-        samples = write_blocks(tenant, args.namespaces, args.pods, start, end, scratch / "thanos" / tenant)
+        samples = write_history_blocks(gauges(tenant, args.namespaces, args.pods), start, end,
+                                       scratch / "thanos" / tenant)
         print(f"{samples:,} samples of {args.namespaces * args.pods:,} pods over {len(days)} open days, "
               f"blocks written in {time.perf_counter() - started:.0f} s", flush=True)
         shutil.copytree(scratch / "thanos" / tenant, scratch / "prometheus-blocks")

@@ -106,6 +106,13 @@ def prometheus_2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.wait(30)
 
 
+def write_to(prometheus: str, series: list) -> None:
+    """``series`` into a Prometheus's own remote-write receiver."""
+    sent = httpx.post(f"{prometheus}/api/v1/write", content=encode(series), timeout=30,
+                      headers={"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"})
+    assert sent.status_code == 204, sent.text
+
+
 def midnight_series(tenant: str, midnight: int) -> list:
     """Around ``midnight``, a sample a minute on the integral's grid: a namespace whose rate
     changes exactly at midnight (1 $/h before, 5 $/h from it on), and a pod that starts
@@ -141,9 +148,7 @@ def test_a_change_at_midnight_and_a_start_on_a_step_land_on_their_day_on_both_en
     tenant = str(uuid.uuid4())
     series = midnight_series(tenant, midnight)
     stack.write_samples(series)
-    sent = httpx.post(f"{prometheus_2}/api/v1/write", content=encode(series), timeout=30,
-                      headers={"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"})
-    assert sent.status_code == 204, sent.text
+    write_to(prometheus_2, series)
 
     def expected(rate_at: dict[int, float], start: int, end: int) -> float:
         return sum(rate_at.get(t, 0.0) for t in range(start + RES, end + 1, RES)) * RES / HOUR
@@ -172,9 +177,7 @@ def test_a_counter_reset_is_rated_alike_on_both_engines(real_services: None, pro
                 "namespace": "ns", "pod": "p", "container": "c"},
                [((now - 15 * (len(values) - 1 - k)) * 1000, float(v)) for k, v in enumerate(values)])]
     stack.write_samples(series)
-    sent = httpx.post(f"{prometheus_2}/api/v1/write", content=encode(series), timeout=30,
-                      headers={"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"})
-    assert sent.status_code == 204, sent.text
+    write_to(prometheus_2, series)
 
     def values_at(url: str, query: str) -> list[float]:
         answer = httpx.get(f"{url}/api/v1/query", params={"query": query, "time": now}, timeout=30).json()
