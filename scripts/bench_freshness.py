@@ -2,7 +2,7 @@
 from the simulator's usage exporters.
 
     .venv/bin/python scripts/bench_freshness.py --in-process [--seconds 300]
-    .venv/bin/python scripts/bench_freshness.py --serve [--seconds 300]      # needs Serve deployed
+    .venv/bin/python scripts/bench_freshness.py --serve [--seconds 300]
 
 A simulated container's working set changes every 15 s (the estate's usage period, aligned
 on the epoch), so the value of the newest point says which 15 s period it was scraped in.
@@ -16,12 +16,12 @@ relabels the scrape as the shipped customer configuration does and writes it thr
 ingress's Serve class in-process (``func_or_class``, no Ray) into the shared TSDB; the REST
 API (in-process FastAPI) asks Metroculus's class in-process. The age is then exact: the
 scrape interval's phase, the ingress, the TSDB and the REST path. Not in it: a real
-Prometheus' scrape and remote-write batching (``batch_send_deadline``: 5 s as shipped, 1 s
-in devstack's copy; a big cluster fills a batch sooner) and Serve's proxy hops.
+Prometheus' scrape and remote-write batching (``batch_send_deadline``: 5 s as shipped; a
+big cluster fills a batch sooner) and Serve's proxy hops.
 
-``--serve``: the whole path on the running devstack (``python -m devstack up``): the
-simulator, a real Prometheus with the shipped configuration scraping it every 15 s and
-writing to the ingress on Serve, the REST API on Serve. Prometheus scrapes at an offset
+``--serve``: the whole path, as the demo runs it (the bench starts the servers and Ray and
+deploys Serve): the simulator, a real Prometheus with the shipped configuration scraping it
+every 15 s and writing to the ingress on Serve with the shipped batching, the REST API on Serve. Prometheus scrapes at an offset
 within each period, so the age is measured from the period's start: an upper bound, at
 most 15 s above the true age.
 
@@ -54,8 +54,9 @@ import yaml  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 
 from devstack.simulator import Cluster, Container, Estate, Namespace, Node, Pod, create_app  # noqa: E402
-from devstack.simulator.customer import prometheus_config, write_relabel  # noqa: E402
+from devstack.simulator.customer import REMOTE_WRITE_TEMPLATE, prometheus_config, write_relabel  # noqa: E402
 from devstack.simulator.usage import UsageExporters  # noqa: E402
+from devstack import stack  # noqa: E402
 from devstack.stack import SERVE_URL, WRITE_URL, free_port  # noqa: E402
 from k8scost.metroculus_client import MetroculusClient  # noqa: E402
 from k8scost.settings import RestApiSettings, StoreSettings, from_env  # noqa: E402
@@ -207,6 +208,8 @@ async def run_in_process(seconds: float) -> tuple[list[float], list[float], int]
 
 
 async def run_serve(seconds: float) -> tuple[list[float], list[float], int]:
+    stack.services("start", "clickhouse", "mongodb", "tsdb", "ray")
+    stack.deploy_serve()
     t0 = time.time() - 600
     truth = Truth(t0)
     simulator = uvicorn.Server(uvicorn.Config(create_app(estate(t0), CLUSTER), host="127.0.0.1", port=free_port(),
@@ -221,6 +224,9 @@ async def run_serve(seconds: float) -> tuple[list[float], list[float], int]:
                                        exporter_target=target, scrape_interval=60.0, usage_target=target,
                                        usage_interval=PERIOD)
             config["global"]["external_labels"] = {"cluster": CLUSTER}
+            # The shipped batching, not devstack's quicker one: its deadline is part of the age.
+            [shipped] = yaml.safe_load(REMOTE_WRITE_TEMPLATE.read_text())["remote_write"]
+            config["remote_write"][0]["queue_config"] = shipped["queue_config"]
             (Path(workdir) / "prometheus.yml").write_text(yaml.safe_dump(config))
             prometheus = subprocess.Popen(
                 ["prometheus", f"--config.file={workdir}/prometheus.yml", f"--storage.tsdb.path={workdir}/tsdb",
