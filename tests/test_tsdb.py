@@ -145,6 +145,13 @@ def midnight_series(tenant: str, midnight: int) -> list:
     ]
 
 
+def values_at(url: str, query: str, at: int) -> list[float]:
+    """``query``'s instant answer at ``at``: its values (of a live query, the usage part's)."""
+    answer = httpx.get(f"{url}/api/v1/query", params={"query": query, "time": at}, timeout=30).json()
+    assert answer["status"] == "success", answer
+    return [float(s["value"][1]) for s in answer["data"]["result"] if s["metric"].get("part", "usage") == "usage"]
+
+
 def day_costs(url: str, tenant: str, midnight: int) -> dict[str, dict[str, float]]:
     """The hour before and the hour after ``midnight``, each as (start, end], per namespace."""
     costs: dict[str, dict[str, float]] = {}
@@ -186,6 +193,11 @@ def test_a_change_at_midnight_and_a_start_on_a_step_land_on_their_day_on_every_e
         for part in want:
             assert got[part] == pytest.approx(want[part], abs=0.005), (engine, part, got)
             assert got[part] == pytest.approx(want[part], rel=1e-9), (engine, part, got)
+    # Why the window is 1 ms short: a whole hour's range holds its start's point on 2.42
+    # only; the 3.x engine, alone or in Thanos Query, leaves it out.
+    points = f"count_over_time(({selector(METRIC, tenant)})[{HOUR}s:{RES}s])"
+    assert {engine: values_at(url, points, midnight) for engine, url in engines.items()} == {
+        "Thanos Query": [60.0], "Prometheus 2.42": [61.0], "Prometheus 3.16": [60.0]}
 
 
 def test_a_counter_reset_is_rated_alike_on_every_engine(
@@ -204,16 +216,11 @@ def test_a_counter_reset_is_rated_alike_on_every_engine(
     for prometheus in (prometheus_2, prometheus_3):
         write_to(prometheus, series)
 
-    def values_at(url: str, query: str) -> list[float]:
-        answer = httpx.get(f"{url}/api/v1/query", params={"query": query, "time": now}, timeout=30).json()
-        assert answer["status"] == "success", answer
-        return [float(s["value"][1]) for s in answer["data"]["result"] if s["metric"].get("part", "usage") == "usage"]
-
     resets = f'resets(container_cpu_usage_seconds_total{{tenant_id="{tenant}"}}[2m])'
-    assert {engine: values_at(url, resets) for engine, url in engines.items()} == {
+    assert {engine: values_at(url, resets, now) for engine, url in engines.items()} == {
         "Thanos Query": [0.0], "Prometheus 2.42": [1.0], "Prometheus 3.16": [1.0]}
     # The window's samples, 105 s from first to last: 20 30 40 | 5 15 25 35 45.
     increase = (40 - 20) + 5 + (45 - 5)
     cpu = live_promql("cpu_usage_by_container", tenant, "2m").range
     for engine, url in engines.items():
-        assert values_at(url, cpu) == [pytest.approx(increase / 105, rel=1e-12)], engine
+        assert values_at(url, cpu, now) == [pytest.approx(increase / 105, rel=1e-12)], engine
