@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the project needs, and only what is missing; safe to run again.
-#   scripts/setup.sh          system packages, FerretDB, Thanos, the Python venv and the dashboard's npm packages
-#   scripts/setup.sh system   system packages, FerretDB and Thanos only
+#   scripts/setup.sh          system packages, FerretDB, Thanos, Prometheus 3, the Python venv and the dashboard's npm packages
+#   scripts/setup.sh system   system packages, FerretDB, Thanos and Prometheus 3 only
 #   scripts/setup.sh python   the Python venv only
 #   scripts/setup.sh dashboard   the dashboard's npm packages only (serve_apps/dashboard/node_modules)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FERRETDB_VERSION=v1.24.2
 THANOS_VERSION=v0.42.4
+PROMETHEUS3_VERSION=v0.316.0  # Prometheus 3.16.0: its Go module numbers 3.x as v0.3xx
 TOOLS=${CLOUDTUNER_TOOLS:-$HOME/.cache/cloudtuner-k8s}
 PYTHON=${PYTHON:-python3}
 
@@ -90,6 +91,44 @@ install_thanos() {
     log "Thanos: $("$bin" --version 2>&1 | head -n 1)"
 }
 
+# Prometheus 3.16.0 (module v0.316.0, the newest the module proxy serves; it needs Go >= 1.26.7),
+# beside Debian's 2.42: the tests check the integral on its engine too (left-open range
+# selectors, as Thanos >= v0.38 has), not only through Thanos Query. Built as Thanos is, in a
+# copy of its module, and named prometheus3 so it is never taken for Debian's `prometheus`.
+# The release's tags are netgo,builtinassets; builtinassets embeds the web UI, which must be
+# built with npm first and which nothing here uses (the API is all the tests ask), so: netgo.
+install_prometheus3() {
+    local bin="$TOOLS/bin/prometheus3" n=${PROMETHEUS3_VERSION#v0.}
+    # v0.316.0 is 3.16.0: the minor number's hundreds are the major version.
+    local version=$((${n%%.*} / 100)).$((${n%%.*} % 100)).${n#*.}
+    if [ -x "$bin" ] && "$bin" --version 2>&1 | grep -q "version $version "; then
+        return
+    fi
+    command -v go >/dev/null || { log "Go is needed to build Prometheus 3; install Go >= 1.26.7"; exit 1; }
+    log "building Prometheus $version (module $PROMETHEUS3_VERSION; about 9 minutes on 2 cores)"
+    local info dir sum src
+    info=$(GOTOOLCHAIN=local go mod download -json "github.com/prometheus/prometheus@$PROMETHEUS3_VERSION")
+    dir=$(sed -n 's/^\t"Dir": "\(.*\)",$/\1/p' <<<"$info")
+    sum=$(sed -n 's/^\t"Sum": "\(.*\)",$/\1/p' <<<"$info")
+    [ -d "$dir" ] || { log "go mod download of Prometheus $PROMETHEUS3_VERSION failed"; exit 1; }
+    [ "$(cat "$dir/VERSION")" = "$version" ] || { log "module $PROMETHEUS3_VERSION is Prometheus $(cat "$dir/VERSION"), not $version"; exit 1; }
+    src=$(mktemp -d)
+    cp -r "$dir/." "$src" && chmod -R u+w "$src"
+    log "Prometheus 3: downloading its dependencies"
+    # Its go.work names nested modules that the module zip leaves out: build the module alone.
+    (cd "$src" && GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download)
+    log "Prometheus 3: compiling"
+    # Stamped as its release does (.promu.yml); the module's checksum stands for the commit.
+    local pkg=github.com/prometheus/common/version
+    mkdir -p "$TOOLS/bin"
+    (cd "$src" && GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -trimpath -tags netgo -ldflags "\
+        -X $pkg.Version=$version -X $pkg.Revision=$sum -X $pkg.Branch=$PROMETHEUS3_VERSION \
+        -X $pkg.BuildUser=cloudtuner -X $pkg.BuildDate=$(date -u +%Y%m%d-%H:%M:%S)" \
+        -o "$bin.tmp" ./cmd/prometheus) && mv "$bin.tmp" "$bin"
+    rm -rf "$src"
+    log "Prometheus 3: $("$bin" --version 2>&1 | head -n 1)"
+}
+
 install_python() {
     local venv="$ROOT/.venv" stamp="$ROOT/.venv/.installed"
     if [ ! -x "$venv/bin/python" ]; then
@@ -120,9 +159,9 @@ install_dashboard() {
 }
 
 case "${1:-all}" in
-    system) install_debian_packages; install_ferretdb; install_thanos ;;
+    system) install_debian_packages; install_ferretdb; install_thanos; install_prometheus3 ;;
     python) install_python ;;
     dashboard) install_dashboard ;;
-    all) install_debian_packages; install_ferretdb; install_thanos; install_python; install_dashboard ;;
+    all) install_debian_packages; install_ferretdb; install_thanos; install_prometheus3; install_python; install_dashboard ;;
     *) echo "usage: $0 [all|system|python|dashboard]" >&2; exit 2 ;;
 esac
