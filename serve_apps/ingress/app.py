@@ -128,6 +128,7 @@ class RemoteWriteIngress:
         except WriteRejected as rejected:
             metrics.SAMPLES.inc(tags={"tenant": tenant, "outcome": "rejected", "reason": rejected.reason})
             raise _Refused(rejected.status, rejected.message) from None
+        metrics.BODIES.inc(tags={"path": "fast" if policed.fast else "full"})
         for reason, count in policed.dropped.items():
             # Over the series limit the sender is told (400); the other drops are answered 204.
             outcome = "rejected" if reason == "series_limit" else "dropped"

@@ -25,3 +25,9 @@ FORWARD_SECONDS = metrics.Histogram(
     boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     tag_keys=("outcome",),
 )
+BODIES = metrics.Counter(
+    "cloudtuner_ingress_bodies",
+    description="Bodies policed, by path: fast (every series known, one sample each) or full. "
+    "A falling fast share costs the ingress CPU.",
+    tag_keys=("path",),
+)
