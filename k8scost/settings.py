@@ -210,6 +210,15 @@ class LedgerSettings:
     """Tenant actors and their supervisor (the ledger writers, on Ray)."""
 
     cycle_seconds: float = setting("CYCLE_SECONDS", 300.0, "Seconds between two ledger cycles of a tenant actor.")
+    start_spread_seconds: float = setting(
+        "LEDGER_START_SPREAD_SECONDS",
+        60.0,
+        "Seconds over which tenant actors' first cycles are spread: an actor's loop waits a share of it fixed by "
+        "its account id before its first cycle, so a node's worth of actors (re)started at once does not hit "
+        "Metroculus and the TSDB at once; explicit cycles and backfills never wait; 0: at once. A fifth of "
+        "`CYCLE_SECONDS`: 1,000 tenants started together make ≈ 17 first cycles a second, and a restarted "
+        "tenant's ledger is at most a minute later.",
+    )
     open_days: int = setting(
         "OPEN_DAYS", 2, "UTC days a cycle recomputes (today and the days before it): late samples still land."
     )
@@ -253,12 +262,17 @@ class LedgerSettings:
         "SUPERVISOR_RECONCILE_SECONDS", 15.0, "Seconds between two reconciliations of actors with accounts."
     )
     stalled_after_cycles: float = setting(
-        "TENANT_ACTOR_STALLED_AFTER_CYCLES", 3.0, "A tenant actor with no good cycle for this many cycles is restarted."
+        "TENANT_ACTOR_STALLED_AFTER_CYCLES",
+        3.0,
+        "A tenant actor with no good cycle and no error for this many cycles is restarted (before its first good "
+        "cycle, counted from its start: `LEDGER_START_SPREAD_SECONDS` more).",
     )
 
     def __post_init__(self) -> None:
         if self.mode not in LEDGER_MODES:
             raise SettingsError(f"LEDGER_MODE={self.mode!r} is not one of {', '.join(LEDGER_MODES)}")
+        if self.start_spread_seconds < 0:
+            raise SettingsError(f"LEDGER_START_SPREAD_SECONDS={self.start_spread_seconds!r} is negative")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,3 +58,10 @@ def test_the_series_limit_settings_are_read_and_typed() -> None:
     assert (defaults.max_series_per_tenant, defaults.active_series_seconds) == (150_000, 1200.0)
     with pytest.raises(SettingsError, match="INGRESS_MAX_SERIES_PER_TENANT"):
         from_env(IngressSettings, {"INGRESS_MAX_SERIES_PER_TENANT": "many"})
+
+
+def test_the_start_spread_is_read_and_never_negative() -> None:
+    assert from_env(LedgerSettings, {}).start_spread_seconds == 60.0
+    assert from_env(LedgerSettings, {"LEDGER_START_SPREAD_SECONDS": "0"}).start_spread_seconds == 0.0
+    with pytest.raises(SettingsError, match="LEDGER_START_SPREAD_SECONDS"):
+        from_env(LedgerSettings, {"LEDGER_START_SPREAD_SECONDS": "-1"})
