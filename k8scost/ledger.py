@@ -35,10 +35,16 @@ With now the cycle's clock, lag = LEDGER_RATE_LAG_SECONDS, delay = LEDGER_CLOSE_
 Samples that arrive after their hour closed (a sender catching up) land at the next
 *settle*, which reads the days from their start again (``settle_reason``): on a schedule,
 when a day closes, after a restart or a failed cycle, and for days asked for by name.
+
+A tenant actor's loop waits before its first cycle (``start_delay``), with
+spread = LEDGER_START_SPREAD_SECONDS and h = the first 64 bits of BLAKE2b(account id):
+
+    delay = spread · ⌊h / 2¹¹⌋ / 2⁵³      in [0, spread), uniform over account ids
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +97,20 @@ def open_days(now: float, count: int) -> list[datetime]:
     """The ``count`` most recent UTC days, oldest first: the days whose cost may still change."""
     today = day_start(now)
     return [today - timedelta(days=back) for back in range(count - 1, -1, -1)]
+
+
+def start_delay(account_id: str, spread: float) -> float:
+    """Seconds the actor of ``account_id`` waits before its first cycle: in [0, ``spread``), the
+    same for the same id in every process, spread uniformly over ids (module docstring).
+
+    A hash, not a random draw: a tenant restarted again and again (by Ray, or by the
+    supervisor) waits as long each time, so its phase, its ledger's lag after a restart and
+    the supervisor's patience are the same every time; a node's worth of tenants still lands
+    evenly over the spread. Not ``hash()``: Python salts it per process.
+    """
+    h = int.from_bytes(hashlib.blake2b(account_id.encode(), digest_size=8).digest(), "big")
+    # 53 bits: exactly a double's mantissa, so the fraction stays below 1 (64 would round up to 1.0).
+    return spread * ((h >> 11) / 2**53)
 
 
 def resource_of(metric: str, labels: Mapping[str, str]) -> Resource | None:
