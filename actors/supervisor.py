@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import ray
 
 from actors import metrics
 from actors.tenant import TenantActor, TenantConfig
+from k8scost.settings import LedgerSettings
 from k8scost.stores.accounts import AccountStore
 from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.mongo import connect
@@ -28,6 +30,20 @@ SUPERVISOR_NAME = "tenant-supervisor"
 _STATUS_TIMEOUT = 10.0
 # Months expire at most once a month; an hour keeps a missed or failed run short.
 RETENTION_EVERY_SECONDS = 3600.0
+
+
+def stalled(status: Mapping[str, Any], settings: LedgerSettings) -> bool:
+    """Whether an actor's ``status`` shows a stuck cycle: no error, and no good cycle for
+    ``stalled_after_cycles`` cycles.
+
+    Until its first good cycle its lag counts from its start, and that cycle waits up to
+    ``start_spread_seconds`` first: so much more is allowed then. Without it an actor whose
+    share of the spread passes the budget would be restarted forever, waiting as long each time.
+    """
+    budget = settings.stalled_after_cycles * settings.cycle_seconds
+    if status["last_success"] is None:
+        budget += settings.start_spread_seconds
+    return status["last_error"] is None and status["lag_seconds"] > budget
 
 
 def tenant_actor_name(account_id: str) -> str:
@@ -108,9 +124,7 @@ class TenantSupervisor:
         except Exception as exc:  # not answering (hung, or dead and not restarting)
             self._restart(account_id, actor, f"status failed: {type(exc).__name__}: {exc}")
             return
-        stalled_after = self.settings.stalled_after_cycles * self.settings.cycle_seconds
-        if status["lag_seconds"] > stalled_after and status["last_error"] is None:
-            # No error and no progress: a cycle is stuck, not failing.
+        if stalled(status, self.settings):
             self._restart(account_id, actor, f"no cycle for {status['lag_seconds']:.0f}s")
         self.report[account_id] = status
         metrics.LAG.set(status["lag_seconds"], tags=tags)

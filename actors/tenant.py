@@ -129,6 +129,7 @@ class TenantActor:
         self.lock = asyncio.Lock()  # one writer at a time: the cycle, or a backfill's days
         self.crash_at: str | None = None
         self.started_at = time.time()
+        self.start_delay = ledger.start_delay(account_id, config.ledger.start_spread_seconds)
         self.cycles = 0
         self.rows_written_total = 0
         self.last_success: float | None = None
@@ -140,6 +141,10 @@ class TenantActor:
         self.loop = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        # Only the loop's first cycle waits, so actors started together (a supervisor's
+        # start, a node Ray restarts) do not all read Metroculus at once; explicit cycles
+        # and a backfill's writes go at once.
+        await asyncio.sleep(self.start_delay)
         while True:
             try:
                 await self.cycle()
@@ -331,7 +336,11 @@ class TenantActor:
         self.crash_at = point
 
     async def status(self) -> dict[str, Any]:
-        """Last cycle, lag, rows written and last error, for the supervisor and operators."""
+        """Last cycle, lag, rows written and last error, for the supervisor and operators.
+
+        ``lag_seconds`` counts from the actor's start until its first good cycle, which its
+        loop runs ``start_delay_seconds`` after the start (``k8scost.ledger.start_delay``).
+        """
         now = time.time()
         return {
             "account_id": self.account_id,
@@ -339,6 +348,7 @@ class TenantActor:
             "cycles": self.cycles,
             "last_success": self.last_success,
             "lag_seconds": now - (self.last_success or self.started_at),
+            "start_delay_seconds": self.start_delay,
             "rows_written_total": self.rows_written_total,
             "last_error": self.last_error,
             "last_report": dataclasses.asdict(self.last_report) if self.last_report else None,

@@ -16,6 +16,10 @@ from tests import helpers
 # Accounts the tests create stay out of the demo's database: the demo's supervisor starts
 # an actor for every account it finds. Set before any store settings are read.
 os.environ.setdefault("MONGODB_DATABASE", "cloudtuner_tests")
+# The tests' actors (their LedgerSettings come from this environment, and so do the
+# subprocesses' started from here) cycle as soon as they start: the tests wait for those
+# first cycles, and a few actors need no spreading.
+os.environ["LEDGER_START_SPREAD_SECONDS"] = "0"
 
 # What the Serve applications run with in tests: short caches so deletions are seen fast.
 TEST_SERVE_ENV = {

@@ -33,7 +33,8 @@ pytestmark = pytest.mark.services
 HOUR = 3600
 DAYS = 6
 # The job's environment: the tests' database and secret, a namespace of its own, and live
-# cycles too rare to matter (the backfill's days are closed days anyway).
+# cycles too rare to matter (the backfill's days are closed days anyway), the first one at
+# once as in every test (conftest; `ray job submit` passes only these).
 JOB_ENV = {
     "RAY_ADDRESS": helpers.RAY_ADDRESS,
     "RAY_NAMESPACE": "cloudtuner-backfill-tests",
@@ -41,6 +42,7 @@ JOB_ENV = {
     "CLUSTER_SECRET": TEST_SERVE_ENV["CLUSTER_SECRET"],
     "MONGODB_DATABASE": TEST_SERVE_ENV["MONGODB_DATABASE"],
     "CYCLE_SECONDS": "3600",
+    "LEDGER_START_SPREAD_SECONDS": "0",
 }
 
 

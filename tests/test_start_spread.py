@@ -1,5 +1,6 @@
 """Tenant actors' first cycles spread over LEDGER_START_SPREAD_SECONDS, without servers or Ray:
-the delay each account gets (k8scost.ledger.start_delay)."""
+the delay each account gets (k8scost.ledger.start_delay), and the supervisor's patience with
+an actor still waiting it (actors.supervisor.stalled)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import sys
 import uuid
 from collections import Counter
 
+import pytest
+
+from actors.supervisor import stalled
 from k8scost import ledger
+from k8scost.settings import LedgerSettings, from_env
 
 SPREAD = 60.0
 # Account ids as AccountStore.create makes them (uuid4), drawn from a fixed seed so the test is the same every run.
@@ -46,3 +51,20 @@ def test_a_delay_is_the_same_for_the_same_id_in_every_process() -> None:
     assert ledger.start_delay(account, 2 * SPREAD) == 2 * here
     assert ledger.start_delay(account, 0.0) == 0.0
     assert len({ledger.start_delay(a, SPREAD) for a in IDS}) == len(IDS)
+
+
+@pytest.mark.parametrize(("last_success", "lag", "last_error", "spread", "expected"), [
+    (None, 30.0, None, SPREAD, False),  # waiting its share of the spread: 6 s of cycles + 60 s allowed
+    (None, 65.0, None, SPREAD, False),
+    (None, 67.0, None, SPREAD, True),  # its first cycle stuck past both
+    (None, 30.0, None, 0.0, True),  # the same wait without the spread added: restarted
+    (1.0, 7.0, None, SPREAD, True),  # after a good cycle the spread is over: 3 cycles of 2 s
+    (1.0, 5.0, None, SPREAD, False),
+    (None, 600.0, "ReadTimeout: ", SPREAD, False),  # failing, not stuck: its own loop retries
+])
+def test_the_supervisor_waits_out_the_spread_before_a_first_cycle(
+    last_success: float | None, lag: float, last_error: str | None, spread: float, expected: bool
+) -> None:
+    settings = from_env(LedgerSettings, {}, cycle_seconds=2.0, stalled_after_cycles=3.0, start_spread_seconds=spread)
+    status = {"last_success": last_success, "lag_seconds": lag, "last_error": last_error}
+    assert stalled(status, settings) is expected
