@@ -168,11 +168,16 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--cycles", type=int, default=3, help="rounds of steady cycles")
     parser.add_argument("--period", type=float, default=60.0, help="seconds a round is spread over")
+    parser.add_argument("--start-spread", type=float, default=from_env(LedgerSettings).start_spread_seconds,
+                        help="seconds the tenants' first cycles are spread over (LEDGER_START_SPREAD_SECONDS; "
+                             "0: every one at once)")
     parser.add_argument("--secret", default=TenantConfig.from_env().cluster_secret,
                         help="the deployed Metroculus' CLUSTER_SECRET")
     args = parser.parse_args()
     if args.tenants < 1 or args.anchors < 1 or args.cycles < 1 or not 0 < args.history_minutes <= 55:
         parser.error("--tenants, --anchors and --cycles must be ≥ 1, --history-minutes in 1..55")
+    if args.start_spread < 0:
+        parser.error("--start-spread must be ≥ 0")
 
     # Metroculus as deployed (this script never deploys Serve): say so now if it does not answer us.
     settings = from_env(LedgerSettings)
@@ -185,8 +190,10 @@ def main() -> None:
     run = uuid.uuid4().hex[:8]
     stores = from_env(StoreSettings, mongodb_database=f"bench_tenants_{run}")
     # Cycles are the driver's (cycle_seconds a day: the actors' own loops only run their
-    # first cycle, at start); settles only when a round asks, as LEDGER_SETTLE_SECONDS does hourly.
-    config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0, settle_seconds=86400.0), stores, args.secret)
+    # first cycle, within --start-spread of their start); settles only when a round asks, as
+    # LEDGER_SETTLE_SECONDS does hourly.
+    config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0, settle_seconds=86400.0,
+                                   start_spread_seconds=args.start_spread), stores, args.secret)
     tenants = [(str(uuid.uuid4()), *size) for size in mix(args.tenants)]
     families = [gauges(account, namespaces, pods) for account, _, namespaces, pods in tenants]
     series = sum(len(m) for f in families for m in f.values())
@@ -212,13 +219,15 @@ def main() -> None:
         started = time.perf_counter()
         tenant_actors = [TenantActor.remote(account, "bench", config) for account, *_ in tenants]
         actors += tenant_actors
-        # Their own loop runs the first cycle at start: a settle, reading the open days whole.
+        # Their own loop runs the first cycle within --start-spread of their start: a settle,
+        # reading the open days whole.
         stack.wait_for("every tenant's first cycle",
                        lambda: all(s["cycles"] or s["last_error"] for s in ray.get([a.status.remote() for a in tenant_actors])),
                        timeout=1800, interval=5)
         statuses = ray.get([a.status.remote() for a in tenant_actors])
         failed = [s for s in statuses if s["last_error"]]
-        print(f"started {len(actors)} actors, every tenant's first cycle done, in {time.perf_counter() - started:.0f} s"
+        print(f"started {len(actors)} actors, every tenant's first cycle done (spread over {args.start_spread:g} s), "
+              f"in {time.perf_counter() - started:.0f} s"
               + (f"; {len(failed)} failed (they settle in the first round), e.g. {failed[0]['last_error']}" if failed else ""),
               flush=True)
         pids = {

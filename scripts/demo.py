@@ -134,7 +134,9 @@ def start_supervisor(cycle_seconds: float) -> None:
     """The tenant supervisor, detached: it outlives the demo, like in production."""
     config = TenantConfig.from_env()
     config = TenantConfig(
-        from_env(LedgerSettings, cycle_seconds=cycle_seconds, reconcile_seconds=5.0), config.stores, config.cluster_secret
+        # A few tenants need little spreading, and the demo waits for every first cycle.
+        from_env(LedgerSettings, cycle_seconds=cycle_seconds, reconcile_seconds=5.0, start_spread_seconds=3.0),
+        config.stores, config.cluster_secret,
     )
     raylocal.connect(stack.RAY_ADDRESS, config.ledger.ray_namespace)
     try:  # a supervisor of an earlier run carries its settings: replace it
