@@ -5,7 +5,7 @@
 
 Both paths get the same kind of pre-built bodies (Kubecost-like label sets, encoded as
 Prometheus encodes them, the same series again every round with a newer timestamp), sent
-in the same way, one after the other in one run. It prints samples/s and CPU-seconds per
+in the same way, in one run, their rounds interleaved. It prints samples/s and CPU-seconds per
 million samples of the ingress processes (Serve proxy and replicas) and of Thanos Receive
 (the TSDB's front door, where the ingress forwards), read from /proc before and after each
 path. The anchor is Receive's own receiver on the direct path; the targets: the ingress
@@ -186,8 +186,7 @@ def main_cluster_mix(args: argparse.Namespace) -> None:
         rows.append(("ingress codec + police, in-process (first scrape: every series new)", series, cold, "—"))
         rows.append(("ingress codec + police, in-process (later scrapes)", samples, warm, "—"))
         asyncio.run(send(stack.TSDB_WRITE_URL, direct_rounds[:1], direct_headers, None))
-        direct = run_path("direct", stack.TSDB_WRITE_URL, direct_rounds[1:], samples, direct_headers, None,
-                          pids=[])
+        [direct] = run_paths(Path_("direct", stack.TSDB_WRITE_URL, direct_rounds[1:], samples, direct_headers, pids=[]))
         rows.append(("direct to Thanos Receive (anchor), later scrapes", direct.samples, "—", direct.tsdb_cpu))
     else:
         stack.services("start", "ray")
@@ -198,9 +197,10 @@ def main_cluster_mix(args: argparse.Namespace) -> None:
         direct_headers = {**write_headers, stack.TENANT_HEADER: tenant}
         asyncio.run(send(stack.TSDB_WRITE_URL, direct_rounds[:1], direct_headers, None))
         asyncio.run(send(stack.WRITE_URL, ingress_rounds[:1], auth_headers, (tenant, credentials.password)))
-        direct = run_path("direct", stack.TSDB_WRITE_URL, direct_rounds[1:], samples, direct_headers, None)
-        ingress = run_path("ingress", stack.WRITE_URL, ingress_rounds[1:], samples, auth_headers,
-                           (tenant, credentials.password))
+        idle = idle_cores(ingress_pids(), [tsdb_pid()])
+        direct, ingress = run_paths(
+            Path_("direct", stack.TSDB_WRITE_URL, direct_rounds[1:], samples, direct_headers),
+            Path_("ingress", stack.WRITE_URL, ingress_rounds[1:], samples, auth_headers, (tenant, credentials.password)))
         rows.append(("through the ingress (Serve proxy + replicas), later scrapes", ingress.samples, ingress.ingress_cpu,
                      ingress.tsdb_cpu))
         rows.append(("direct to Thanos Receive (anchor), later scrapes", direct.samples, "—", direct.tsdb_cpu))
@@ -218,6 +218,22 @@ def main_cluster_mix(args: argparse.Namespace) -> None:
           f"{(ours[2] / ours[1]) / (anchor[3] / anchor[1]):.2f}")
     print(f"a {containers}-container cluster at a 15 s scrape: {series / SCRAPE_SECONDS:,.0f} samples/s, "
           f"{series / SCRAPE_SECONDS * ours[2] / ours[1]:.3f} ingress CPU-cores")
+    if not args.in_process:
+        # Both sides burn CPU with no writes at all (Ray's and Serve's loops; Receive's per-tenant
+        # heads, more the more tenants it holds), which the figures above count for as long as
+        # each path's rounds took; the same ratio without it:
+        ours_net = ingress.ingress_cpu - idle[0] * ingress.seconds
+        anchor_net = direct.tsdb_cpu - idle[1] * direct.seconds
+        print(f"idle, no writes: the ingress's processes {idle[0]:.1%} of a core, Receive {idle[1]:.1%}; net of it "
+              f"(× each path's {ingress.seconds:.1f} s / {direct.seconds:.1f} s): ingress {ours_net / samples * 1e6:.2f}, "
+              f"Receive {anchor_net / samples * 1e6:.2f} CPU-s per 1M samples, ratio {ours_net / anchor_net:.2f}")
+
+
+def idle_cores(ours: list[int], tsdb: list[int], seconds: float = 10.0) -> tuple[float, float]:
+    """Cores the two groups of processes use while nothing is written."""
+    before = cpu_seconds(ours), cpu_seconds(tsdb)
+    time.sleep(seconds)
+    return (cpu_seconds(ours) - before[0]) / seconds, (cpu_seconds(tsdb) - before[1]) / seconds
 
 
 @dataclass
@@ -233,24 +249,62 @@ class Result:
         return self.samples / self.seconds
 
 
+def _client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64))
+
+
+async def _send_round(client: httpx.AsyncClient, url: str, bodies: list[bytes], headers: dict[str, str],
+                      auth: tuple[str, str] | None) -> None:
+    answers = await asyncio.gather(*(client.post(url, content=b, headers=headers, auth=auth) for b in bodies))
+    for answer in answers:
+        if answer.status_code not in (200, 204):
+            raise SystemExit(f"{url} answered {answer.status_code}: {answer.text}")
+
+
 async def send(url: str, rounds: list[list[bytes]], headers: dict[str, str], auth: tuple[str, str] | None) -> None:
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
+    async with _client() as client:
         for round_bodies in rounds:  # rounds in order: a series' samples must arrive in time order
-            answers = await asyncio.gather(*(client.post(url, content=b, headers=headers, auth=auth) for b in round_bodies))
-            for answer in answers:
-                if answer.status_code not in (200, 204):
-                    raise SystemExit(f"{url} answered {answer.status_code}: {answer.text}")
+            await _send_round(client, url, round_bodies, headers, auth)
 
 
-def run_path(path: str, url: str, rounds: list[list[bytes]], samples: int, headers: dict[str, str],
-             auth: tuple[str, str] | None, pids: list[int] | None = None) -> Result:
-    """Send ``rounds`` (``samples`` in all) to ``url``; the CPU of ``pids`` (default: the
-    ingress's) and of the TSDB meanwhile."""
-    pids = ingress_pids() if pids is None else pids
-    before_ingress, before_tsdb, started = cpu_seconds(pids), cpu_seconds([tsdb_pid()]), time.perf_counter()
-    asyncio.run(send(url, rounds, headers, auth))
-    seconds = time.perf_counter() - started
-    return Result(path, samples, seconds, cpu_seconds(pids) - before_ingress, cpu_seconds([tsdb_pid()]) - before_tsdb)
+@dataclass
+class Path_:
+    """One way in: where, what (rounds of bodies, ``samples`` in all), and whose CPU counts as ours."""
+
+    name: str
+    url: str
+    rounds: list[list[bytes]]
+    samples: int
+    headers: dict[str, str]
+    auth: tuple[str, str] | None = None
+    pids: list[int] | None = None  # default: the ingress's
+
+
+def run_paths(*paths: Path_) -> list[Result]:
+    """Send the paths' rounds interleaved (round 1 of each, round 2 of each, ...), so the TSDB's
+    background work (head compaction, WAL) and the machine's noise fall on every path alike;
+    the CPU of each path's ``pids`` and of the TSDB while its rounds were in flight."""
+    pids = [ingress_pids() if path.pids is None else path.pids for path in paths]
+    ours, tsdb, seconds = [0.0] * len(paths), [0.0] * len(paths), [0.0] * len(paths)
+
+    async def run() -> None:
+        clients = [_client() for _ in paths]
+        try:
+            for r in range(max(len(path.rounds) for path in paths)):
+                for i, path in enumerate(paths):
+                    if r >= len(path.rounds):
+                        continue
+                    before, before_tsdb, started = cpu_seconds(pids[i]), cpu_seconds([tsdb_pid()]), time.perf_counter()
+                    await _send_round(clients[i], path.url, path.rounds[r], path.headers, path.auth)
+                    seconds[i] += time.perf_counter() - started
+                    ours[i] += cpu_seconds(pids[i]) - before
+                    tsdb[i] += cpu_seconds([tsdb_pid()]) - before_tsdb
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    asyncio.run(run())
+    return [Result(path.name, path.samples, seconds[i], ours[i], tsdb[i]) for i, path in enumerate(paths)]
 
 
 def main() -> None:
@@ -269,11 +323,10 @@ def main() -> None:
                         help="--mix cluster: the ingress's codec and police in this process, no Ray nor Serve")
     args = parser.parse_args()
     args.rounds = args.rounds or (8 if args.mix == "cluster" else 50)
-    if min(args.series, args.bodies, args.rounds, args.containers, args.samples_per_send) < 1 or args.rounds > 500:
-        parser.error("--series, --bodies, --rounds, --containers and --samples-per-send must be ≥ 1, --rounds ≤ 500")
+    if min(args.series, args.bodies, args.containers, args.samples_per_send) < 1 or not 2 <= args.rounds <= 500:
+        parser.error("--series, --bodies, --containers and --samples-per-send must be ≥ 1, --rounds from 2 to 500 "
+                     "(the first round warms, the others are measured)")
     if args.mix == "cluster":
-        if args.rounds < 2:
-            parser.error("--mix cluster needs --rounds ≥ 2: the first scrape warms, the others are measured")
         main_cluster_mix(args)
         return
     if args.in_process:
@@ -293,18 +346,17 @@ def main() -> None:
 
     write_headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
                      "X-Prometheus-Remote-Write-Version": "0.1.0"}
-    # Warm both paths (connections, the ingress's credential cache and label-set verdicts).
-    warm = bodies(tenant, "warm", args.series, args.bodies, 2, t0_ms)
+    # The first round warms both paths (connections, the ingress's credential cache and
+    # label-set verdicts, the TSDB's new series); the others are measured.
     direct_headers = {**write_headers, stack.TENANT_HEADER: tenant}
-    asyncio.run(send(stack.TSDB_WRITE_URL, warm[:1], direct_headers, None))
-    asyncio.run(send(stack.WRITE_URL, warm[1:], {**write_headers, "Cloud-Account-Id": tenant},
-                     (tenant, credentials.password)))
-
-    samples = args.rounds * args.bodies * args.series
-    direct = run_path("direct to Thanos Receive", stack.TSDB_WRITE_URL, direct_rounds, samples,
-                      direct_headers, None)
-    ingress = run_path("through the ingress", stack.WRITE_URL, ingress_rounds, samples,
-                       {**write_headers, "Cloud-Account-Id": tenant}, (tenant, credentials.password))
+    ingress_headers = {**write_headers, "Cloud-Account-Id": tenant}
+    asyncio.run(send(stack.TSDB_WRITE_URL, direct_rounds[:1], direct_headers, None))
+    asyncio.run(send(stack.WRITE_URL, ingress_rounds[:1], ingress_headers, (tenant, credentials.password)))
+    samples = (args.rounds - 1) * args.bodies * args.series
+    direct, ingress = run_paths(
+        Path_("direct to Thanos Receive", stack.TSDB_WRITE_URL, direct_rounds[1:], samples, direct_headers),
+        Path_("through the ingress", stack.WRITE_URL, ingress_rounds[1:], samples, ingress_headers,
+              (tenant, credentials.password)))
 
     print()
     print("| path | samples | wall s | samples/s | ingress CPU-s per 1M samples | Receive CPU-s per 1M samples |")
