@@ -124,6 +124,9 @@ class TenantActor:
         # writes and from the live rows (ledger.documents_of_rows): a cycle writes only the
         # documents of resources that are new or moved, not of every resource whose cost changed.
         self.documents: dict[str, ledger.Dimensions] = {}
+        # Per resource id: the earliest day its document is known to cover. A day before it
+        # (a backfill, or days asked for) moves the document's first_seen back: a write too.
+        self.first_days: dict[str, datetime] = {}
         self.loaded_days: set[datetime] = set()  # days whose live rows ``written`` holds for sure
         self.hours: ledger.Hours | None = None  # the closed hours an incremental cycle adds to; None: settle
         self.lock = asyncio.Lock()  # one writer at a time: the cycle, or a backfill's days
@@ -256,7 +259,9 @@ class TenantActor:
         seen_days: dict[str, list[datetime]] = {}
         dimensions: dict[str, ledger.Dimensions] = {}
         for (rid, day), row in changed.items():
-            if daily.resources[rid].kind is not Kind.CLUSTER_COST and self.documents.get(rid) != row[5:]:
+            if daily.resources[rid].kind is not Kind.CLUSTER_COST and (
+                self.documents.get(rid) != row[5:] or day < self.first_days.get(rid, day)
+            ):
                 seen_days.setdefault(rid, []).append(day)
                 dimensions[rid] = row[5:]
         touched: dict[tuple[datetime, datetime], dict[str, Resource]] = {}
@@ -271,6 +276,7 @@ class TenantActor:
                 self.account_id, self.organization_id, resources.values(), int(first.timestamp()), int(last_seen)
             )
             self.documents.update({rid: dimensions[rid] for rid in resources})
+            self.first_days.update({rid: min(first, self.first_days.get(rid, first)) for rid in resources})
         self._maybe_crash("after_resources")
         upserted = time.perf_counter()
 
@@ -314,6 +320,8 @@ class TenantActor:
         live = {key: entry.row for key, entry in entries.items() if entry.row is not None}
         self.written.update(live)
         self.documents = ledger.documents_of_rows(self.documents, live.values())
+        for rid, day in live:
+            self.first_days[rid] = min(day, self.first_days.get(rid, day))
         self.loaded_days.update(missing)
         return time.perf_counter() - started
 
