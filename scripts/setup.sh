@@ -53,14 +53,41 @@ install_ferretdb() {
     rm -rf "$src"
 }
 
+# Prometheus' and Thanos' releases, built from their Go modules: `go install` refuses a
+# module with replace directives, so the module is built in a copy of itself, the way its
+# release is (.promu.yml), with the version stamped so `--version` says what runs; the
+# module's checksum stands for the commit, which its zip does not carry.
+# build_go_module NAME MODULE TAG VERSION BUILD_TAGS MAIN_PACKAGE BINARY
+build_go_module() {
+    local name=$1 module=$2 tag=$3 version=$4 build_tags=$5 main=$6 bin=$7
+    local info dir sum src
+    info=$(GOTOOLCHAIN=local go mod download -json "$module@$tag")
+    dir=$(sed -n 's/^\t"Dir": "\(.*\)",$/\1/p' <<<"$info")
+    sum=$(sed -n 's/^\t"Sum": "\(.*\)",$/\1/p' <<<"$info")
+    [ -d "$dir" ] || { log "go mod download of $name $tag failed"; exit 1; }
+    [ "$(cat "$dir/VERSION")" = "$version" ] || { log "module $tag is $name $(cat "$dir/VERSION"), not $version"; exit 1; }
+    src=$(mktemp -d)
+    cp -r "$dir/." "$src" && chmod -R u+w "$src"
+    log "$name: downloading its dependencies"
+    # GOWORK=off: Prometheus' go.work names nested modules its module zip leaves out.
+    (cd "$src" && GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download)
+    log "$name: compiling"
+    local pkg=github.com/prometheus/common/version
+    mkdir -p "$(dirname "$bin")"
+    (cd "$src" && GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -trimpath -tags "$build_tags" -ldflags "\
+        -X $pkg.Version=$version -X $pkg.Revision=$sum -X $pkg.Branch=$tag \
+        -X $pkg.BuildUser=cloudtuner -X $pkg.BuildDate=$(date -u +%Y%m%d-%H:%M:%S)" \
+        -o "$bin.tmp" "$main") && mv "$bin.tmp" "$bin"
+    rm -rf "$src"
+    log "$name: $("$bin" --version 2>&1 | head -n 1)"
+}
+
 # Thanos v0.42.4: the newest release this machine's Go (1.26.8) builds. v0.37-v0.39 need
 # zenhack.net/go/util, which the module proxy refuses (its domain expired); v0.42 replaces it
 # with github.com/zenhack/go-util. v0.42.5 needs Go >= 1.26.10 and toolchains cannot be
 # downloaded here. v0.42 evaluates PromQL with the Prometheus 3 engine, as production does.
-# `go install` refuses a module with replace directives, so the module is built in a copy
-# of itself, the way its release is (.promu.yml): tags netgo,slicelabels (Thanos casts
-# Prometheus labels to its own slices in place, which is only sound with slicelabels) and
-# the version stamped, so `thanos --version` says what runs.
+# Its release's tags: netgo,slicelabels (Thanos casts Prometheus labels to its own slices in
+# place, which is only sound with slicelabels).
 install_thanos() {
     local bin="$TOOLS/bin/thanos" version=${THANOS_VERSION#v}
     # `thanos --version` prints to stderr.
@@ -70,25 +97,7 @@ install_thanos() {
     fi
     command -v go >/dev/null || { log "Go is needed to build Thanos; install Go >= 1.26"; exit 1; }
     log "building Thanos $THANOS_VERSION (about 5 minutes on 2 cores)"
-    local info dir sum src
-    info=$(GOTOOLCHAIN=local go mod download -json "github.com/thanos-io/thanos@$THANOS_VERSION")
-    dir=$(sed -n 's/^\t"Dir": "\(.*\)",$/\1/p' <<<"$info")
-    sum=$(sed -n 's/^\t"Sum": "\(.*\)",$/\1/p' <<<"$info")
-    [ -d "$dir" ] || { log "go mod download of Thanos $THANOS_VERSION failed"; exit 1; }
-    src=$(mktemp -d)
-    cp -r "$dir/." "$src" && chmod -R u+w "$src"
-    log "Thanos: downloading its dependencies"
-    (cd "$src" && GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download)
-    log "Thanos: compiling"
-    # The module zip carries no commit: its checksum names the exact source instead.
-    local pkg=github.com/prometheus/common/version
-    mkdir -p "$TOOLS/bin"
-    (cd "$src" && GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -trimpath -tags netgo,slicelabels -ldflags "\
-        -X $pkg.Version=$version -X $pkg.Revision=$sum -X $pkg.Branch=$THANOS_VERSION \
-        -X $pkg.BuildUser=cloudtuner -X $pkg.BuildDate=$(date -u +%Y%m%d-%H:%M:%S)" \
-        -o "$bin.tmp" ./cmd/thanos) && mv "$bin.tmp" "$bin"
-    rm -rf "$src"
-    log "Thanos: $("$bin" --version 2>&1 | head -n 1)"
+    build_go_module Thanos github.com/thanos-io/thanos "$THANOS_VERSION" "$version" netgo,slicelabels ./cmd/thanos "$bin"
 }
 
 # Prometheus 3.16.0 (module v0.316.0, the newest the module proxy serves; it needs Go >= 1.26.7),
@@ -106,27 +115,7 @@ install_prometheus3() {
     fi
     command -v go >/dev/null || { log "Go is needed to build Prometheus 3; install Go >= 1.26.7"; exit 1; }
     log "building Prometheus $version (module $PROMETHEUS3_VERSION; about 9 minutes on 2 cores)"
-    local info dir sum src
-    info=$(GOTOOLCHAIN=local go mod download -json "github.com/prometheus/prometheus@$PROMETHEUS3_VERSION")
-    dir=$(sed -n 's/^\t"Dir": "\(.*\)",$/\1/p' <<<"$info")
-    sum=$(sed -n 's/^\t"Sum": "\(.*\)",$/\1/p' <<<"$info")
-    [ -d "$dir" ] || { log "go mod download of Prometheus $PROMETHEUS3_VERSION failed"; exit 1; }
-    [ "$(cat "$dir/VERSION")" = "$version" ] || { log "module $PROMETHEUS3_VERSION is Prometheus $(cat "$dir/VERSION"), not $version"; exit 1; }
-    src=$(mktemp -d)
-    cp -r "$dir/." "$src" && chmod -R u+w "$src"
-    log "Prometheus 3: downloading its dependencies"
-    # Its go.work names nested modules that the module zip leaves out: build the module alone.
-    (cd "$src" && GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download)
-    log "Prometheus 3: compiling"
-    # Stamped as its release does (.promu.yml); the module's checksum stands for the commit.
-    local pkg=github.com/prometheus/common/version
-    mkdir -p "$TOOLS/bin"
-    (cd "$src" && GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -trimpath -tags netgo -ldflags "\
-        -X $pkg.Version=$version -X $pkg.Revision=$sum -X $pkg.Branch=$PROMETHEUS3_VERSION \
-        -X $pkg.BuildUser=cloudtuner -X $pkg.BuildDate=$(date -u +%Y%m%d-%H:%M:%S)" \
-        -o "$bin.tmp" ./cmd/prometheus) && mv "$bin.tmp" "$bin"
-    rm -rf "$src"
-    log "Prometheus 3: $("$bin" --version 2>&1 | head -n 1)"
+    build_go_module "Prometheus 3" github.com/prometheus/prometheus "$PROMETHEUS3_VERSION" "$version" netgo ./cmd/prometheus "$bin"
 }
 
 install_python() {
