@@ -363,8 +363,9 @@ def test_late_samples_land_at_the_next_settle(live, ray_driver) -> None:
         assert_ledger_is_metroculus(account.id)
         # Half an hour of samples that came late, long after their hour closed (a sender
         # catching up), at twice the rate: the day costs more, and the hours kept miss it.
+        # They end before the 3 hours a new-hours cycle reads at most, whatever the minute.
         now = time.time()
-        send(credentials, now - 3 * HOUR, now - 2.5 * HOUR, 2.0, offset=17)
+        send(credentials, now - 3.6 * HOUR, now - 3.1 * HOUR, 2.0, offset=17)
         report = ray.get(actor.cycle.remote())
         # at most the hour that closed since and the two not closed yet: not the late ones
         assert report.read == "new hours" and report.hours_read <= 3, report
