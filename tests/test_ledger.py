@@ -312,9 +312,9 @@ def live_series(scale: float) -> list[tuple[dict[str, str], float]]:
             ({"__name__": promql.CLUSTER_COST_COMPONENTS["management_cost"], **cluster}, 0.1)]
 
 
-def send(credentials, start: float, end: float, scale: float, offset: int = 0) -> None:
+def send(credentials, start: float, end: float, scale: float) -> None:
     """The live cluster's samples every minute of [start, end), through the ingress as a sender sends them."""
-    post_samples(credentials, [1000 * at for at in range(int(start) + offset, int(end), 60)], scale)
+    post_samples(credentials, [1000 * at for at in range(int(start), int(end), 60)], scale)
 
 
 def scrape(credentials, scale: float) -> None:
@@ -363,9 +363,13 @@ def test_late_samples_land_at_the_next_settle(live, ray_driver) -> None:
         assert_ledger_is_metroculus(account.id)
         # Half an hour of samples that came late, long after their hour closed (a sender
         # catching up), at twice the rate: the day costs more, and the hours kept miss it.
-        # They end before the 3 hours a new-hours cycle reads at most, whatever the minute.
+        # They fill a gap before the fixture's first sample (more than the lookback wide,
+        # whatever the seconds between the two sends): interleaved with the fixture's
+        # samples they would win only the resolution points they are the newest sample
+        # for, a share that depends on those seconds (a quarter to all at 15 s points).
+        # They also end before the 3 hours a new-hours cycle reads at most.
         now = time.time()
-        send(credentials, now - 3.6 * HOUR, now - 3.1 * HOUR, 2.0, offset=17)
+        send(credentials, now - 4.6 * HOUR, now - 4.1 * HOUR, 2.0)
         report = ray.get(actor.cycle.remote())
         # at most the hour that closed since and the two not closed yet: not the late ones
         assert report.read == "new hours" and report.hours_read <= 3, report
@@ -373,7 +377,7 @@ def test_late_samples_land_at_the_next_settle(live, ray_driver) -> None:
         days = ledger.open_days(now, config().ledger.open_days)
         missed = sum(expected_costs(account.id, day).get(p1, 0.0) - ledger_costs(account.id, day).get(p1, 0.0)
                      for day in days)
-        assert missed > 0.1  # ≈ half an hour of p1 at 0.4 more per hour
+        assert missed > 0.4  # half an hour of p1 at 0.8 per hour, and its lookback after
         report = ray.get(actor.cycle.remote(days))
         assert report.read == "settle (days asked)" and report.rows_written > 0
         assert_ledger_is_metroculus(account.id)
