@@ -192,27 +192,35 @@ def fold(cloud_account_id: str, answers: Iterable[Mapping[str, Any]], days: Iter
     folded = SeriesCosts()
     costs, resources, balance = folded.costs, folded.resources, folded.balance
 
-    def add(resource: Resource, day: datetime, cost: float) -> None:
-        rid = resource.id(cloud_account_id)
-        resources[rid] = resource
+    def add(rid: str, day: datetime, cost: float) -> None:
         costs[(rid, day)] = costs.get((rid, day), 0.0) + cost
 
     for answer in answers:
         step = float(answer["step"])
+        days_of: dict[Any, datetime] = {}  # bucket end → its day: every series has the same ends
         for metric, body in answer["metrics"].items():
             for series in body["data"]["result"]:
                 resource = resource_of(metric, series["metric"])
                 if resource is None:
                     continue
+                # Ids once per series, days once per bucket end: folding 20,000 pods' two
+                # hourly buckets took 0.44 s with both made per value, 0.25 s so (ad hoc).
+                rid = resource.id(cloud_account_id)
                 component = _component_of(metric, series["metric"])
+                component_id = component.id(cloud_account_id) if component is not None else ""
                 for end, value in series["values"]:
-                    day, cost = day_start(float(end) - step), float(value)
+                    day = days_of.get(end)
+                    if day is None:
+                        day = days_of[end] = day_start(float(end) - step)
                     if day not in wanted:
                         continue
-                    add(resource, day, cost)
+                    cost = float(value)
+                    resources[rid] = resource
+                    add(rid, day, cost)
                     sums = balance.setdefault((resource.cluster, day), [0.0, 0.0, 0.0])
                     if component is not None:
-                        add(component, day, cost)
+                        resources[component_id] = component
+                        add(component_id, day, cost)
                         sums[0] += cost
                         if component.name == "management_cost":
                             sums[2] += cost
