@@ -23,7 +23,6 @@ from typing import Any
 
 from ray import serve
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from k8scost.api_errors import error_body
 from k8scost.metroculus_client import SECRET_HEADER
@@ -34,6 +33,7 @@ from k8scost.stores import StoreUnavailable
 from k8scost.tsdb import TsdbClient, TsdbQueryError
 from serve_apps.metroculus import metrics
 from serve_apps.metroculus.params import Span, parse_live_request, parse_metrics_request, parse_span
+from serve_apps.responses import JSONAnswer
 
 log = logging.getLogger("ray.serve")
 
@@ -72,7 +72,7 @@ class Metroculus:
             "/v2/k8s_live": self.k8s_live,
         }
 
-    async def __call__(self, request: Request) -> JSONResponse:
+    async def __call__(self, request: Request) -> JSONAnswer:
         path = request.url.path.removeprefix(request.scope.get("root_path", ""))
         handler = self.routes.get(path)
         endpoint = path.rsplit("/", 1)[-1] if handler else "unknown"
@@ -82,7 +82,7 @@ class Metroculus:
                 raise _Refused(404, f"not found: {path}; endpoints: {', '.join(self.routes)}")
             if request.method != "GET":
                 raise _Refused(405, f"method {request.method} not allowed; use GET")
-            response = JSONResponse(await handler(request.query_params.multi_items()))
+            response = JSONAnswer(await handler(request.query_params.multi_items()))
         except _Refused as refused:
             response = _error(refused.status, refused.message)
         except BadParameter as bad:
@@ -241,8 +241,8 @@ class Metroculus:
                 metrics.TSDB_ERRORS.inc(tags={"kind": kind, "reason": outcome})
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(error_body(status, message), status_code=status)
+def _error(status: int, message: str) -> JSONAnswer:
+    return JSONAnswer(error_body(status, message), status_code=status)
 
 
 def _span_fields(span: Span) -> dict[str, Any]:

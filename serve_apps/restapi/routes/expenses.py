@@ -17,7 +17,7 @@ from serve_apps.restapi import params
 from serve_apps.restapi.dependencies import OrganizationIdDep, SettingsDep, StoresDep
 from serve_apps.restapi.errors import ApiError, bad_request, not_found
 from serve_apps.restapi.expenses import ExpenseService, check_clean_request
-from serve_apps.restapi.routes import JSONAnswer
+from serve_apps.responses import JSONAnswer
 from serve_apps.restapi.state import OpenStores
 
 log = logging.getLogger("ray.serve")

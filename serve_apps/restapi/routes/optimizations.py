@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 from serve_apps.restapi import optimizations
 from serve_apps.restapi.dependencies import CallerDep, OrganizationIdDep, StoresDep
 from serve_apps.restapi.errors import not_found
-from serve_apps.restapi.routes import STRICT, JSONAnswer
+from serve_apps.responses import JSONAnswer
+from serve_apps.restapi.routes import STRICT
 
 router = APIRouter()
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from serve_apps.restapi import rightsizing
 from serve_apps.restapi.dependencies import OrganizationIdDep, StoresDep
-from serve_apps.restapi.routes import JSONAnswer
+from serve_apps.responses import JSONAnswer
 
 router = APIRouter()
 

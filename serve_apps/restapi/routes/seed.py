@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from serve_apps.restapi import params
 from serve_apps.restapi.dependencies import OrganizationQueryDep, SettingsDep, StoresDep
 from serve_apps.restapi.expenses import ExpenseService
-from serve_apps.restapi.routes import JSONAnswer
+from serve_apps.responses import JSONAnswer
 from serve_apps.restapi.routes.expenses import expense_route, json_body, json_object_body, queue_task, task_answer
 
 router = APIRouter()
