@@ -200,8 +200,7 @@ def main() -> None:
     now = int(time.time())
     history = range((now - args.history_minutes * 60) * 1000, now * 1000, 60_000)
     started = time.perf_counter()
-    for f in families:
-        send(f, history)
+    send({name: [member for f in families for member in f.get(name, [])] for name in families[0]}, history)
     print(f"{args.tenants} tenants (" + ", ".join(f"{sum(t[1] == name for t in tenants)} {name} of "
           f"{namespaces * pods:,} pods" for name, _, namespaces, pods in SIZES) + f"): {series:,} series, "
           f"{args.history_minutes} min of history sent in {time.perf_counter() - started:.0f} s", flush=True)
@@ -323,29 +322,36 @@ def main() -> None:
         per_steady, per_settle = steady_total / (len(steady) + len(failures)), settle_total / n
         return (per_hour - settles_per_hour) * per_steady + settles_per_hour * per_settle
 
-    tsdb_hour = per_tenant_hour(steady_tsdb, settle_tsdb)
-    cycles_hour = per_tenant_hour(steady_cpu, settle_cpu)
-    idle_mean = statistics.mean(idle_cpu[p] for p in tenant_pids)
-    actor_hour = idle_mean * 3600 + cycles_hour
     pss_mean = statistics.mean(after_pss.values())
-    bare_pids = pids["bare Ray actor (anchor)"]
-    bare_cpu = statistics.mean(idle_cpu[p] for p in bare_pids)
-    print(f"| TSDB CPU per cycle (ingest rate of the idle minute, {tsdb_idle_rate:.3f} CPU-s/s, taken off) | "
-          f"steady {steady_tsdb / len(steady):.3f} s, settle {settle_tsdb / n:.3f} s |")
-    print(f"| TSDB CPU per tenant-hour at CYCLE_SECONDS {defaults.cycle_seconds:.0f}, a settle every "
-          f"{defaults.settle_seconds:.0f} s | {tsdb_hour:.2f} s |")
-    print(f"| actor CPU per cycle (its idle CPU taken off) | steady {steady_cpu / len(steady):.3f} s, settle {settle_cpu / n:.3f} s |")
-    print(f"| actor CPU per tenant-hour, idle included | {actor_hour:.1f} s ({idle_mean * 3600:.1f} idle, {cycles_hour:.1f} cycles) |")
+    bare_cpu = statistics.mean(idle_cpu[p] for p in pids["bare Ray actor (anchor)"])
+    measured_cycles = bool(steady and settles)
+    if measured_cycles:
+        tsdb_hour = per_tenant_hour(steady_tsdb, settle_tsdb)
+        cycles_hour = per_tenant_hour(steady_cpu, settle_cpu)
+        idle_mean = statistics.mean(idle_cpu[p] for p in tenant_pids)
+        actor_hour = idle_mean * 3600 + cycles_hour
+        print(f"| TSDB CPU per cycle (ingest rate of the idle minute, {tsdb_idle_rate:.3f} CPU-s/s, taken off) | "
+              f"steady {steady_tsdb / len(steady):.3f} s, settle {settle_tsdb / n:.3f} s |")
+        print(f"| TSDB CPU per tenant-hour at CYCLE_SECONDS {defaults.cycle_seconds:.0f}, a settle every "
+              f"{defaults.settle_seconds:.0f} s | {tsdb_hour:.2f} s |")
+        print(f"| actor CPU per cycle (its idle CPU taken off) | steady {steady_cpu / len(steady):.3f} s, "
+              f"settle {settle_cpu / n:.3f} s |")
+        print(f"| actor CPU per tenant-hour, idle included | {actor_hour:.1f} s ({idle_mean * 3600:.1f} idle, "
+              f"{cycles_hour:.1f} cycles) |")
     print()
     print(f"| tenants per {NODE_CORES}-core / {NODE_MEMORY_MB // 1024} GB node | from memory ({MEMORY_SHARE:.0%}) | from CPU |")
     print("| --- | ---: | ---: |")
     print(f"| bare Ray actors (anchor: Ray's floor) | {NODE_MEMORY_MB * MEMORY_SHARE / anchor:,.0f} | "
           f"{NODE_CORES / max(bare_cpu, 1e-9):,.0f} |")
+    by_cpu = f"{NODE_CORES * 3600 / actor_hour:,.0f}" if measured_cycles else "— (no cycle measured)"
     print(f"| tenant actors of this mix, cycles included (TSDB and Metroculus elsewhere) | "
-          f"{NODE_MEMORY_MB * MEMORY_SHARE / pss_mean:,.0f} | {NODE_CORES * 3600 / actor_hour:,.0f} |")
-    print(f"| same, the TSDB's CPU counted on the node too | — | {NODE_CORES * 3600 / (actor_hour + tsdb_hour):,.0f} |")
+          f"{NODE_MEMORY_MB * MEMORY_SHARE / pss_mean:,.0f} | {by_cpu} |")
+    if measured_cycles:
+        print(f"| same, the TSDB's CPU counted on the node too | — | {NODE_CORES * 3600 / (actor_hour + tsdb_hour):,.0f} |")
     print(f"\nwall: steady rounds {steady_wall:.0f} s, settle round {settle_wall:.0f} s"
           + (f"; scraper error: {scraper.error}" if scraper.error else ""))
+    if not measured_cycles:
+        sys.exit("no cycle figures: every steady cycle or every settle failed (see 'failed cycles' above)")
 
 
 if __name__ == "__main__":
