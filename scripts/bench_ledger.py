@@ -14,7 +14,8 @@
    CYCLES times: after a scrape each (every resource's cost of today changes: 2 rows
    each), then with nothing new (0 rows). Each cycle's time is split
    into query (Metroculus + TSDB) / compute / MongoDB / ClickHouse, beside the TSDB's CPU
-   seconds in it (utime + stime of the TSDB process). Targets: a steady incremental cycle
+   seconds in it (utime + stime of the TSDB's processes, less their CPU with no query and no write
+   over as long, measured before the cycles). Targets: a steady incremental cycle
    ≤ 1 s, and ≥ 10× less TSDB CPU than a full one.
 2. IDLE_ACTORS tenant actors of tenants without data, left idle, beside as many bare Ray
    actors (the anchor) and as many tenant actors with MALLOC_ARENA_MAX=2: memory (PSS, the
@@ -142,11 +143,20 @@ def tsdb_cpu_seconds() -> float:
     return sum(cpu_seconds(pid) for pid in stack.tsdb_pids())
 
 
-def timed_cycle(actor) -> tuple[CycleReport, float]:
-    """One cycle of ``actor`` and the TSDB's CPU seconds meanwhile."""
-    before = tsdb_cpu_seconds()
+def tsdb_idle_rate(seconds: float = 20.0) -> float:
+    """The TSDB's CPU seconds per second with no query and no write: Receive's upkeep of
+    every tenant it holds (a quarter of a core on a dev machine with hundreds of test
+    tenants), which a cycle's figure must not be charged with."""
+    before, started = tsdb_cpu_seconds(), time.perf_counter()
+    time.sleep(seconds)
+    return (tsdb_cpu_seconds() - before) / (time.perf_counter() - started)
+
+
+def timed_cycle(actor, idle_rate: float) -> tuple[CycleReport, float]:
+    """One cycle of ``actor`` and the TSDB's CPU seconds it took, its idle upkeep meanwhile taken off."""
+    before, started = tsdb_cpu_seconds(), time.perf_counter()
     report = ray.get(actor.cycle.remote())
-    return report, tsdb_cpu_seconds() - before
+    return report, tsdb_cpu_seconds() - before - idle_rate * (time.perf_counter() - started)
 
 
 def total_seconds(report: CycleReport) -> float:
@@ -225,6 +235,8 @@ def main() -> None:
              [int(time.time() * 1000)])
 
     raylocal.connect(stack.RAY_ADDRESS, "bench")
+    idle_rate = tsdb_idle_rate()
+    print(f"the TSDB's CPU with no query and no write, taken off each cycle's: {idle_rate:.2f} s per s", flush=True)
     secret = TenantConfig.from_env().cluster_secret
     print()
     print(f"| cycle, open days of {pods:,} pods | resolution s | read | hours read | rows written | resources upserted | "
@@ -240,18 +252,19 @@ def main() -> None:
             # One writer at a time: each mode's actor replaces the other's. Its loop runs the
             # first cycle at start (no spread: one tenant), which rebuilds the written rows from ClickHouse.
             scrape()
-            before = tsdb_cpu_seconds()
+            before, started = tsdb_cpu_seconds(), time.perf_counter()
             actor = TenantActor.remote(account.id, account.organization_id, config)
             status = stack.wait_for("the actor's first cycle", lambda: (s := ray.get(actor.status.remote()))["cycles"] and s,
                                     timeout=600, interval=0.2)
-            first[resolution, mode] = CycleReport(**status["last_report"]), tsdb_cpu_seconds() - before
+            first[resolution, mode] = (CycleReport(**status["last_report"]),
+                                       tsdb_cpu_seconds() - before - idle_rate * (time.perf_counter() - started))
             title = "cold (all new)" if index == 0 and mode == "full" else "first after a (re)start"
             print_cycle(f"{mode}: {title}", resolution, *first[resolution, mode])
             for variant in VARIANTS:
                 for _ in range(args.cycles):
                     if variant == "new samples":
                         scrape()
-                    report, cpu = timed_cycle(actor)
+                    report, cpu = timed_cycle(actor, idle_rate)
                     steady.setdefault((resolution, mode, variant), []).append((report, cpu))
                     print_cycle(f"{mode}: steady, {variant}", resolution, report, cpu)
             status = ray.get(actor.status.remote())
