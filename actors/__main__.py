@@ -2,7 +2,7 @@
 
     python -m actors start  [--address HOST:PORT]        # idempotent; prints the report
     python -m actors status [--address ...]
-    python -m actors stop   [--address ...]              # the supervisor and every tenant actor
+    python -m actors stop   [--address ...]              # the supervisor and every tenant host
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 
 import ray
 
-from actors.supervisor import SUPERVISOR_NAME, TenantSupervisor, tenant_actor_name
+from actors.supervisor import SUPERVISOR_NAME, TenantSupervisor
 from actors.tenant import TenantConfig
 from k8scost import raylocal
 
@@ -44,14 +44,14 @@ def main() -> int:
     if args.command == "status":
         print(json.dumps(ray.get(supervisor.status.remote()), indent=2, default=str))
         return 0
-    tenants = list(ray.get(supervisor.status.remote())["tenants"])
+    hosts = ray.get(supervisor.status.remote())["hosts"]
     ray.kill(supervisor, no_restart=True)
-    for account_id in tenants:
+    for name in hosts:
         try:
-            ray.kill(ray.get_actor(tenant_actor_name(account_id)), no_restart=True)
+            ray.kill(ray.get_actor(name), no_restart=True)
         except ValueError:
             pass
-    print(json.dumps({"stopped": ["supervisor", *tenants]}))
+    print(json.dumps({"stopped": ["supervisor", *hosts], "tenants": sorted(a for t in hosts.values() for a in t)}))
     return 0
 
 

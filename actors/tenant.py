@@ -1,4 +1,4 @@
-"""TenantActor: the one writer of one tenant's ledger.
+"""Tenant: the one writer of one tenant's ledger, run by a tenant host (``actors.host``).
 
 Every cycle it asks Metroculus for the open days' costs, writes the resources that are
 new or changed to MongoDB, then writes the changed resource-days to ClickHouse in one
@@ -26,8 +26,6 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
-
-import ray
 
 from actors import metrics
 from k8scost import ledger
@@ -108,17 +106,42 @@ class CycleReport:
     hours_read: float  # hours of TSDB time the reads covered (a whole day: 24; 0 for a backfill's write)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
-class TenantActor:
-    """One per kubernetes_cnr cloud account: named ``tenant-<account id>``, detached, restarted by Ray."""
+class TenantClients:
+    """The store and Metroculus clients the tenants of one process share, and the ledger's
+    schema, checked once per process on the first write."""
 
-    def __init__(self, account_id: str, organization_id: str, config: TenantConfig) -> None:
+    def __init__(self, expenses: ExpenseStore, resources: ResourceStore, metroculus: MetroculusClient) -> None:
+        self.expenses = expenses
+        self.resources = resources
+        self.metroculus = metroculus
+        self._migrated = False
+        self._migrating = asyncio.Lock()
+
+    @classmethod
+    def connect(cls, config: TenantConfig) -> TenantClients:
+        return cls(ExpenseStore(config.stores), ResourceStore(connect(config.stores)),
+                   MetroculusClient(config.ledger.metroculus_url, config.cluster_secret))
+
+    async def migrate(self) -> None:
+        """Idempotent: whichever process writes first creates the table and the indexes."""
+        async with self._migrating:
+            if not self._migrated:
+                await self.expenses.migrate()
+                await self.resources.ensure_indexes()
+                self._migrated = True
+
+
+class Tenant:
+    """The ledger writer of one kubernetes_cnr cloud account; ``start`` runs its cycle loop."""
+
+    def __init__(self, account_id: str, organization_id: str, settings: LedgerSettings, clients: TenantClients) -> None:
         self.account_id = account_id
         self.organization_id = organization_id
-        self.settings = config.ledger
-        self.expenses = ExpenseStore(config.stores)
-        self.resources = ResourceStore(connect(config.stores))
-        self.metroculus = MetroculusClient(config.ledger.metroculus_url, config.cluster_secret)
+        self.settings = settings
+        self.clients = clients
+        self.expenses = clients.expenses
+        self.resources = clients.resources
+        self.metroculus = clients.metroculus
         self.written: dict[ledger.ResourceDay, ExpenseRow] = {}
         # Per resource id: the dimensions its document was written with, from this process's
         # writes and from the live rows (ledger.documents_of_rows): a cycle writes only the
@@ -132,16 +155,21 @@ class TenantActor:
         self.lock = asyncio.Lock()  # one writer at a time: the cycle, or a backfill's days
         self.crash_at: str | None = None
         self.started_at = time.time()
-        self.start_delay = ledger.start_delay(account_id, config.ledger.start_spread_seconds)
+        self.start_delay = ledger.start_delay(account_id, settings.start_spread_seconds)
         self.cycles = 0
         self.rows_written_total = 0
         self.last_success: float | None = None
         self.last_error: str | None = None
         self.last_report: CycleReport | None = None
-        self.migrated = False  # the ledger's schema and indexes are checked once per process, on the first cycle
-        # Async actors run __init__ on their event loop: the loop starts with the actor,
-        # and again on its own when Ray restarts it.
+        self.loop: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Run the cycle loop on the running event loop, until ``stop``."""
         self.loop = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self.loop is not None:
+            self.loop.cancel()
 
     async def _run(self) -> None:
         # Only the loop's first cycle waits, so actors started together (a supervisor's
@@ -240,11 +268,7 @@ class TenantActor:
         self, days: list[datetime], daily: ledger.DailyCosts, query_seconds: float, read: str, hours_read: float,
         fold_seconds: float = 0.0, seen: Mapping[str, tuple[datetime, datetime]] | None = None,
     ) -> CycleReport:
-        if not self.migrated:
-            # Idempotent: whichever actor starts first creates the table and the indexes.
-            await self.expenses.migrate()
-            await self.resources.ensure_indexes()
-            self.migrated = True
+        await self.clients.migrate()
         started = time.perf_counter()
         reload_seconds = await self._load(days)
         rows, changed = ledger.corrections(self.account_id, self.written, daily)

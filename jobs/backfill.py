@@ -5,10 +5,10 @@
     ray job submit --working-dir . -- python -m jobs.backfill --organization-id ORG --start ... --end ...
 
 Every (account, day) is a Ray task that reads the day's costs through Metroculus, in
-parallel. Then the tenant's actor, the single writer of that tenant's ledger, writes the
+parallel. Then the tenant, on its host (the single writer of that tenant's ledger), writes the
 days one by one, so a backfill never races the live cycle; it is told each resource's
 first and last day in the range, so each resource document is written once, not once per
-day. The actor writes only what differs from its ledger: rerunning changes nothing. Each
+day. The tenant writes only what differs from its ledger: rerunning changes nothing. Each
 written day is checkpointed in MongoDB (``backfill_runs``): an interrupted run, started
 again with the same arguments, resumes with the days not written yet. Progress (days
 read and written out of the total, rows, ETA) goes to the job log, which the Ray
@@ -32,7 +32,7 @@ from typing import Any
 
 import ray
 
-from actors.supervisor import tenant_actor
+from actors.host import place
 from actors.tenant import TenantConfig, query_daily_costs
 from k8scost import ledger, raylocal
 from k8scost.metroculus_client import MetroculusClient
@@ -40,6 +40,7 @@ from k8scost.settings import StoreSettings, from_env
 from k8scost.stores.accounts import Account, AccountStore
 from k8scost.stores.backfills import BackfillStore, run_id, task_key
 from k8scost.stores.mongo import connect
+from k8scost.stores.placements import PlacementStore
 
 log = logging.getLogger("jobs.backfill")
 
@@ -158,7 +159,7 @@ async def backfill(accounts: list[Account], start: date, end: date, parallel: in
     progress = Progress(len(days) * len(accounts), len(days) * len(accounts) - len(work))
     if done:
         log.info("backfill %s: resuming, %d of %d days already done", run, progress.written, progress.total)
-    actors = {a.id: tenant_actor(a.id, a.organization_id, config) for a in accounts}
+    placement = await place({a.id: a.organization_id for a in accounts}, config, PlacementStore(connect(config.stores)))
     failed: list[str] = []
 
     # Read: every day of every account, PARALLEL tasks at a time.
@@ -183,15 +184,15 @@ async def backfill(accounts: list[Account], start: date, end: date, parallel: in
             progress.read_seconds += read.seconds
             log.info("%s", progress.line("read"))
 
-    # Write: each account's days in order through its actor; accounts side by side.
+    # Write: each account's days in order through its tenant host; accounts side by side.
     async def write(account: Account) -> None:
         seen = seen_ranges(reads[account.id])
         for read in sorted(reads[account.id], key=lambda r: r.day):
             key = task_key(account.id, read.day.date())
             started = time.perf_counter()
             try:
-                report = await actors[account.id].write.remote([read.day], read.daily, seen)
-            except Exception as exc:  # the actor names the store that failed; left for the next run
+                report = await placement.host(account.id).write.remote(account.id, [read.day], read.daily, seen)
+            except Exception as exc:  # the tenant names the store that failed; left for the next run
                 failed.append(key)
                 log.error("backfill: writing %s %s failed: %s", account.id, read.day.date(), exc)
                 continue

@@ -207,14 +207,14 @@ class MetroculusSettings:
 
 @dataclasses.dataclass(frozen=True)
 class LedgerSettings:
-    """Tenant actors and their supervisor (the ledger writers, on Ray)."""
+    """Tenant hosts and their supervisor (the ledger writers, on Ray)."""
 
-    cycle_seconds: float = setting("CYCLE_SECONDS", 300.0, "Seconds between two ledger cycles of a tenant actor.")
+    cycle_seconds: float = setting("CYCLE_SECONDS", 300.0, "Seconds between two ledger cycles of a tenant.")
     start_spread_seconds: float = setting(
         "LEDGER_START_SPREAD_SECONDS",
         60.0,
-        "Seconds over which tenant actors' first cycles are spread: an actor's loop waits a share of it fixed by "
-        "its account id before its first cycle, so a node's worth of actors (re)started at once does not hit "
+        "Seconds over which tenants' first cycles are spread: a tenant's loop waits a share of it fixed by "
+        "its account id before its first cycle, so a node's worth of tenants (re)started at once does not hit "
         "Metroculus and the TSDB at once; explicit cycles and backfills never wait; 0: at once. A fifth of "
         "`CYCLE_SECONDS`: 1,000 tenants started together make ≈ 17 first cycles a second, and a restarted "
         "tenant's ledger is at most a minute later.",
@@ -249,28 +249,36 @@ class LedgerSettings:
         "a scrape and a remote-write batch still land in it.",
     )
     ray_namespace: str = setting("RAY_NAMESPACE", "cloudtuner", "Ray namespace of the named, detached actors.")
-    actor_memory_mb: int = setting(
-        "TENANT_ACTOR_MEMORY_MB", 64, "Memory each tenant actor reserves, so Ray's autoscaler sees tenants."
+    tenants_per_host: int = setting(
+        "TENANTS_PER_HOST",
+        8,
+        "Tenants whose ledgers one Ray actor process runs (`actors.host`): the process, ≈ 70 MB, is most of a "
+        "small tenant's cost; a host's crash or restart makes all its tenants settle.",
     )
-    actor_slot_resource: str = setting(
-        "TENANT_ACTOR_SLOT_RESOURCE",
+    host_memory_mb: int = setting(
+        "TENANT_HOST_MEMORY_MB", 256, "Memory each tenant host reserves, so Ray's autoscaler sees tenants."
+    )
+    host_slot_resource: str = setting(
+        "TENANT_HOST_SLOT_RESOURCE",
         "",
-        "Custom Ray resource each tenant actor takes one unit of (`tenant_slots` on KubeRay, which only the "
+        "Custom Ray resource each tenant host takes one unit of (`tenant_slots` on KubeRay, which only the "
         "tenants group offers); empty: none.",
     )
     reconcile_seconds: float = setting(
-        "SUPERVISOR_RECONCILE_SECONDS", 15.0, "Seconds between two reconciliations of actors with accounts."
+        "SUPERVISOR_RECONCILE_SECONDS", 15.0, "Seconds between two reconciliations of tenant hosts with accounts."
     )
     stalled_after_cycles: float = setting(
         "TENANT_ACTOR_STALLED_AFTER_CYCLES",
         3.0,
-        "A tenant actor with no good cycle and no error for this many cycles is restarted (before its first good "
-        "cycle, counted from its start: `LEDGER_START_SPREAD_SECONDS` more).",
+        "A tenant with no good cycle and no error for this many cycles has its host restarted (before its first "
+        "good cycle, counted from its start: `LEDGER_START_SPREAD_SECONDS` more).",
     )
 
     def __post_init__(self) -> None:
         if self.mode not in LEDGER_MODES:
             raise SettingsError(f"LEDGER_MODE={self.mode!r} is not one of {', '.join(LEDGER_MODES)}")
+        if self.tenants_per_host < 1:
+            raise SettingsError(f"TENANTS_PER_HOST={self.tenants_per_host!r} is not a positive number of tenants")
         if self.start_spread_seconds < 0:
             raise SettingsError(f"LEDGER_START_SPREAD_SECONDS={self.start_spread_seconds!r} is negative")
 

@@ -286,7 +286,7 @@ def stop_everything() -> None:
         # Ray first: its actors write to the servers.
         stack.services("stop", *sorted(running["services"], key=lambda name: name != "ray"))
     RUNNING_FILE.unlink(missing_ok=True)
-    print(f"stopped: {len(running['customers'])} customer processes, the tenant actors, "
+    print(f"stopped: {len(running['customers'])} customer processes, the tenant hosts, "
           f"servers started by the demo: {', '.join(running['services']) or 'none'}")
 
 

@@ -1,4 +1,4 @@
-"""Small tools the tests share: TSDB queries, and the stack tools of devstack.stack."""
+"""Small tools the tests share: TSDB queries, and the stack tools of devstack.stack and devstack.hosted."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from devstack.hosted import HostedTenant, start_host  # noqa: F401  (re-exported for tests)
 from devstack.stack import (  # noqa: F401  (re-exported for tests)
     RAY_ADDRESS,
     RAY_DASHBOARD,

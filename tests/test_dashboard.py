@@ -31,7 +31,6 @@ import httpx
 import pytest
 import ray
 
-from actors.tenant import TenantActor
 from devstack import stack
 from k8scost import raylocal
 from k8scost import ledger
@@ -897,13 +896,13 @@ def simulated(serve_apps: str, tmp_path_factory: pytest.TempPathFactory) -> Simu
 
     raylocal.connect(helpers.RAY_ADDRESS, "dashboard-tests")
     try:
-        actor = TenantActor.remote(account, organization_id, config())
+        actor = helpers.HostedTenant(account, organization_id, config())
         # The actor starts with a cycle of its own over the open days, which the history
         # reaches into: this cycle covers them too, and both are waited for, so nothing
         # is written while the page is read.
         ledger_days = sorted({ledger.day_start(day) for day in days} | set(ledger.open_days(time.time(), 2)))
-        ray.get(actor.cycle.remote(ledger_days))
-        helpers.wait_for("the actor's own first cycle", lambda: ray.get(actor.status.remote())["cycles"] >= 2,
+        ray.get(actor.cycle(ledger_days))
+        helpers.wait_for("the actor's own first cycle", lambda: ray.get(actor.status())["cycles"] >= 2,
                          timeout=120, interval=1)
     finally:
         ray.shutdown()  # the actor, not detached, ends with this driver

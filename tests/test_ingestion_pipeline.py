@@ -11,7 +11,7 @@ import httpx
 import pytest
 import ray
 
-from actors.tenant import TenantActor, TenantConfig
+from actors.tenant import TenantConfig
 from devstack.simulator import generate_estate, ground_truth
 from devstack.simulator.customer import CustomerCluster
 from devstack.simulator.spec import to_json
@@ -160,15 +160,15 @@ def test_live_costs_reach_the_ledger(customer: CustomerCluster, accounts) -> Non
         config = TenantConfig(from_env(LedgerSettings, cycle_seconds=3600.0, rate_lag_seconds=0),
                               from_env(StoreSettings), "test-secret")
         account = accounts.get(customer.account_id)
-        actor = TenantActor.remote(account.id, account.organization_id, config)
+        actor = helpers.HostedTenant(account.id, account.organization_id, config)
         today = ledger.day_start(time.time())
-        ray.get(actor.cycle.remote([today]))  # its own first cycle may have written the day already
+        ray.get(actor.cycle([today]))  # its own first cycle may have written the day already
         costs = asyncio.new_event_loop().run_until_complete(
             ExpenseStore(from_env(StoreSettings)).daily_costs(account.id, today, today + timedelta(days=1), by="k8s_namespace"))
         namespaces = {ns for (ns, _) in costs if ns}
         assert namespaces >= {r["metric"]["namespace"] for r in helpers.tsdb_query(
             f'cloudtuner_kubecost_namespace_total_cost{{tenant_id="{account.id}"}}')}
         assert all(cost > 0 for cost in costs.values())
-        ray.kill(actor)
+        ray.kill(actor.host)
     finally:
         ray.shutdown()

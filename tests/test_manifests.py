@@ -459,7 +459,7 @@ def test_jobs_cluster_autoscaler_and_tenant_slots() -> None:
     assert jobs["enableInTreeAutoscaling"] is True
     groups = {g["groupName"]: g for g in jobs["workerGroupSpecs"]}
     resources = json.loads(json.loads(groups["tenants"]["rayStartParams"]["resources"]))
-    assert resources == {"tenant_slots": 200}
+    assert resources == {"tenant_slots": 50}
     assert _one("RayService", "cloudtuner")["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
     for kind, name in (("RayJob", "backfill"), ("RayJob", "tenant-supervisor")):
         assert _one(kind, name)["spec"]["clusterSelector"] == {"ray.io/cluster": "cloudtuner-jobs"}

@@ -32,7 +32,7 @@ import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.tenant import CRASH_POINTS, CycleReport, TenantActor, TenantConfig
+from actors.tenant import CRASH_POINTS, CycleReport, TenantConfig
 from devstack.simulator import cluster_management_cost, generate_estate, ground_truth, to_json
 from devstack.simulator.customer import REMOTE_WRITE_TEMPLATE, CustomerCluster, write_relabel
 from devstack.simulator.history import openmetrics
@@ -303,7 +303,7 @@ def test_r2_killed_actor_duplicates_and_loses_nothing(history, ray_driver) -> No
     account, credentials, days = history
     lag = from_env(LedgerSettings).rate_lag_seconds
     config = TenantConfig(from_env(LedgerSettings, cycle_seconds=3600.0, open_days=1), from_env(StoreSettings), SECRET)
-    actor = TenantActor.remote(account.id, account.organization_id, config)
+    actor = helpers.HostedTenant(account.id, account.organization_id, config)
     rng = random.Random(6)
     kills = [("arm_crash", rng.choice(CRASH_POINTS)) for _ in range(7)] + [("ray.kill", "")] * 3
     rng.shuffle(kills)
@@ -313,20 +313,20 @@ def test_r2_killed_actor_duplicates_and_loses_nothing(history, ray_driver) -> No
     how_killed: Counter[str] = Counter()
     delays_ms: list[int] = []
     try:
-        cycle_seconds = duration(ray.get(actor.cycle.remote([days[0]]), timeout=120))
+        cycle_seconds = duration(ray.get(actor.cycle([days[0]]), timeout=120))
         for round_, ((how, point), day) in enumerate(zip(kills, cycled_days)):
             send_late_samples(credentials, day, round_)
-            pid = ray.get(actor.status.remote(), timeout=30)["pid"]
+            pid = ray.get(actor.status(), timeout=30)["pid"]
             if how == "arm_crash":
-                ray.get(actor.arm_crash.remote(point), timeout=30)
+                ray.get(actor.arm_crash(point), timeout=30)
                 with pytest.raises(ray.exceptions.RayActorError):
-                    ray.get(actor.cycle.remote([day]), timeout=120)
+                    ray.get(actor.cycle([day]), timeout=120)
                 how_killed[point] += 1
             else:
                 delay = rng.uniform(0.05, 0.9) * cycle_seconds
-                pending = actor.cycle.remote([day])
+                pending = actor.cycle([day])
                 time.sleep(delay)
-                ray.kill(actor, no_restart=False)
+                ray.kill(actor.host, no_restart=False)
                 try:
                     ray.get(pending, timeout=120)
                     how_killed["ray.kill after its cycle"] += 1
@@ -335,7 +335,7 @@ def test_r2_killed_actor_duplicates_and_loses_nothing(history, ray_driver) -> No
                 delays_ms.append(round(delay * 1000))
             # Ray restarts the actor; its next cycle rebuilds what it wrote from ClickHouse and completes the day.
             report = helpers.wait_for("the restarted actor's next cycle", lambda: ray.get(
-                actor.cycle.remote([day]), timeout=120), timeout=120, interval=1)
+                actor.cycle([day]), timeout=120), timeout=120, interval=1)
             cycle_seconds = duration(report)
             assert report.rebuilt
             if how == "arm_crash":
@@ -343,13 +343,13 @@ def test_r2_killed_actor_duplicates_and_loses_nothing(history, ray_driver) -> No
                 # rows landed and are read back, never sent twice.
                 assert (report.rows_written > 0) == (point != "after_insert"), (point, report)
             found["rows written by the next cycles"] += report.rows_written
-            assert ray.get(actor.status.remote(), timeout=30)["pid"] != pid
+            assert ray.get(actor.status(), timeout=30)["pid"] != pid
             round_found = audit(account.id, [day], lag)
             assert (round_found["duplicated"], round_found["lost"], round_found["extra"]) == (0, 0, 0), (how, point, day)
             found["kills"] += 1
         found.update(audit(account.id, days, lag))
     finally:
-        ray.kill(actor)
+        ray.kill(actor.host)
     assert found["kills"] == 10 and found["checked"] >= 3 * 12  # 14 resources a day: 4 pods, 5 namespaces, 3 nodes, 2 clusters
     assert (found["duplicated"], found["lost"], found["extra"]) == (0, 0, 0)
     figures.record("R2", f"{found['kills']} kills of a tenant actor ({', '.join(f'{k} ×{n}' for k, n in sorted(how_killed.items()))}; "
@@ -373,10 +373,10 @@ def test_r3_store_outages_resume_by_themselves(serve_apps: str, accounts, ray_dr
     # The pipeline as it runs live: the actor cycles on its own loop, today's costs grow every cycle.
     config = TenantConfig(from_env(LedgerSettings, cycle_seconds=2.0, rate_lag_seconds=0),
                           from_env(StoreSettings), SECRET)
-    actor = TenantActor.remote(tenant, account.organization_id, config)
+    actor = helpers.HostedTenant(tenant, account.organization_id, config)
 
     def status() -> dict[str, Any]:
-        return ray.get(actor.status.remote(), timeout=30)
+        return ray.get(actor.status(), timeout=30)
 
     def failures() -> float:
         return metric_sum(RAY_METRICS, "ray_cloudtuner_ledger_cycle_failures_total", tenant=tenant, error="StoreUnavailable")
@@ -429,7 +429,7 @@ def test_r3_store_outages_resume_by_themselves(serve_apps: str, accounts, ray_dr
         assert found["checked"] >= 10
         assert (found["duplicated"], found["lost"], found["extra"]) == (0, 0, 0), found
     finally:
-        ray.kill(actor)
+        ray.kill(actor.host)
         sender.stop()
     figures.record("R3", f"MongoDB down {OUTAGE_SECONDS:.0f} s: ingress answered {refused:.0f} × 503 (the sender retried, "
                          f"0 samples lost); the actor's last_error at {sum(mongo_errors.values())} checks: {mongo_errors} "

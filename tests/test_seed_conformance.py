@@ -4,7 +4,7 @@ fields, the host and ids adapted to the local stack.
 
 Everything but the last test runs in-process on the real servers: the exporter against a
 fake Kubecost over HTTP, the ingress's and Metroculus's Serve classes called as Serve's proxy
-calls them (``func_or_class``, no Ray), a tenant actor's class (no Ray) writing the ledger,
+calls them (``func_or_class``, no Ray), a tenant's ledger writer (no Ray) writing the ledger,
 and the REST API over ASGI, on fresh ClickHouse and MongoDB databases and the shared TSDB
 (a fresh tenant). The ``stack`` fixture sends one cluster's gauges through the ingress —
 the design's rates (``default`` 0.2573 $/h, ``kube-system`` 0.1741, ``kubecost-dev`` 0.0652)
@@ -36,7 +36,7 @@ import yaml
 from asynch import Connection
 from starlette.requests import Request
 
-from actors.tenant import CycleReport, TenantActor, TenantConfig
+from actors.tenant import CycleReport, Tenant, TenantClients
 from exporter.server import running
 from k8scost import ledger
 from k8scost.metroculus_client import MetroculusClient
@@ -45,7 +45,9 @@ from k8scost.query_params import BadParameter
 from k8scost.settings import (
     DAY, ExporterSettings, LedgerSettings, MetroculusSettings, RestApiSettings, StoreSettings, from_env,
 )
+from k8scost.stores.clickhouse import ExpenseStore
 from k8scost.stores.mongo import connect
+from k8scost.stores.resources import ResourceStore
 from serve_apps.ingress import app as ingress_app
 from serve_apps.ingress.remote_write import STALE_NAN_BITS, encode
 from serve_apps.metroculus import app as metroculus_app
@@ -200,15 +202,12 @@ async def stack(real_services: None) -> AsyncIterator[Stack]:
         assert (await remote_write(ingress_http, body, auth, tenant)).status_code == 204
         helpers.wait_until_queryable(tenant, (D1 - HOUR) * 1000)
 
-        # One ledger cycle over the two days, by the tenant actor's own code (its class, without
-        # Ray), reading this Metroculus.
-        actor = TenantActor.__ray_metadata__.modified_class(
-            tenant, org.id, TenantConfig(from_env(LedgerSettings, {}), stores, SECRET)
-        )
-        actor.loop.cancel()  # its periodic cycles: this test runs the one it checks
-        actor.metroculus = MetroculusClient(
-            "http://metroculus.test/metroculus", SECRET, transport=httpx.ASGITransport(app=asgi(metroculus, "/metroculus"))
-        )
+        # One ledger cycle over the two days, by the tenant's own code (without Ray and
+        # without its loop: this test runs the one cycle it checks), reading this Metroculus.
+        actor = Tenant(tenant, org.id, from_env(LedgerSettings, {}), TenantClients(
+            ExpenseStore(stores), ResourceStore(connect(stores)),
+            MetroculusClient("http://metroculus.test/metroculus", SECRET,
+                             transport=httpx.ASGITransport(app=asgi(metroculus, "/metroculus")))))
         report = await actor.cycle([datetime.fromtimestamp(d, UTC) for d in (D1, D2)])
         yield Stack(rest, ingress_http, metroculus_http, org, other, account, other_account, stores, report,
                     (recent[0], recent[-1], len(recent)))
@@ -316,13 +315,13 @@ async def test_3_kubecost_metrics_answers_in_the_designs_shape(stack: Stack) -> 
         assert series["metric"]["tenant_id"] == stack.account_id
 
 
-# --- Test 4: the worker (here the tenant actor) ---------------------------------------------------
+# --- Test 4: the worker (here a tenant's ledger writer) ------------------------------------------
 
 
 @on_stack_loop
 async def test_4_one_ledger_cycle_writes_resources_and_expenses(stack: Stack) -> None:
     """The design's kubecost_worker logs "Creating 5 namespace cloud_resource records … Wrote 5
-    expenses". Deviation: a tenant actor per account (Ray) writes the ledger every CYCLE_SECONDS
+    expenses". Deviation: a ledger writer per account (on a Ray tenant host) writes it every CYCLE_SECONDS
     instead of a CronJob over all accounts; its cycle report says the same things. Per day: 6
     namespaces (3, __idle__, __management__, __unallocated__), 2 pods, the node, the cluster and
     its 6 cost components; the 10 resources are documents, the components ledger rows only."""

@@ -1,4 +1,4 @@
-"""The tenant supervisor on a local Ray: one actor per live account, restarted, reported, measured."""
+"""The tenant supervisor on a local Ray: every live account placed on a host, restarted, reported, measured."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ import httpx
 import pytest
 import ray
 
-from actors.supervisor import TenantSupervisor, tenant_actor_name
+from actors.supervisor import TenantSupervisor
 from actors.tenant import TenantConfig
 from k8scost import raylocal
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
 from k8scost.stores.accounts import AccountStore
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
 from k8scost.stores.mongo import connect
+from k8scost.stores.placements import PlacementStore
 from tests import helpers
 from tests.test_stores import _clickhouse, _dsn, scratch_database  # noqa: F401 (a fixture)
 
@@ -33,7 +34,8 @@ def isolated(serve_apps: str):
     """A database and a Ray namespace of the test's own: the supervisor sees only its accounts."""
     suffix = uuid.uuid4().hex[:8]
     stores = from_env(StoreSettings, mongodb_database=f"cloudtuner_supervisor_{suffix}")
-    ledger = from_env(LedgerSettings, cycle_seconds=2.0, reconcile_seconds=1.0, ray_namespace=f"supervisor-{suffix}")
+    ledger = from_env(LedgerSettings, cycle_seconds=2.0, reconcile_seconds=1.0, tenants_per_host=2,
+                      ray_namespace=f"supervisor-{suffix}")
     config = TenantConfig(ledger, stores, "test-secret")
     loop = asyncio.new_event_loop()
     store = AccountStore(connect(stores))
@@ -42,7 +44,7 @@ def isolated(serve_apps: str):
     yield config, store, loop, supervisor
     for account in loop.run_until_complete(store.list()):
         loop.run_until_complete(store.delete(account.id))
-    ray.get(supervisor.reconcile.remote())  # stops the remaining tenant actors
+    ray.get(supervisor.reconcile.remote())  # stops the remaining tenant hosts
     ray.kill(supervisor)
     ray.shutdown()
 
@@ -62,37 +64,52 @@ def metric_value(name: str) -> float | None:
     return None
 
 
-def test_supervisor_follows_accounts_and_restarts_actors(isolated) -> None:
+def test_supervisor_places_accounts_on_hosts_and_restarts_them(isolated) -> None:
     config, store, loop, supervisor = isolated
     namespace = config.ledger.ray_namespace
     first, _ = loop.run_until_complete(store.create("org-s", "first"))
     second, _ = loop.run_until_complete(store.create("org-s", "second"))
+    third, _ = loop.run_until_complete(store.create("org-s", "third"))
 
     def reported() -> dict:
         return ray.get(supervisor.status.remote())["tenants"]
 
-    # New accounts get their actors, which cycle (no data yet: nothing to write).
-    helpers.wait_for("both actors to cycle", lambda: all(
-        reported().get(a.id, {}).get("cycles", 0) >= 1 for a in (first, second)), timeout=90, interval=1)
-    assert reported()[first.id]["last_error"] is None
-    assert actor_alive(tenant_actor_name(first.id), namespace)
+    # New accounts are placed, two a host (the test's TENANTS_PER_HOST): the two lowest
+    # account ids share tenant-host-0, the third gets tenant-host-1; each tenant cycles
+    # (no data yet: nothing to write).
+    helpers.wait_for("every tenant to cycle", lambda: all(
+        reported().get(a.id, {}).get("cycles", 0) >= 1 for a in (first, second, third)), timeout=90, interval=1)
+    placed = loop.run_until_complete(PlacementStore(connect(config.stores)).all())
+    in_order = sorted((first, second, third), key=lambda a: a.id)
+    assert [placed[a.id] for a in in_order] == ["tenant-host-0", "tenant-host-0", "tenant-host-1"]
+    report = reported()
+    assert {a.id: report[a.id]["host"] for a in in_order} == {a.id: placed[a.id] for a in in_order}
+    assert report[in_order[0].id]["pid"] == report[in_order[1].id]["pid"] != report[in_order[2].id]["pid"]
+    assert all(report[a.id]["last_error"] is None for a in in_order)
 
-    # A crashed actor comes back by itself and goes on cycling.
-    pid = reported()[second.id]["pid"]
+    # A crashed host comes back by itself with its tenants, which go on cycling; the
+    # other host's tenants are untouched.
+    alone, shared_pid, pid = in_order[2], report[in_order[0].id]["pid"], report[in_order[2].id]["pid"]
     os.kill(pid, signal.SIGKILL)
-    helpers.wait_for("the killed actor to be back", lambda: reported().get(second.id, {}).get("pid") not in (None, pid)
-                     and reported()[second.id]["cycles"] >= 1, timeout=90, interval=1)
+    helpers.wait_for("the killed host to be back", lambda: reported().get(alone.id, {}).get("pid") not in (None, pid)
+                     and reported()[alone.id]["cycles"] >= 1, timeout=90, interval=1)
+    assert reported()[in_order[0].id]["pid"] == shared_pid
 
-    # A deleted account loses its actor.
-    assert loop.run_until_complete(store.delete(first.id))
-    helpers.wait_for("the deleted account's actor to stop",
-                     lambda: not actor_alive(tenant_actor_name(first.id), namespace), timeout=30, interval=1)
-    assert set(reported()) == {second.id}
-    assert actor_alive(tenant_actor_name(second.id), namespace)
+    # A deleted account's tenant stops, its host goes on with the other; a host left with
+    # no tenant stops.
+    assert loop.run_until_complete(store.delete(in_order[0].id))
+    helpers.wait_for("the deleted account's tenant to stop", lambda: set(reported()) == {in_order[1].id, alone.id},
+                     timeout=30, interval=1)
+    assert ray.get(supervisor.status.remote())["hosts"] == {"tenant-host-0": [in_order[1].id],
+                                                              "tenant-host-1": [alone.id]}
+    assert reported()[in_order[1].id]["pid"] == shared_pid
+    assert loop.run_until_complete(store.delete(alone.id))
+    helpers.wait_for("the emptied host to stop", lambda: not actor_alive("tenant-host-1", namespace), timeout=30, interval=1)
+    assert actor_alive("tenant-host-0", namespace)
 
     # The per-tenant state is also exported as metrics.
     helpers.wait_for("the lag metric of the tenant", lambda: any(
-        line.startswith("ray_cloudtuner_ledger_lag_seconds") and second.id in line
+        line.startswith("ray_cloudtuner_ledger_lag_seconds") and in_order[1].id in line
         for line in httpx.get(RAY_METRICS, timeout=10).text.splitlines()), timeout=60, interval=2)
 
 
