@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from devstack import stack
 import ray
 
-from actors.tenant import TenantActor, TenantConfig
+from actors.tenant import TenantConfig
+from devstack.hosted import HostedTenant
 from k8scost import raylocal
 from k8scost import ledger
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
@@ -97,18 +98,18 @@ def main() -> None:
     raylocal.connect(stack.RAY_ADDRESS, "bench")
     config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0, start_spread_seconds=0.0), stores,
                           TenantConfig.from_env().cluster_secret)
-    anchor = TenantActor.remote(tenant_b.id, tenant_b.organization_id, config)
+    anchor = HostedTenant(tenant_b.id, tenant_b.organization_id, config)
     stages = {"query": 0.0, "write": 0.0}
     anchor_rows = 0
     started = time.perf_counter()
     for day in anchor_days:
-        report = ray.get(anchor.cycle.remote([day]))
+        report = ray.get(anchor.cycle([day]))
         anchor_rows += report.rows_written
         stages["query"] += report.query_seconds
         stages["write"] += report.compute_seconds + report.mongodb_seconds + report.clickhouse_seconds
     scale = args.days / args.anchor_days
     anchor_wall = (time.perf_counter() - started) * scale
-    ray.kill(anchor)
+    ray.kill(anchor.host)
 
     print()
     print(f"| {args.days} days × {pods:,} pods | wall s | rows written | read s (summed) | write s (summed) | vs anchor |")

@@ -1,15 +1,15 @@
-"""Ledger cycle time for one big tenant, incremental against full-window, and what an idle tenant actor costs.
+"""Ledger cycle time for one big tenant, incremental against full-window.
 
-    .venv/bin/python scripts/bench_ledger.py [--namespaces 1000] [--pods 20] [--resolutions 60] [--cycles 8] [--idle-actors 16]
+    .venv/bin/python scripts/bench_ledger.py [--namespaces 1000] [--pods 20] [--resolutions 60] [--cycles 8]
 
 1. One tenant with NAMESPACES × PODS pods, as a live tenant looks: its exporter's gauges
    (every 5 min) from an hour before yesterday up to now are loaded into the TSDB as
    blocks, and from then on a sender writes one sample of every series (the exporter's
    next scrape) before each cycle, so every cycle has today's costs to update. At each
-   Metroculus integration resolution given, a TenantActor in LEDGER_MODE=full runs its
+   Metroculus integration resolution given, a tenant in LEDGER_MODE=full (on a host of its own) runs its
    first cycle (the run's first: every resource-day new; later: a restart, which rebuilds
    its rows from ClickHouse) and CYCLES steady ones; then, on the same tenant (one writer at
-   a time), an actor in LEDGER_MODE=incremental runs its first cycle (a settle: the open
+   a time), a tenant in LEDGER_MODE=incremental runs its first cycle (a settle: the open
    days read whole) and CYCLES steady ones (the new hours only). Steady cycles run twice
    CYCLES times: after a scrape each (every resource's cost of today changes: 2 rows
    each), then with nothing new (0 rows). Each cycle's time is split
@@ -17,10 +17,8 @@
    seconds in it (utime + stime of the TSDB's processes, less their CPU with no query and no write
    over as long, measured before the cycles). Targets: a steady incremental cycle
    ≤ 1 s, and ≥ 10× less TSDB CPU than a full one.
-2. IDLE_ACTORS tenant actors of tenants without data, left idle, beside as many bare Ray
-   actors (the anchor) and as many tenant actors with MALLOC_ARENA_MAX=2: memory (PSS, the
-   pages a process really adds) and CPU per actor over 30 s, and how many fit on a
-   16-core / 64 GB node (0 skips it).
+
+What tenants cost at rest, and how many a node holds: scripts/bench_tenants.py.
 """
 
 from __future__ import annotations
@@ -45,7 +43,8 @@ from devstack import stack
 import httpx
 import ray
 
-from actors.tenant import CycleReport, TenantActor, TenantConfig
+from actors.tenant import CycleReport, TenantConfig
+from devstack.hosted import HostedTenant
 from devstack.simulator.history import SCRAPE_LABELS
 from k8scost import raylocal
 from k8scost import ledger
@@ -155,7 +154,7 @@ def tsdb_idle_rate(seconds: float = 20.0) -> float:
 def timed_cycle(actor, idle_rate: float) -> tuple[CycleReport, float]:
     """One cycle of ``actor`` and the TSDB's CPU seconds it took, its idle upkeep meanwhile taken off."""
     before, started = tsdb_cpu_seconds(), time.perf_counter()
-    report = ray.get(actor.cycle.remote())
+    report = ray.get(actor.cycle())
     return report, tsdb_cpu_seconds() - before - idle_rate * (time.perf_counter() - started)
 
 
@@ -170,25 +169,6 @@ def print_cycle(title: str, resolution: int, report: CycleReport, tsdb_cpu: floa
           f"{tsdb_cpu:.2f} |", flush=True)
 
 
-@ray.remote(num_cpus=0)
-class BareActor:
-    """The anchor: a Ray actor that imports and holds nothing of ours."""
-
-    def pid(self) -> int:
-        return os.getpid()
-
-
-def idle_footprint(actors: list, pids_of) -> tuple[float, float]:
-    """Mean PSS (MB) and CPU (share of a core over 30 s) of ``actors``."""
-    answers = ray.get([pids_of(a) for a in actors])  # a pid, or a TenantActor's status
-    pids = [answer if isinstance(answer, int) else answer["pid"] for answer in answers]
-    time.sleep(5)  # let a tenant actor's first cycle (no data) pass
-    before = {pid: cpu_seconds(pid) for pid in pids}
-    time.sleep(30)
-    cpu = sum(cpu_seconds(pid) - before[pid] for pid in pids) / len(pids) / 30
-    return sum(pss_mb(pid) for pid in pids) / len(pids), cpu
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--namespaces", type=int, default=1000)
@@ -196,14 +176,13 @@ def main() -> None:
     parser.add_argument("--resolutions", default="60",
                         help="METROCULUS_RESOLUTION_SECONDS values to run the cycles at, comma-separated")
     parser.add_argument("--cycles", type=int, default=8, help="steady cycles per mode and resolution")
-    parser.add_argument("--idle-actors", type=int, default=16)
     args = parser.parse_args()
     try:
         resolutions = [int(r) for r in args.resolutions.split(",")]
     except ValueError:
         parser.error(f"--resolutions must be integers, got {args.resolutions!r}")
-    if min(args.namespaces, args.pods, args.cycles) < 1 or not 0 <= args.idle_actors <= 200:
-        parser.error("--namespaces, --pods and --cycles must be ≥ 1, --idle-actors between 0 and 200")
+    if min(args.namespaces, args.pods, args.cycles) < 1:
+        parser.error("--namespaces, --pods and --cycles must be ≥ 1")
     if any(r < 1 or STEP % r and r % STEP or ledger.HOUR % r for r in resolutions):
         parser.error(f"each resolution must divide an hour, and divide or be a multiple of the samples' {STEP} s")
 
@@ -249,12 +228,12 @@ def main() -> None:
         for mode in ("full", "incremental"):  # full first: the run's first cycle creates every resource-day
             config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0, mode=mode, start_spread_seconds=0.0),
                                   stores, secret)
-            # One writer at a time: each mode's actor replaces the other's. Its loop runs the
+            # One writer at a time: each mode's host replaces the other's. The tenant's loop runs the
             # first cycle at start (no spread: one tenant), which rebuilds the written rows from ClickHouse.
             scrape()
             before, started = tsdb_cpu_seconds(), time.perf_counter()
-            actor = TenantActor.remote(account.id, account.organization_id, config)
-            status = stack.wait_for("the actor's first cycle", lambda: (s := ray.get(actor.status.remote()))["cycles"] and s,
+            actor = HostedTenant(account.id, account.organization_id, config)
+            status = stack.wait_for("the tenant's first cycle", lambda: (s := ray.get(actor.status()))["cycles"] and s,
                                     timeout=600, interval=0.2)
             first[resolution, mode] = (CycleReport(**status["last_report"]),
                                        tsdb_cpu_seconds() - before - idle_rate * (time.perf_counter() - started))
@@ -267,9 +246,9 @@ def main() -> None:
                     report, cpu = timed_cycle(actor, idle_rate)
                     steady.setdefault((resolution, mode, variant), []).append((report, cpu))
                     print_cycle(f"{mode}: steady, {variant}", resolution, report, cpu)
-            status = ray.get(actor.status.remote())
+            status = ray.get(actor.status())
             big_tenant = f"{pss_mb(status['pid']):.0f} MB PSS holding {status['resource_days_in_memory']:,} resource-days"
-            ray.kill(actor)
+            ray.kill(actor.host)
 
     print()
     print("| steady cycle, median | resolution s | full s | incremental s | ratio | full TSDB CPU s | "
@@ -289,32 +268,7 @@ def main() -> None:
                   f"{full_s / incremental_s:.1f} | {full_cpu:.2f} | {incremental_cpu:.2f} | "
                   f"{full_cpu / max(incremental_cpu, 1 / CLOCK_TICKS):.1f} | {amortized:.2f} | {full_cpu / amortized:.1f} |")
 
-    print(f"\nthe big tenant's actor after its cycles: {big_tenant}")
-
-    # Side by side, at the same moment: the anchor, our actor, our actor with fewer malloc arenas.
-    count = args.idle_actors
-    if not count:
-        return
-    # No spread: their first cycles pass before the idle seconds are measured (idle_footprint).
-    config = TenantConfig(from_env(LedgerSettings, cycle_seconds=86400.0, start_spread_seconds=0.0), stores, secret)
-    tenants = [TenantActor.remote(f"idle-{k}-{account.id}", "bench", config) for k in range(count)]
-    lean = [TenantActor.options(runtime_env={"env_vars": {"MALLOC_ARENA_MAX": "2"}}).remote(
-        f"lean-{k}-{account.id}", "bench", config) for k in range(count)]
-    bare = [BareActor.remote() for _ in range(count)]
-    footprints = {
-        "bare Ray actor (anchor)": idle_footprint(bare, lambda a: a.pid.remote()),
-        "TenantActor": idle_footprint(tenants, lambda a: a.status.remote()),
-        "TenantActor, MALLOC_ARENA_MAX=2": idle_footprint(lean, lambda a: a.status.remote()),
-    }
-    for a in tenants + lean + bare:
-        ray.kill(a)
-    anchor_mb, _ = footprints["bare Ray actor (anchor)"]
-    print()
-    print(f"| idle actor (mean of {count}) | PSS MB | vs anchor | CPU % of a core | fit in 80 % of 64 GB | fit on 16 cores |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, (memory, cpu) in footprints.items():
-        print(f"| {name} | {memory:.1f} | {memory / anchor_mb:.2f} | {cpu * 100:.2f} | "
-              f"{int(64 * 1024 * 0.8 / memory):,} | {int(16 / max(cpu, 1e-9)):,} |")
+    print(f"\nthe big tenant's host after its cycles: {big_tenant}")
 
 
 if __name__ == "__main__":

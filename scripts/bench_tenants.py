@@ -1,13 +1,15 @@
-"""Tenant density: many tenant actors on the local Ray, the real stores, TSDB and Metroculus.
+"""Tenant density: many tenants on tenant hosts on the local Ray, the real stores, TSDB and Metroculus.
 
-Starts ``--tenants`` TenantActors of a realistic mix of sizes (most small, a tenth
-medium, a fiftieth with thousands of pods), each with the last ``--history-minutes`` of
-its gauges sent to the TSDB's remote-write receiver and a new sample of every series
-every minute meanwhile (as the exporters' scrapes land), beside ``--anchors`` bare Ray
-actors and as many Ray actors that only import what a TenantActor imports. It prints:
+Starts ``--tenants`` tenants of a realistic mix of sizes (most small, a tenth medium, a
+fiftieth with thousands of pods), ``--per-host`` to a tenant host (placed as the
+supervisor places them: by account id, the lowest host with room), each with the last
+``--history-minutes`` of its gauges sent to the TSDB's remote-write receiver and a new
+sample of every series every minute meanwhile (as the exporters' scrapes land), beside
+``--anchors`` bare Ray actors and as many Ray actors that only import what a tenant host
+imports. It prints:
 
-- per-tenant PSS (the pages a process really adds) and idle CPU over ``--idle-seconds``,
-  side by side with the anchors, at the same moment;
+- per-host and per-tenant PSS (the pages a process really adds) and idle CPU over
+  ``--idle-seconds``, side by side with the anchors, at the same moment;
 - p50 / p99 cycle time (the actor's own stages, and wall from the call) and ledger lag
   (seconds since a tenant's last good cycle, as the supervisor reports it, sampled every
   second) over ``--cycles`` rounds, every tenant's cycle spread evenly over ``--period`` s;
@@ -42,12 +44,14 @@ from devstack import stack
 import httpx
 import ray
 
-from actors.tenant import TenantActor, TenantConfig
-from bench_ledger import BareActor, cpu_seconds, gauges, pss_mb, send, tsdb_cpu_seconds
+from actors.tenant import TenantConfig
+from bench_ledger import cpu_seconds, gauges, pss_mb, send, tsdb_cpu_seconds
 from k8scost import ledger, raylocal
 from k8scost.metroculus_client import SECRET_HEADER
 from k8scost.settings import LedgerSettings, StoreSettings, from_env
+from devstack.hosted import HostedTenant, start_host
 from k8scost.stores.mongo import connect
+from k8scost.stores.placements import assign
 
 # (name, share of tenants, namespaces, pods per namespace): most small, a few with thousands of pods.
 SIZES = (("big", 0.02, 100, 25), ("medium", 0.10, 20, 10), ("small", 0.88, 4, 5))
@@ -55,11 +59,19 @@ NODE_CORES, NODE_MEMORY_MB, MEMORY_SHARE = 16, 64 * 1024, 0.8
 
 
 @ray.remote(num_cpus=0)
+class BareActor:
+    """The anchor: a Ray actor that imports and holds nothing of ours."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@ray.remote(num_cpus=0)
 class ImportingActor:
-    """An anchor between the two: a Ray actor that imports what a TenantActor imports, and holds nothing."""
+    """An anchor between the two: a Ray actor that imports what a tenant host imports, and holds nothing."""
 
     def __init__(self) -> None:
-        import actors.tenant  # noqa: F401
+        import actors.host  # noqa: F401
 
     def pid(self) -> int:
         return os.getpid()
@@ -130,7 +142,7 @@ def rounds(actors: list, count: int, period: float, days: list | None) -> tuple[
         while pending and time.time() < at:
             collect(min(0.2, at - time.time()))
         time.sleep(max(0.0, at - time.time()))
-        ref = actors[index].cycle.remote(days) if days else actors[index].cycle.remote()
+        ref = actors[index].cycle(days)
         pending[ref] = (index, time.time())
     deadline = time.time() + 1800
     while pending and time.time() < deadline:
@@ -162,6 +174,8 @@ def interrupted(*_: object) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=200)
+    parser.add_argument("--per-host", type=int, default=from_env(LedgerSettings).tenants_per_host,
+                        help="tenants a host runs (TENANTS_PER_HOST)")
     parser.add_argument("--anchors", type=int, default=8, help="bare Ray actors, and as many import-only ones")
     parser.add_argument("--history-minutes", type=int, default=50,
                         help="minutes of gauges before the run (the TSDB's head takes about an hour back)")
@@ -174,8 +188,8 @@ def main() -> None:
     parser.add_argument("--secret", default=TenantConfig.from_env().cluster_secret,
                         help="the deployed Metroculus' CLUSTER_SECRET")
     args = parser.parse_args()
-    if args.tenants < 1 or args.anchors < 1 or args.cycles < 1 or not 0 < args.history_minutes <= 55:
-        parser.error("--tenants, --anchors and --cycles must be ≥ 1, --history-minutes in 1..55")
+    if min(args.tenants, args.per_host, args.anchors, args.cycles) < 1 or not 0 < args.history_minutes <= 55:
+        parser.error("--tenants, --per-host, --anchors and --cycles must be ≥ 1, --history-minutes in 1..55")
     if args.start_spread < 0:
         parser.error("--start-spread must be ≥ 0")
 
@@ -216,26 +230,29 @@ def main() -> None:
         importing = [ImportingActor.remote() for _ in range(args.anchors)]
         actors += bare + importing
         started = time.perf_counter()
-        tenant_actors = [TenantActor.remote(account, "bench", config) for account, *_ in tenants]
-        actors += tenant_actors
+        host_of = assign(sorted(account for account, *_ in tenants), {}, args.per_host)
+        hosts = {name: start_host(config, {a: "bench" for a, h in host_of.items() if h == name})
+                 for name in sorted(set(host_of.values()))}
+        actors += hosts.values()
+        tenant_actors = [HostedTenant(account, "bench", config, hosts[host_of[account]]) for account, *_ in tenants]
         # Their own loop runs the first cycle within --start-spread of their start: a settle,
         # reading the open days whole.
         stack.wait_for("every tenant's first cycle",
-                       lambda: all(s["cycles"] or s["last_error"] for s in ray.get([a.status.remote() for a in tenant_actors])),
+                       lambda: all(s["cycles"] or s["last_error"] for s in ray.get([a.status() for a in tenant_actors])),
                        timeout=1800, interval=5)
-        statuses = ray.get([a.status.remote() for a in tenant_actors])
+        statuses = ray.get([a.status() for a in tenant_actors])
         failed = [s for s in statuses if s["last_error"]]
-        print(f"started {len(actors)} actors, every tenant's first cycle done (spread over {args.start_spread:g} s), "
+        print(f"started {len(actors)} actors ({len(hosts)} hosts of up to {args.per_host} tenants), every tenant's "
+              f"first cycle done (spread over {args.start_spread:g} s), "
               f"in {time.perf_counter() - started:.0f} s"
               + (f"; {len(failed)} failed (they settle in the first round), e.g. {failed[0]['last_error']}" if failed else ""),
               flush=True)
         pids = {
             "bare Ray actor (anchor)": ray.get([a.pid.remote() for a in bare]),
-            "Ray actor importing what TenantActor imports": ray.get([a.pid.remote() for a in importing]),
+            "Ray actor importing what a tenant host imports": ray.get([a.pid.remote() for a in importing]),
         }
-        tenant_pids = [s["pid"] for s in statuses]
-        for name, *_ in SIZES:
-            pids[f"TenantActor, {name}"] = [p for p, t in zip(tenant_pids, tenants) if t[1] == name]
+        host_pids = sorted({s["pid"] for s in statuses})
+        pids[f"tenant host ({args.tenants / len(hosts):.1f} tenants each)"] = host_pids
 
         # Idle: every actor between cycles, the scrapes landing.
         time.sleep(5)
@@ -257,20 +274,24 @@ def main() -> None:
                 mem, cpu = [idle_pss[p] for p in group], [idle_cpu[p] * 100 for p in group]
                 print(f"| {name} | {len(group)} | {statistics.mean(mem):.1f} ({max(mem):.1f}) | "
                       f"{statistics.mean(mem) / anchor:.2f} | {statistics.mean(cpu):.2f} ({max(cpu):.2f}) |", flush=True)
+        print(f"| per tenant: the hosts' sum ÷ {args.tenants} tenants | — | "
+              f"{sum(idle_pss[p] for p in host_pids) / args.tenants:.1f} | "
+              f"{sum(idle_pss[p] for p in host_pids) / args.tenants / anchor:.2f} | "
+              f"{sum(idle_cpu[p] for p in host_pids) / args.tenants * 100:.2f} |", flush=True)
 
         # Steady rounds, then a round where every tenant settles (reads the open days whole).
         def measured(rounds_: int, days: list | None) -> tuple[list[dict], list, float, float, float]:
-            cpu0, tsdb0, t = sum(cpu_seconds(p) for p in tenant_pids), tsdb_cpu(), time.time()
+            cpu0, tsdb0, t = sum(cpu_seconds(p) for p in host_pids), tsdb_cpu(), time.time()
             cycles, ends = rounds(tenant_actors, rounds_, args.period, days)
             wall = time.time() - t
-            actor_cpu = sum(cpu_seconds(p) for p in tenant_pids) - cpu0 - sum(idle_cpu[p] for p in tenant_pids) * wall
+            actor_cpu = sum(cpu_seconds(p) for p in host_pids) - cpu0 - sum(idle_cpu[p] for p in host_pids) * wall
             return cycles, ends, wall, actor_cpu, tsdb_spent(tsdb0) - tsdb_idle_rate * wall
 
         steady_started = time.time()
         steady, ends, steady_wall, steady_cpu, steady_tsdb = measured(args.cycles, None)
         days = ledger.open_days(time.time(), config.ledger.open_days)
         settles, _, settle_wall, settle_cpu, settle_tsdb = measured(1, days)
-        after_pss = {p: pss_mb(p) for p in tenant_pids}
+        after_pss = {p: pss_mb(p) for p in host_pids}
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -322,21 +343,21 @@ def main() -> None:
         per_steady, per_settle = steady_total / (len(steady) + len(failures)), settle_total / n
         return (per_hour - settles_per_hour) * per_steady + settles_per_hour * per_settle
 
-    pss_mean = statistics.mean(after_pss.values())
+    pss_per_tenant = sum(after_pss.values()) / n
     bare_cpu = statistics.mean(idle_cpu[p] for p in pids["bare Ray actor (anchor)"])
     measured_cycles = bool(steady and settles)
     if measured_cycles:
         tsdb_hour = per_tenant_hour(steady_tsdb, settle_tsdb)
         cycles_hour = per_tenant_hour(steady_cpu, settle_cpu)
-        idle_mean = statistics.mean(idle_cpu[p] for p in tenant_pids)
+        idle_mean = sum(idle_cpu[p] for p in host_pids) / n
         actor_hour = idle_mean * 3600 + cycles_hour
         print(f"| TSDB CPU per cycle (ingest rate of the idle minute, {tsdb_idle_rate:.3f} CPU-s/s, taken off) | "
               f"steady {steady_tsdb / len(steady):.3f} s, settle {settle_tsdb / n:.3f} s |")
         print(f"| TSDB CPU per tenant-hour at CYCLE_SECONDS {defaults.cycle_seconds:.0f}, a settle every "
               f"{defaults.settle_seconds:.0f} s | {tsdb_hour:.2f} s |")
-        print(f"| actor CPU per cycle (its idle CPU taken off) | steady {steady_cpu / len(steady):.3f} s, "
+        print(f"| host CPU per cycle (its idle CPU taken off) | steady {steady_cpu / len(steady):.3f} s, "
               f"settle {settle_cpu / n:.3f} s |")
-        print(f"| actor CPU per tenant-hour, idle included | {actor_hour:.1f} s ({idle_mean * 3600:.1f} idle, "
+        print(f"| host CPU per tenant-hour, idle included | {actor_hour:.1f} s ({idle_mean * 3600:.1f} idle, "
               f"{cycles_hour:.1f} cycles) |")
     print()
     print(f"| tenants per {NODE_CORES}-core / {NODE_MEMORY_MB // 1024} GB node | from memory ({MEMORY_SHARE:.0%}) | from CPU |")
@@ -344,8 +365,8 @@ def main() -> None:
     print(f"| bare Ray actors (anchor: Ray's floor) | {NODE_MEMORY_MB * MEMORY_SHARE / anchor:,.0f} | "
           f"{NODE_CORES / max(bare_cpu, 1e-9):,.0f} |")
     by_cpu = f"{NODE_CORES * 3600 / actor_hour:,.0f}" if measured_cycles else "— (no cycle measured)"
-    print(f"| tenant actors of this mix, cycles included (TSDB and Metroculus elsewhere) | "
-          f"{NODE_MEMORY_MB * MEMORY_SHARE / pss_mean:,.0f} | {by_cpu} |")
+    print(f"| tenants of this mix, {args.per_host} a host, cycles included (TSDB and Metroculus elsewhere) | "
+          f"{NODE_MEMORY_MB * MEMORY_SHARE / pss_per_tenant:,.0f} | {by_cpu} |")
     if measured_cycles:
         print(f"| same, the TSDB's CPU counted on the node too | — | {NODE_CORES * 3600 / (actor_hour + tsdb_hour):,.0f} |")
     print(f"\nwall: steady rounds {steady_wall:.0f} s, settle round {settle_wall:.0f} s"
