@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from k8scost.api_errors import error_message
+from k8scost.httpclient import async_client
 
 # The header carrying the cluster secret, which Metroculus and the REST API both take.
 SECRET_HEADER = "Secret"
@@ -37,10 +38,10 @@ class MetroculusClient:
         An https ``base_url`` is verified against httpx's CA bundle; a plain-http one loads
         none: the bundle is ≈ 1 MB in every process, and a tenant actor is one process per tenant.
         """
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers={SECRET_HEADER: secret}, timeout=timeout, transport=transport,
-            verify=base_url.startswith("https://"),  # never follows redirects: an http client never speaks TLS
-        )
+        options: dict[str, Any] = {"base_url": base_url.rstrip("/"), "headers": {SECRET_HEADER: secret}, "timeout": timeout}
+        # Never follows redirects: an http client never speaks TLS.
+        verify = base_url.startswith("https://")
+        self._http = httpx.AsyncClient(transport=transport, **options) if transport else async_client(verify=verify, **options)
 
     async def kubecost_metrics(
         self, cloud_account_id: str, metrics: Sequence[str], start: int, end: int, step: int | None = None,

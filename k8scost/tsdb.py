@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from k8scost.httpclient import async_client
 from k8scost.stores import StoreUnavailable
 
 _ERROR_TEXT_LIMIT = 1024
@@ -35,11 +36,7 @@ class TsdbClient:
     """Instant and range PromQL queries over one pooled connection set."""
 
     def __init__(self, base_url: str, timeout: float = 30.0, connections: int = 32) -> None:
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        )
+        self._http = async_client(base_url=base_url.rstrip("/"), timeout=timeout, connections=connections)
 
     async def instant(self, query: str, at: int | float) -> dict[str, Any]:
         """The ``data`` of ``/api/v1/query`` at ``at`` (Unix seconds): resultType and result."""

@@ -10,7 +10,7 @@ from k8scost.metroculus_client import MetroculusClient
 
 
 def _ssl_context(client: MetroculusClient) -> ssl.SSLContext:
-    return client._http._transport._pool._ssl_context  # httpx 0.28: the transport's httpcore pool
+    return client._http._transport._transport._pool._ssl_context  # k8scost.httpclient's transport wraps httpx 0.28's
 
 
 async def test_an_https_metroculus_is_verified_and_a_plain_http_one_loads_no_ca_bundle() -> None:

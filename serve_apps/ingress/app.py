@@ -21,6 +21,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from k8scost.httpclient import async_client
 from k8scost.settings import IngressSettings, StoreSettings, from_env
 from k8scost.stores import StoreUnavailable
 from k8scost.stores.accounts import AccountStore, Credentials
@@ -70,10 +71,7 @@ class RemoteWriteIngress:
         self.credentials = CredentialCache(AccountStore(connect(from_env(StoreSettings))), s.auth_cache_seconds)
         self.buckets = TokenBuckets(s.tenant_samples_per_second, s.tenant_burst_samples)
         self.police_by_tenant: dict[str, TenantPolice] = {}
-        self.tsdb = httpx.AsyncClient(
-            timeout=s.forward_timeout,
-            limits=httpx.Limits(max_connections=s.forward_connections, max_keepalive_connections=s.forward_connections),
-        )
+        self.tsdb = async_client(timeout=s.forward_timeout, connections=s.forward_connections)
 
     async def __call__(self, request: Request) -> Response:
         tenant = "unauthenticated"
