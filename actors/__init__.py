@@ -1,4 +1,4 @@
-"""The tenant actors and their supervisor: one Ray worker process per tenant.
+"""The tenants, the hosts that run them (a Ray worker process runs several), and their supervisor.
 
 Each such process pays for every module it imports (≈ 13 MB of ours over Ray's own
 ≈ 50 MB, see scripts/bench_tenants.py), so it skips what it never runs: httpx imports

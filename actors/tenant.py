@@ -79,7 +79,7 @@ async def query_daily_costs(
 
 @dataclasses.dataclass(frozen=True)
 class TenantConfig:
-    """Everything a tenant actor reads from the environment, read once by whoever launches it."""
+    """Everything a tenant host reads from the environment, read once by whoever launches it."""
 
     ledger: LedgerSettings
     stores: StoreSettings

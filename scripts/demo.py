@@ -17,7 +17,7 @@ module (each account of the demo, every module's items: the dashboard's Rightsiz
 Recommendations tabs have data from the first run). It prints what landed, the
 per-namespace daily costs, each organization's recommendations as the REST API answers
 them, the URLs and the sign-ins, then again every minute. Ctrl-C, or `demo.py stop` from another shell, stops everything the
-demo started, by PID: the simulated clusters, the tenant actors, and Ray and the servers
+demo started, by PID: the simulated clusters, the tenant hosts, and Ray and the servers
 if they were not running before. `--once` prints once and leaves the servers, Ray and the
 dashboard up. State (accounts, estate, loaded history, PIDs) lives in .data/demo/, so a
 second run reuses it.
@@ -273,7 +273,7 @@ def record_running(customers: list[CustomerCluster], started: list[str]) -> None
 
 
 def stop_everything() -> None:
-    """Stop what the recorded demo started: customer processes, tenant actors, then Ray and the servers."""
+    """Stop what the recorded demo started: customer processes, tenant hosts, then Ray and the servers."""
     running = json.loads(RUNNING_FILE.read_text()) if RUNNING_FILE.exists() else {"customers": [], "services": []}
     for pgid in running["customers"]:
         try:
@@ -315,7 +315,7 @@ def main() -> int:
                         help="past days replayed into the TSDB and backfilled into the ledger (default "
                              f"{HISTORY_DAYS}: what the anomaly module needs to look at its {Options().anomaly_days} "
                              "days)")
-    parser.add_argument("--cycle-seconds", type=float, default=30.0, help="ledger cycle of the tenant actors, s")
+    parser.add_argument("--cycle-seconds", type=float, default=30.0, help="ledger cycle of the tenants, s")
     parser.add_argument("--once", action="store_true",
                         help="print the results once, then stop the simulated clusters; the servers stay up")
     parser.add_argument("command", nargs="?", choices=("run", "stop"), default="run",
@@ -388,7 +388,7 @@ def main() -> int:
                 print(f"  sign in as {email} / {password} ({organization})")
             if args.once:
                 return 0
-            print("`python -m actors status` shows the tenant actors.   Ctrl-C (or `scripts/demo.sh stop`) stops "
+            print("`python -m actors status` shows the tenants.   Ctrl-C (or `scripts/demo.sh stop`) stops "
                   "everything the demo started.", flush=True)
             time.sleep(max(60.0, args.cycle_seconds))
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""What a tenant actor's process loads: it is one process per tenant, so every MB counts (issue 14)."""
+"""What a tenant host's process loads: every MB of it is paid once a host (issue 14)."""
 
 from __future__ import annotations
 

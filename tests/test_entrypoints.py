@@ -44,7 +44,7 @@ def local_ray(real_services: None) -> None:
 
 @pytest.fixture()
 def empty_database(real_services: None):
-    """A MongoDB database with no account, dropped afterwards: a supervisor there starts no tenant actor."""
+    """A MongoDB database with no account, dropped afterwards: a supervisor there starts no tenant host."""
     name = f"entrypoints_{uuid.uuid4().hex[:8]}"
     yield name
     with pymongo.MongoClient(from_env(StoreSettings).mongodb_url) as client:

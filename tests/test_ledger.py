@@ -1,4 +1,4 @@
-"""Simulated history → TSDB → Metroculus → tenant actors → MongoDB + ClickHouse, on real servers.
+"""Simulated history → TSDB → Metroculus → tenants on tenant hosts → MongoDB + ClickHouse, on real servers.
 
 The history is what the exporter would have exported over whole past days (replayed as
 TSDB blocks, see devstack/simulator/history.py), so every day can be checked against the

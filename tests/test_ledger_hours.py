@@ -3,7 +3,7 @@
 A fake Metroculus integrates simulated samples exactly as the real one asks the TSDB to
 (k8scost.promql.integral: a point every resolution, the latest sample within the
 lookback, buckets (t − step, t] read ``lag`` late), over the samples that have arrived
-by the time of the read. Cycles run as the tenant actor runs them (plan, read, fold,
+by the time of the read. Cycles run as a tenant runs them (plan, read, fold,
 keep the closed hours) and are compared with a full read of the days at the same moment.
 """
 
@@ -105,7 +105,7 @@ def full(series: list[Series], days: list[datetime], now: float) -> ledger.Daily
 
 def incremental(series: list[Series], days: list[datetime], now: float, hours: Hours | None,
                 settle_seconds: float = 3600) -> tuple[ledger.CyclePlan, ledger.DailyCosts, Hours]:
-    """One incremental cycle at ``now``, as TenantActor._cycle runs it."""
+    """One incremental cycle at ``now``, as Tenant._cycle runs it."""
     plan = ledger.plan_cycle(hours, days, now, LAG, DELAY, settle_seconds)
     closed = plan.base.plus(ledger.fold(ACCOUNT, [metroculus(series, r, now) for r in plan.closed_reads], days))
     daily = ledger.balanced(ACCOUNT, closed.plus(ledger.fold(ACCOUNT, [metroculus(series, r, now) for r in plan.open_reads], days)))
