@@ -368,7 +368,7 @@ def main() -> int:
             live = f'kubecost_cluster_cpu_cost{{tenant_id="{customer.account_id}",instance="127.0.0.1:{customer.exporter_port}"}}'
             stack.wait_for(f"{customer.cluster}'s live costs in the TSDB", lambda q=live: _query(q),
                               timeout=120, interval=1)
-        print("starting the tenant supervisor: one ledger actor per account ...", flush=True)
+        print("starting the tenant supervisor: every account placed on a tenant host ...", flush=True)
         start_supervisor(args.cycle_seconds)
         stack.wait_for("every tenant's first ledger cycle", lambda: _all_cycled(credentials), timeout=300, interval=2)
         backfill(credentials, args.history_days)
