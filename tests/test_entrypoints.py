@@ -62,11 +62,11 @@ def test_actors_start_status_stop(local_ray: None, empty_database: str) -> None:
         reported = json.loads(status.stdout)
         # the supervisor's first retention run has passed, on whatever the shared ledger holds
         assert reported.pop("retention")["error"] is None
-        assert reported == {"tenants": {}, "last_error": None}
+        assert reported == {"tenants": {}, "hosts": {}, "last_error": None}
     finally:
         stopped = run("-m", "actors", "stop", **env)
     assert stopped.returncode == 0, stopped.stderr
-    assert json.loads(stopped.stdout) == {"stopped": ["supervisor"]}
+    assert json.loads(stopped.stdout) == {"stopped": ["supervisor"], "tenants": []}
     helpers.wait_for("the supervisor to be gone", lambda: (
         (gone := run("-m", "actors", "status", **env)).returncode == 1
         and "error: no tenant supervisor is running" in gone.stderr), timeout=60, interval=1)
