@@ -4,9 +4,9 @@ Every cycle it asks Metroculus for the open days' costs, writes the resources th
 new or changed to MongoDB, then writes the changed resource-days to ClickHouse in one
 INSERT. By default (``LEDGER_MODE=incremental``) a cycle reads only the hours not closed
 yet and adds them to the closed hours it keeps (``k8scost.ledger.plan_cycle``); it
-*settles*, reading the open days from their start, on a schedule, when a day closes,
-and whenever it has no closed hours it can trust: at (re)start, after a failed cycle,
-after a backfill wrote its days. It keeps the live row of every resource-day it has
+*settles*, reading the open days from their start, when the ingress recorded late
+samples since its last settle, when a day closes, on a schedule, and whenever it has no
+closed hours it can trust: at (re)start, after a failed cycle, after a backfill wrote its days. It keeps the live row of every resource-day it has
 written in memory, and rebuilds that from ClickHouse whenever it cannot be sure of it —
 at (re)start, and after any failed cycle — so a crash or an outage at any point neither
 duplicates nor loses cost: an INSERT that may or may not have landed is read back, never
@@ -32,6 +32,7 @@ from k8scost import ledger
 from k8scost.metroculus_client import MetroculusClient
 from k8scost.settings import DAY, LedgerSettings, MetroculusSettings, StoreSettings, from_env
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
+from k8scost.stores.late_samples import LateSampleStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.resources import Kind, Resource, ResourceStore
 
@@ -110,16 +111,21 @@ class TenantClients:
     """The store and Metroculus clients the tenants of one process share, and the ledger's
     schema, checked once per process on the first write."""
 
-    def __init__(self, expenses: ExpenseStore, resources: ResourceStore, metroculus: MetroculusClient) -> None:
+    def __init__(
+        self, expenses: ExpenseStore, resources: ResourceStore, late_samples: LateSampleStore,
+        metroculus: MetroculusClient,
+    ) -> None:
         self.expenses = expenses
         self.resources = resources
+        self.late_samples = late_samples
         self.metroculus = metroculus
         self._migrated = False
         self._migrating = asyncio.Lock()
 
     @classmethod
     def connect(cls, config: TenantConfig) -> TenantClients:
-        return cls(ExpenseStore(config.stores), ResourceStore(connect(config.stores)),
+        db = connect(config.stores)
+        return cls(ExpenseStore(config.stores), ResourceStore(db), LateSampleStore(db),
                    MetroculusClient(config.ledger.metroculus_url, config.cluster_secret))
 
     async def migrate(self) -> None:
@@ -236,8 +242,10 @@ class Tenant:
             read, hours, hours_read, queried = "full", None, len(days) * 24.0, time.perf_counter()
         else:
             now = time.time()
+            # Read before the TSDB: a late write recorded after this is one the next cycle sees.
+            late = await self.clients.late_samples.landed_at(self.account_id)
             plan = ledger.plan_cycle(self.hours, days, now, lag, self.settings.close_delay_seconds,
-                                     self.settings.settle_seconds, asked)
+                                     self.settings.settle_seconds, asked, late)
             closed_answers, open_answers = await asyncio.gather(
                 read_costs(self.metroculus, self.account_id, plan.closed_reads, lag),
                 read_costs(self.metroculus, self.account_id, plan.open_reads, lag),
@@ -246,7 +254,7 @@ class Tenant:
             closed = plan.base.plus(ledger.fold(self.account_id, closed_answers, days))
             daily = ledger.balanced(self.account_id, closed.plus(ledger.fold(self.account_id, open_answers, days)))
             settled_at = now if plan.settle or self.hours is None else self.hours.settled_at
-            hours = ledger.Hours(tuple(days), plan.closed_until, closed, settled_at)
+            hours = ledger.Hours(tuple(days), plan.closed_until, closed, settled_at, late)
             read = f"settle ({plan.settle})" if plan.settle else "new hours"
             hours_read = sum(r.end - r.start for r in (*plan.closed_reads, *plan.open_reads)) / ledger.HOUR
         self._maybe_crash("after_query")

@@ -33,8 +33,12 @@ With now the cycle's clock, lag = LEDGER_RATE_LAG_SECONDS, delay = LEDGER_CLOSE_
     day cost = (its closed hours, folded once) + (its hours in (closed, until], read every cycle)
 
 Samples that arrive after their hour closed (a sender catching up) land at the next
-*settle*, which reads the days from their start again (``settle_reason``): on a schedule,
-when a day closes, after a restart or a failed cycle, and for days asked for by name.
+*settle*, which reads the days from their start again (``settle_reason``): when the ingress
+recorded such a write since the last settle began (``k8scost.stores.late_samples``), when a
+day closes, after a restart or a failed cycle, for days asked for by name, and on a
+schedule, a backstop. A sample at t can move the points in [t, t + lookback], so only the
+hours ending after t − lag; it arrives late when after t + delay, so every write that
+reaches a closed hour (closed ≤ arrival − lag − delay) is on record.
 
 A tenant actor's loop waits before its first cycle (``start_delay``), with
 spread = LEDGER_START_SPREAD_SECONDS and h = the first 64 bits of BLAKE2b(account id):
@@ -276,6 +280,9 @@ class Hours:
     closed_until: int  # every bucket of ``days`` ending at or before it is in ``closed``
     closed: SeriesCosts
     settled_at: float  # when the days were last read from their start
+    # The tenant's late-sample record (``k8scost.stores.late_samples``) as read before that
+    # read of the TSDB: a later record is a late write the settle may have missed.
+    late_seen: float | None = None
 
 
 @dataclass(frozen=True)
@@ -301,7 +308,8 @@ def read_until(now: float, lag: int) -> int:
 
 
 def settle_reason(
-    hours: Hours | None, days: Sequence[datetime], now: float, closed: int, settle_seconds: float, asked: bool = False
+    hours: Hours | None, days: Sequence[datetime], now: float, closed: int, settle_seconds: float, asked: bool = False,
+    late_landed_at: float | None = None,
 ) -> str | None:
     """Why a cycle over ``days`` at ``now`` must read them from their start, or None.
 
@@ -311,12 +319,17 @@ def settle_reason(
     ``hours`` must exist, be younger than ``settle_seconds``, hold every day it is asked
     (a day it lacks must not have begun before ``closed_until``: nothing of it was folded),
     and no day may have closed since: its last hours then get one full read, which also
-    picks up the samples that came after their hour closed.
+    picks up the samples that came after their hour closed. ``late_landed_at``: the tenant's
+    late-sample record, read before this cycle's reads; one other than the settle saw is a
+    late write that settle may have missed (comparing records, not clocks: the ingress's
+    clock is another machine's).
     """
     if asked:
         return "days asked"
     if hours is None:
         return "no hours kept"
+    if late_landed_at != hours.late_seen:
+        return "late samples"
     if now - hours.settled_at >= settle_seconds:
         return "schedule"
     if any(day not in hours.days and day.timestamp() < hours.closed_until for day in days):
@@ -328,7 +341,7 @@ def settle_reason(
 
 def plan_cycle(
     hours: Hours | None, days: Sequence[datetime], now: float, lag: int, delay: int, settle_seconds: float,
-    asked: bool = False,
+    asked: bool = False, late_landed_at: float | None = None,
 ) -> CyclePlan:
     """The reads of a cycle over ``days`` at ``now``: a settle when ``settle_reason`` says so.
 
@@ -342,7 +355,7 @@ def plan_cycle(
     """
     closed = closed_until(now, lag, delay)
     until = read_until(now, lag)
-    settle = settle_reason(hours, days, now, closed, settle_seconds, asked)
+    settle = settle_reason(hours, days, now, closed, settle_seconds, asked, late_landed_at)
     known = None if settle or hours is None else hours.closed_until
     base = SeriesCosts() if hours is None or known is None else _only_days(hours.closed, days)
     closed_reads, open_reads = [], []

@@ -239,14 +239,16 @@ class LedgerSettings:
     )
     settle_seconds: float = setting(
         "LEDGER_SETTLE_SECONDS",
-        3600.0,
-        "Incremental mode: longest time between two settles, which pick up samples that came after their hour closed.",
+        21600.0,
+        "Incremental mode: longest time between two settles. A backstop: the ingress records every write with "
+        "samples older than `LEDGER_CLOSE_DELAY_SECONDS`, and the tenant's next cycle settles on that record.",
     )
     close_delay_seconds: int = setting(
         "LEDGER_CLOSE_DELAY_SECONDS",
         300,
         "Incremental mode: seconds after its last sample is due that an hour counts as closed and is no longer read; "
-        "a scrape and a remote-write batch still land in it.",
+        "a scrape and a remote-write batch still land in it. The ingress reads it too: a sample older than this on "
+        "arrival is late, and its write is recorded for the tenant to settle on.",
     )
     ray_namespace: str = setting("RAY_NAMESPACE", "cloudtuner", "Ray namespace of the named, detached actors.")
     tenants_per_host: int = setting(

@@ -31,6 +31,7 @@ from k8scost.metroculus_client import MetroculusClient
 from k8scost.settings import DAY, LedgerSettings, StoreSettings, from_env
 from k8scost.stores.accounts import Account, Credentials
 from k8scost.stores.clickhouse import ExpenseStore
+from k8scost.stores.late_samples import LateSampleStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.placements import COLLECTION as PLACEMENTS
 from k8scost.stores.resources import Kind, Resource, ResourceStore
@@ -411,37 +412,39 @@ def first_cycle(actor, after_pid: int | None = None) -> dict:
                             and s["pid"] != after_pid and s, timeout=120, interval=0.5)
 
 
-def test_late_samples_land_at_the_next_settle(live: LiveTenant, ray_driver) -> None:
+def test_late_samples_through_the_ingress_make_the_next_cycle_settle(live: LiveTenant, ray_driver) -> None:
     account, credentials, _ = live
     # No scheduled settle within the test, however slow the machine: the settle below is
-    # asked for (days by name), so no step races a clock. When a schedule fires is
-    # test_ledger_hours' (``settle_reason``).
+    # the ingress's record's. When a schedule fires is test_ledger_hours' (``settle_reason``).
     actor = helpers.HostedTenant(account.id, account.organization_id, config(settle_seconds=86400.0))
+    late_samples = LateSampleStore(connect(from_env(StoreSettings)))
     try:
         assert first_cycle(actor)["last_report"]["read"] == "settle (no hours kept)"
         assert_ledger_is_metroculus(account.id)
-        # Half an hour of samples that came late, long after their hour closed (a sender
-        # catching up), at twice the rate: the day costs more, and the hours kept miss it.
-        # They fill the fixture's hole: interleaved with its samples they would win only
-        # the resolution points they are the newest sample for, a share that hangs on the
-        # seconds between the two sends (a quarter to all at 15 s points). They end long
-        # before the 3 hours a new-hours cycle reads at most.
-        now = time.time()
-        send(credentials, live.hole[0] + 180, live.hole[1] - 180, 2.0)
+        scrape(credentials, 1.05)  # on time: no record, and the hours kept stay trusted
+        recorded = run(late_samples.landed_at(account.id))
         report = ray.get(actor.cycle())
-        # at most the hour that closed since and the two not closed yet: not the late ones
         assert report.read == "new hours" and report.hours_read <= 3, report
+        assert run(late_samples.landed_at(account.id)) == recorded
+        # Half an hour of samples that came late, long after their hour closed (a sender
+        # catching up), at twice the rate: the day costs more, and no hour a new-hours cycle
+        # reads holds them. They fill the fixture's hole: interleaved with its samples they
+        # would win only the resolution points they are the newest sample for, a share that
+        # hangs on the seconds between the two sends (a quarter to all at 15 s points).
+        before = time.time()
+        days = ledger.open_days(before, config().ledger.open_days)
         p1 = rid(account.id, Kind.POD, "live", "ns", "p1")
-        days = ledger.open_days(now, config().ledger.open_days)
-        missed = sum(expected_costs(account.id, day).get(p1, 0.0) - ledger_costs(account.id, day).get(p1, 0.0)
-                     for day in days)
-        # Half an hour of p1 at 0.8 per hour, and its lookback until the fixture's samples
-        # resume: ≈ 0.44. Asserted: most of it is missed; the exactness is the settle's,
-        # asserted below to the TSDB's answer.
-        assert missed > 0.3
-        report = ray.get(actor.cycle(days))
-        assert report.read == "settle (days asked)" and report.rows_written > 0
+        billed = sum(ledger_costs(account.id, day).get(p1, 0.0) for day in days)
+        send(credentials, live.hole[0] + 180, live.hole[1] - 180, 2.0)
+        assert run(late_samples.landed_at(account.id)) >= before  # on record before the sender heard 204
+        report = ray.get(actor.cycle())
+        assert report.read == "settle (late samples)" and report.rows_written > 0, report
         assert_ledger_is_metroculus(account.id)
+        # Half an hour of p1 at 0.8 per hour more, and its lookback until the fixture's
+        # samples resume: ≈ 0.44, all of which the settle billed.
+        assert sum(ledger_costs(account.id, day).get(p1, 0.0) for day in days) - billed > 0.3
+        # The record the settle read is settled: the next cycle reads new hours again.
+        assert ray.get(actor.cycle()).read == "new hours"
     finally:
         ray.kill(actor.host)
 

@@ -179,6 +179,22 @@ def test_when_a_cycle_settles(now: float, kept_until: int, days: list[datetime],
     assert ledger.settle_reason(hours, days, now, closed, 3600, asked=True) == "days asked"
 
 
+def test_a_late_write_on_record_since_the_last_settle_makes_the_next_cycle_settle() -> None:
+    now = T0 + DAY + 12 * HOUR
+    closed = ledger.closed_until(now, LAG, DELAY)
+
+    def reason(seen: float | None, record: float | None) -> str | None:
+        hours = Hours(tuple(DAYS), closed, ledger.SeriesCosts(), settled_at=now - 600, late_seen=seen)
+        return ledger.settle_reason(hours, DAYS, now, closed, 3600, late_landed_at=record)
+
+    assert reason(None, None) is None
+    assert reason(None, now - 7200) == "late samples"  # the first record since the settle
+    assert reason(now - 7200, now - 7200) is None  # the record the settle read first: its write is in
+    assert reason(now - 7200, now - 60) == "late samples"
+    # settled_at and the record's time are never compared: the ingress's clock is another machine's
+    assert reason(now - 7200, now - 3600) == "late samples"
+
+
 def test_past_days_are_read_once() -> None:
     now = T0 + 5 * DAY
     plan = ledger.plan_cycle(None, DAYS, now, LAG, DELAY, 3600)

@@ -52,6 +52,8 @@ def test_a_scrape_after_the_first_takes_the_fast_path_and_forwards_what_the_full
     assert forwarded(fast) == forwarded(full)
     assert (fast.series, fast.samples, fast.dropped) == (full.series, full.samples, full.dropped) == (
         len(series), len(series), {})
+    # Both see how late the write is: by its oldest sample.
+    assert fast.oldest_ms == full.oldest_ms == NOW_MS - 4
     # Every series got the tenant label, value 0 included (proto3 leaves it out: a shorter sample).
     assert all(("tenant_id", "tenant-a") in labels for labels, _ in forwarded(fast))
 
@@ -152,7 +154,8 @@ def test_the_fast_path_passes_only_what_the_full_path_passes_unchanged(body: byt
         assert isinstance(reference, Policed)
         assert not reference.dropped and not reference.over_limit
         assert forwarded(result) == forwarded(reference)
-        assert (result.series, result.samples) == (reference.series, reference.samples)
+        assert (result.series, result.samples, result.oldest_ms) == (
+            reference.series, reference.samples, reference.oldest_ms)
     else:
         assert type(result) is type(reference)
         if isinstance(result, Policed):

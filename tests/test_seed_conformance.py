@@ -46,6 +46,7 @@ from k8scost.settings import (
     DAY, ExporterSettings, LedgerSettings, MetroculusSettings, RestApiSettings, StoreSettings, from_env,
 )
 from k8scost.stores.clickhouse import ExpenseStore
+from k8scost.stores.late_samples import LateSampleStore
 from k8scost.stores.mongo import connect
 from k8scost.stores.resources import ResourceStore
 from serve_apps.ingress import app as ingress_app
@@ -205,7 +206,7 @@ async def stack(real_services: None) -> AsyncIterator[Stack]:
         # One ledger cycle over the two days, by the tenant's own code (without Ray and
         # without its loop: this test runs the one cycle it checks), reading this Metroculus.
         actor = Tenant(tenant, org.id, from_env(LedgerSettings, {}), TenantClients(
-            ExpenseStore(stores), ResourceStore(connect(stores)),
+            ExpenseStore(stores), ResourceStore(connect(stores)), LateSampleStore(connect(stores)),
             MetroculusClient("http://metroculus.test/metroculus", SECRET,
                              transport=httpx.ASGITransport(app=asgi(metroculus, "/metroculus")))))
         report = await actor.cycle([datetime.fromtimestamp(d, UTC) for d in (D1, D2)])

@@ -22,9 +22,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from k8scost.httpclient import async_client
-from k8scost.settings import IngressSettings, StoreSettings, from_env
+from k8scost.settings import IngressSettings, LedgerSettings, StoreSettings, from_env
 from k8scost.stores import StoreUnavailable
 from k8scost.stores.accounts import AccountStore, Credentials
+from k8scost.stores.late_samples import LateSampleStore
 from k8scost.stores.mongo import connect
 from serve_apps.ingress import metrics
 from serve_apps.ingress.auth import CredentialCache, basic_auth
@@ -68,7 +69,12 @@ class RemoteWriteIngress:
             max_series=s.max_series_per_tenant,
             active_series_seconds=s.active_series_seconds,
         )
-        self.credentials = CredentialCache(AccountStore(connect(from_env(StoreSettings))), s.auth_cache_seconds)
+        db = connect(from_env(StoreSettings))
+        self.credentials = CredentialCache(AccountStore(db), s.auth_cache_seconds)
+        # A sample older than this on arrival can cost an hour a ledger already closed: the
+        # write is put on record, and the tenant's next cycle settles (k8scost.stores.late_samples).
+        self.late_after_ms = from_env(LedgerSettings).close_delay_seconds * 1000
+        self.late_samples = LateSampleStore(db)
         self.buckets = TokenBuckets(s.tenant_samples_per_second, s.tenant_burst_samples)
         self.police_by_tenant: dict[str, TenantPolice] = {}
         self.tsdb = async_client(timeout=s.forward_timeout, connections=s.forward_connections)
@@ -121,8 +127,9 @@ class RemoteWriteIngress:
         police = self.police_by_tenant.get(tenant)
         if police is None:
             police = self.police_by_tenant[tenant] = TenantPolice(tenant, self.limits)
+        arrived_ms = int(time.time() * 1000)
         try:
-            policed = police.police(body, int(time.time() * 1000))
+            policed = police.police(body, arrived_ms)
         except WriteRejected as rejected:
             metrics.SAMPLES.inc(tags={"tenant": tenant, "outcome": "rejected", "reason": rejected.reason})
             raise _Refused(rejected.status, rejected.message) from None
@@ -138,6 +145,11 @@ class RemoteWriteIngress:
             raise _Refused(429, f"tenant over {s.tenant_samples_per_second:g} samples/s", {"Retry-After": str(int(wait))})
         if policed.series:
             await self._forward(tenant, policed.body)
+            if policed.oldest_ms <= arrived_ms - self.late_after_ms:
+                # Once the TSDB has them, before the sender hears so: a settle that began
+                # before this landing reads it again (k8scost.ledger.settle_reason).
+                await self.late_samples.record(tenant, time.time())
+                metrics.LATE_WRITES.inc(tags={"tenant": tenant})
         # Ray's counters refuse 0: a body whose samples were all dropped (or a metadata-only
         # one, as Prometheus sends) would otherwise end in a 500.
         if policed.samples:

@@ -31,3 +31,9 @@ BODIES = metrics.Counter(
     "A falling fast share costs the ingress CPU.",
     tag_keys=("path",),
 )
+LATE_WRITES = metrics.Counter(
+    "cloudtuner_ingress_late_writes",
+    description="Writes with a sample older than LEDGER_CLOSE_DELAY_SECONDS on arrival, put on record for the "
+    "tenant's ledger to settle on. A steady rate is a sender running behind.",
+    tag_keys=("tenant",),
+)

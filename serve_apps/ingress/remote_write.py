@@ -112,6 +112,7 @@ class Policed:
     series: int
     samples: int
     dropped: Counter[str]  # samples dropped, by reason
+    oldest_ms: int  # the oldest sample's timestamp (of the body as sent): whether the write came late
     over_limit: int = 0  # new series refused by the tenant's series limit (their samples are in ``dropped``)
     fast: bool = False  # it took the fast path
 
@@ -219,7 +220,8 @@ class TenantPolice:
                 if entry is None or encoded[-9:-7] != _ZERO_SAMPLE_HEAD:
                     return None
                 known[i], samples[i] = entry, _ZERO_VALUE + encoded[-7:]
-        if not self._samples_pass(np.frombuffer(b"".join(samples), dtype=_SAMPLE), known, now_ms):
+        timestamps = self._passing_timestamps(np.frombuffer(b"".join(samples), dtype=_SAMPLE), known, now_ms)
+        if timestamps is None:
             return None
         keys = [entry.key for entry in known]
         active, now = self._active, now_ms / 1000
@@ -237,25 +239,27 @@ class TenantPolice:
             parts[0::2] = prefixes
             parts[1::2] = samples
             forward = snappy.compress(b"".join(parts))
-        return Policed(body=forward, series=len(known), samples=len(known), dropped=Counter(), fast=True)
+        return Policed(body=forward, series=len(known), samples=len(known), dropped=Counter(),
+                       oldest_ms=int(timestamps.min()), fast=True)
 
-    def _samples_pass(self, sample: np.ndarray, known: list[_Known], now_ms: int) -> bool:
-        """Whether every series' last 18 bytes are one sample the full path would keep as it is."""
+    def _passing_timestamps(self, sample: np.ndarray, known: list[_Known], now_ms: int) -> np.ndarray | None:
+        """The timestamps of the series' last 18 bytes when each is one sample the full path
+        would keep as it is; otherwise None."""
         digits = sample["timestamp"]
         if not ((sample["tag"] == 0x12) & (sample["length"] == 16) & (sample["value_tag"] == 0x09)
                 & (sample["timestamp_tag"] == 0x10) & (digits[:, :5] >= 0x80).all(axis=1)
                 & (digits[:, 5] < 0x80)).all():
-            return False
+            return None
         timestamp = ((digits & 0x7F).astype(np.int64) << _VARINT_SHIFTS).sum(axis=1)
         if not ((timestamp >= now_ms - int(self.limits.max_past_seconds * 1000))
                 & (timestamp <= now_ms + int(self.limits.max_future_seconds * 1000))).all():
-            return False  # the full path names the series and the bound
+            return None  # the full path names the series and the bound
         bits = sample["value"]
         value = bits.view(np.float64) if bits.flags.c_contiguous else bits.copy().view(np.float64)
         if not (np.isfinite(value) | (bits == STALE_NAN_BITS)).all():
-            return False
+            return None
         negative = np.flatnonzero(value < 0)
-        return not any(known[i].is_cost for i in negative)
+        return None if any(known[i].is_cost for i in negative) else timestamp
 
     def _police(self, body: bytes, raw: bytes, now_ms: int) -> Policed:
         """The full path: every rule, every drop counted."""
@@ -278,6 +282,7 @@ class TenantPolice:
         over_limit: set[bytes] = set()
         rebuild = False  # some series or sample must go: rebuild the request without it
         samples = 0
+        oldest_sample = newest_ms
         # The hot loop: kept free of anything the common case does not need.
         for index, series in enumerate(request.timeseries):
             key = tuple(series.labels)
@@ -300,6 +305,8 @@ class TenantPolice:
             for sample in series.samples:
                 if not oldest_ms <= sample.timestamp <= newest_ms:
                     raise self._out_of_range(index, sample.timestamp, newest_ms)
+                if sample.timestamp < oldest_sample:
+                    oldest_sample = sample.timestamp
                 value = sample.value
                 # Finite and not negative passes at once; only the odd sample pays for the exact test.
                 if not 0.0 <= value < math.inf:
@@ -314,6 +321,7 @@ class TenantPolice:
             series=len(request.timeseries),
             samples=samples,
             dropped=+dropped,  # without the reasons of series that had no sample: counters refuse 0
+            oldest_ms=oldest_sample,
             over_limit=len(over_limit),
         )
 
