@@ -44,6 +44,28 @@ CRASH_POINTS = ("after_query", "after_resources", "before_insert", "after_insert
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if os.name == "posix" else None
 
 
+class _CollectorPaused:
+    """Python's cyclic garbage collector off while any tenant of the process is in a cycle.
+
+    A cycle makes hundreds of thousands of small objects (parsed answers, rows), and each
+    batch of them set off a collection that walked every tenant's state: with 20,000 pods,
+    0.35 s of a 1.9 s steady cycle (cProfile, in-process). What a cycle makes is freed by
+    reference counting, and the collection after it (``_release_memory``) takes the rest.
+    """
+
+    cycles = 0
+
+    def __enter__(self) -> None:
+        if _CollectorPaused.cycles == 0:
+            gc.disable()
+        _CollectorPaused.cycles += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        _CollectorPaused.cycles -= 1
+        if _CollectorPaused.cycles == 0:
+            gc.enable()
+
+
 def _release_memory() -> None:
     """Hand a cycle's garbage back to the OS.
 
@@ -216,7 +238,8 @@ class Tenant:
     async def _locked(self, work: Awaitable[CycleReport]) -> CycleReport:
         async with self.lock:
             try:
-                report = await work
+                with _CollectorPaused():
+                    report = await work
             except Exception as exc:
                 # Whatever was written is read back before the next write, and the days read whole.
                 self.loaded_days.clear()
