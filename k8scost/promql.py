@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable
 
 from k8scost.usage_series import INSTANCE_TYPE_LABEL, SAFE_TO_EVICT_LABEL, USAGE_FAMILIES
 
@@ -92,6 +93,24 @@ def selector(metric: str, tenant_id: str, **matchers: str) -> str:
     if metric not in COST_METRICS:
         raise ValueError(f"unknown cost metric {metric!r}")
     return metric + "{" + _matchers(tenant_id, matchers) + "}"
+
+
+# Label that tells apart the metrics of one cost query (``costs_selector``): the functions
+# that integrate a series drop its ``__name__``.
+METRIC_LABEL = "cloudtuner_metric"
+
+
+def costs_selector(metrics: Iterable[str], tenant_id: str) -> str:
+    """The series of one tenant of every cost metric in ``metrics``, each labelled with its
+    metric's name in METRIC_LABEL, so one query reads them all and its answer still says
+    which is which. Raises ValueError as ``selector`` does, and for no metric."""
+    metrics = tuple(metrics)
+    unknown = [metric for metric in metrics if metric not in COST_METRICS]
+    if not metrics or unknown:
+        raise ValueError(f"unknown cost metric(s) {unknown!r}")
+    # Allow-listed names, [a-z_] only: nothing in the alternation is a regex operator.
+    matched = "{" + f'__name__=~"{"|".join(metrics)}", ' + _matchers(tenant_id, {}) + "}"
+    return f'label_replace({matched}, "{METRIC_LABEL}", "$1", "__name__", "(.+)")'
 
 
 def _matchers(tenant_id: str, matchers: dict[str, str]) -> str:

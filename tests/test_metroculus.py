@@ -26,7 +26,7 @@ from devstack import stack
 from devstack.simulator.history import write_blocks
 from devstack.simulator.spec import generate_estate
 from k8scost.metroculus_client import MetroculusClient, MetroculusError
-from k8scost.promql import COST_METRICS, escape_label_value, integral, selector
+from k8scost.promql import COST_METRICS, costs_selector, escape_label_value, integral, selector
 from serve_apps.ingress.remote_write import STALE_NAN_BITS
 from tests import helpers
 from tests.conftest import TEST_SERVE_ENV
@@ -433,6 +433,18 @@ def test_selector_refuses_bad_label_names(label: str) -> None:
 def test_selector_refuses_an_empty_tenant() -> None:
     with pytest.raises(ValueError, match="tenant_id"):
         selector(NS, "")
+
+
+@pytest.mark.parametrize("metrics", [(), ("up",), (NS, f"{NS}|up"), (NS, ".*")])
+def test_costs_selector_refuses_unknown_metrics_and_none(metrics: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="unknown cost metric"):
+        costs_selector(metrics, "acct-1")
+
+
+def test_costs_selector_carries_the_escaped_tenant() -> None:
+    assert 'tenant_id="x\\"}or{tenant_id=~\\".*"' in costs_selector((NS, POD), 'x"}or{tenant_id=~".*')
+    with pytest.raises(ValueError, match="tenant_id"):
+        costs_selector((NS,), "")
 
 
 def test_every_cost_metric_is_accepted() -> None:

@@ -19,7 +19,7 @@ import gc
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ray import serve
@@ -27,7 +27,18 @@ from starlette.requests import Request
 
 from k8scost.api_errors import error_body
 from k8scost.metroculus_client import SECRET_HEADER
-from k8scost.promql import CLUSTER_COST_COMPONENTS, LIVE_MAX_SERIES, LIVE_QUERIES, PART_LABEL, integral, live_promql, selector, window
+from k8scost.promql import (
+    CLUSTER_COST_COMPONENTS,
+    LIVE_MAX_SERIES,
+    LIVE_QUERIES,
+    METRIC_LABEL,
+    PART_LABEL,
+    costs_selector,
+    integral,
+    live_promql,
+    selector,
+    window,
+)
 from k8scost.query_params import BadParameter
 from k8scost.settings import MetroculusSettings, StoreSettings, from_env
 from k8scost.stores import StoreUnavailable
@@ -134,21 +145,29 @@ class Metroculus:
         }
 
     async def kubecost_metrics(self, items: QueryItems) -> dict[str, Any]:
-        """Per-series costs of the asked metrics over (start, end], or per bucket of ``step``."""
+        """Per-series costs of the asked metrics over (start, end], or per bucket of ``step``.
+
+        One TSDB query reads every metric asked: the ledger asks for ten, and the TSDB's cost
+        of a query is mostly per query and per series, not per point.
+        """
         asked = parse_metrics_request(items, self.settings)
         span, step = asked.span, asked.step
-        *answers, coverage = await asyncio.gather(
-            *(self._metric_cost(span, metric, step) for metric in asked.metrics), self._coverage(span)
-        )
+        answer, coverage = await asyncio.gather(self._costs(span, asked.metrics, step), self._coverage(span))
+        results: dict[str, list[dict[str, Any]]] = {metric: [] for metric in asked.metrics}
+        for series in answer["result"]:
+            results[series["metric"].pop(METRIC_LABEL)].append(series)
         return {
             **_span_fields(span),
             "step": step,
-            "metrics": {metric: {"status": "success", "data": data} for metric, data in zip(asked.metrics, answers)},
+            "metrics": {
+                metric: {"status": "success", "data": {"resultType": answer["resultType"], "result": result}}
+                for metric, result in results.items()
+            },
             "coverage": coverage,
         }
 
-    async def _metric_cost(self, span: Span, metric: str, step: int | None) -> dict[str, Any]:
-        series = selector(metric, span.cloud_account_id)
+    async def _costs(self, span: Span, metrics: Sequence[str], step: int | None) -> dict[str, Any]:
+        series = costs_selector(metrics, span.cloud_account_id)
         lag = span.lag
         if step is None:
             answer = await self._instant(self._integral(series, span.seconds), span.end + lag)
