@@ -17,6 +17,7 @@ each settles on its next cycle, which is exact, only later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ import ray
 from actors.tenant import CycleReport, Tenant, TenantClients, TenantConfig
 from k8scost import ledger
 from k8scost.stores.mongo import connect
-from k8scost.stores.placements import PlacementStore
+from k8scost.stores.placements import HOST_PREFIX, PlacementStore
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,17 @@ def tenant_host(name: str, config: TenantConfig) -> Any:
     ).remote(name, config)
 
 
+def running_hosts(namespace: str) -> dict[str, Any]:
+    """host name → handle, the tenant hosts running in ``namespace``: a supervisor (re)starting
+    adopts them, so it also stops those whose tenants were all deleted while it was down."""
+    hosts = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == namespace and actor["name"].startswith(HOST_PREFIX):
+            with contextlib.suppress(ValueError):  # gone since it was listed
+                hosts[actor["name"]] = ray.get_actor(actor["name"], namespace=namespace)
+    return hosts
+
+
 @dataclasses.dataclass(frozen=True)
 class Placement:
     """Where accounts run: account → host name, and host name → the host's handle."""
@@ -134,9 +146,18 @@ class Placement:
         return self.handles[self.host_of[account_id]]
 
 
-async def place(accounts: Mapping[str, str], config: TenantConfig, placements: PlacementStore) -> Placement:
+async def place(
+    accounts: Mapping[str, str], config: TenantConfig, placements: PlacementStore,
+    placed: Mapping[str, str] | None = None, known: Mapping[str, Any] | None = None,
+) -> Placement:
     """Where ``accounts`` (account → organization) run, placing those not placed yet
     (``PlacementStore.place``) and starting the hosts not running. A host starts a newly
-    placed tenant on the supervisor's next reconciliation, or on the first call naming it."""
-    host_of = await placements.place(accounts, config.ledger.tenants_per_host)
-    return Placement(host_of, {name: tenant_host(name, config) for name in set(host_of.values())})
+    placed tenant on the supervisor's next reconciliation, or on the first call naming it.
+
+    ``placed``: every placement as the caller just read it; ``known``: host name → handle of
+    the hosts the caller holds. Only other hosts are looked up at Ray's GCS, a blocking call.
+    """
+    host_of = await placements.place(accounts, config.ledger.tenants_per_host, placed)
+    known = known or {}
+    return Placement(host_of, {name: known[name] if name in known else tenant_host(name, config)
+                               for name in set(host_of.values())})

@@ -2,7 +2,7 @@
 
 It reconciles the hosts with the accounts in MongoDB: a new account is placed on a host
 with room (``k8scost.stores.placements``), a deleted one is stopped (its ledger stays), a
-host left with no tenant is stopped. It restarts a host that does not answer or runs a
+host left with no tenant is stopped, one it finds running when it starts included. It restarts a host that does not answer or runs a
 stalled tenant, and reports each tenant's last cycle, lag, rows written and last error,
 also as metrics.
 Being the one cluster-wide loop, it also enforces the ledger's retention
@@ -20,7 +20,7 @@ from typing import Any
 import ray
 
 from actors import metrics
-from actors.host import place
+from actors.host import place, running_hosts
 from actors.tenant import TenantConfig
 from k8scost.settings import LedgerSettings
 from k8scost.stores.accounts import AccountStore
@@ -61,7 +61,7 @@ class TenantSupervisor:
         self.expenses = ExpenseStore(config.stores)
         self.retention: dict[str, Any] = {"last_run": None, "dropped": [], "error": None}
         self.next_expiry = 0.0  # time.monotonic() of the next retention run
-        self.hosts: dict[str, Any] = {}  # host name → handle
+        self.hosts: dict[str, Any] = running_hosts(config.ledger.ray_namespace)  # host name → handle
         self.report: dict[str, dict[str, Any]] = {}  # account → its last status, with its host
         self.last_error: str | None = None
         self.loop = asyncio.get_running_loop().create_task(self._run())
@@ -99,7 +99,9 @@ class TenantSupervisor:
         if deleted:
             await self.placements.remove(deleted)
             log.info("tenants %s: accounts deleted, stopped", sorted(deleted))
-        placement = await place(accounts, self.config, self.placements)
+        # Every 15 s: the placements are read once, and only hosts new to it looked up at Ray's GCS.
+        live = {account: host for account, host in placed.items() if account not in deleted}
+        placement = await place(accounts, self.config, self.placements, live, self.hosts)
         for name in self.hosts.keys() - placement.handles.keys():  # no tenant left on it
             ray.kill(self.hosts.pop(name), no_restart=True)
             log.info("host %s: no tenant left, stopped", name)
@@ -140,8 +142,9 @@ class TenantSupervisor:
         for account_id in tenants:
             report[account_id] = {"account_id": account_id, "host": name, "last_error": why, "restarted_at": time.time()}
             metrics.RESTARTS.inc(tags={"tenant": account_id})
-        # Ray starts it again; its tenants rebuild their state from ClickHouse.
-        ray.kill(self.hosts[name], no_restart=False)
+        # Ray starts it again; its tenants rebuild their state from ClickHouse. Its handle is
+        # looked up again next time: a host killed for good (``actors stop``) is made anew.
+        ray.kill(self.hosts.pop(name), no_restart=False)
 
     async def status(self) -> dict[str, Any]:
         hosts: dict[str, list[str]] = {name: [] for name in self.hosts}

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import ray
 
+from actors.host import tenant_host
 from actors.supervisor import TenantSupervisor
 from actors.tenant import TenantConfig
 from k8scost import raylocal
@@ -111,6 +112,26 @@ def test_supervisor_places_accounts_on_hosts_and_restarts_them(isolated) -> None
     helpers.wait_for("the lag metric of the tenant", lambda: any(
         line.startswith("ray_cloudtuner_ledger_lag_seconds") and in_order[1].id in line
         for line in httpx.get(RAY_METRICS, timeout=10).text.splitlines()), timeout=60, interval=2)
+
+
+def test_a_restarted_supervisor_stops_a_host_left_with_no_tenant_while_it_was_down(isolated) -> None:
+    config, store, loop, supervisor = isolated
+    namespace = config.ledger.ray_namespace
+    account, _ = loop.run_until_complete(store.create("org-s", "kept"))
+    helpers.wait_for("the tenant to cycle", lambda: ray.get(supervisor.status.remote())["tenants"].get(
+        account.id, {}).get("cycles", 0) >= 1, timeout=90, interval=1)
+    # A host whose tenants were all deleted while the supervisor was down (here: one never
+    # placed, which the running supervisor never knew) ...
+    orphan = tenant_host("tenant-host-7", config)
+    assert ray.get(orphan.report.remote()) == {}
+    time.sleep(3 * config.ledger.reconcile_seconds)
+    assert actor_alive("tenant-host-7", namespace)
+    # ... is found and stopped by the supervisor once Ray restarts it.
+    ray.kill(supervisor, no_restart=False)
+    helpers.wait_for("the orphan host to stop", lambda: not actor_alive("tenant-host-7", namespace),
+                     timeout=60, interval=1)
+    helpers.wait_for("the tenant's host alone reported", lambda: ray.get(supervisor.status.remote())["hosts"]
+                     == {"tenant-host-0": [account.id]}, timeout=30, interval=1)
 
 
 async def test_the_supervisors_loop_expires_the_ledger(scratch_database: str) -> None:

@@ -60,12 +60,15 @@ class PlacementStore:
         """account → organization, the tenants placed on ``host``."""
         return {doc["_id"]: doc["organization_id"] async for doc in self._collection.find({"host": host})}
 
-    async def place(self, accounts: Mapping[str, str], per_host: int) -> dict[str, str]:
+    async def place(
+        self, accounts: Mapping[str, str], per_host: int, placed: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         """account → host for ``accounts`` (account → organization), placing those not placed yet.
 
         What is stored wins: an account another placer got to first keeps that host.
+        ``placed``: every placement (``all``) as the caller just read it, not read again.
         """
-        placed = await self.all()
+        placed = await self.all() if placed is None else placed
         new = assign(sorted(accounts.keys() - placed.keys()), placed, per_host)
         if new:
             docs = [{"_id": a, "host": host, "organization_id": accounts[a]} for a, host in new.items()]
