@@ -31,6 +31,7 @@ from actors import metrics
 from k8scost import ledger
 from k8scost.metroculus_client import MetroculusClient
 from k8scost.settings import DAY, LedgerSettings, MetroculusSettings, StoreSettings, from_env
+from k8scost.stores import StoreUnavailable
 from k8scost.stores.clickhouse import ExpenseRow, ExpenseStore
 from k8scost.stores.late_samples import LateSampleStore
 from k8scost.stores.mongo import connect
@@ -265,8 +266,7 @@ class Tenant:
             read, hours, hours_read, queried = "full", None, len(days) * 24.0, time.perf_counter()
         else:
             now = time.time()
-            # Read before the TSDB: a late write recorded after this is one the next cycle sees.
-            late = await self.clients.late_samples.landed_at(self.account_id)
+            late = await self._late_record()
             plan = ledger.plan_cycle(self.hours, days, now, lag, self.settings.close_delay_seconds,
                                      self.settings.settle_seconds, asked, late)
             closed_answers, open_answers = await asyncio.gather(
@@ -285,6 +285,18 @@ class Tenant:
                                    fold_seconds=time.perf_counter() - queried)
         self.hours = hours  # only now: a cycle that failed leaves none, and the next settles
         return report
+
+    async def _late_record(self) -> float | None:
+        """The tenant's late-sample record, read before the TSDB: a late write recorded after
+        this is one the next cycle sees.
+
+        While MongoDB is down, the record the last cycle saw: the ingress answers no late
+        write 2xx without its record, and the write the sender sends again records it.
+        """
+        try:
+            return await self.clients.late_samples.landed_at(self.account_id)
+        except StoreUnavailable:
+            return None if self.hours is None else self.hours.late_seen
 
     async def _backfill(
         self, days: list[datetime], daily: ledger.DailyCosts, seen: Mapping[str, tuple[datetime, datetime]]
