@@ -29,6 +29,7 @@ from k8scost.stores.late_samples import LateSampleStore
 from k8scost.stores.mongo import connect
 from serve_apps.ingress import metrics
 from serve_apps.ingress.auth import CredentialCache, basic_auth
+from serve_apps.ingress.late import LateWrites
 from serve_apps.ingress.ratelimit import TokenBuckets
 from serve_apps.ingress.remote_write import Limits, TenantPolice, WriteRejected
 
@@ -74,7 +75,7 @@ class RemoteWriteIngress:
         # A sample older than this on arrival can cost an hour a ledger already closed: the
         # write is put on record, and the tenant's next cycle settles (k8scost.stores.late_samples).
         self.late_after_ms = from_env(LedgerSettings).close_delay_seconds * 1000
-        self.late_samples = LateSampleStore(db)
+        self.late_writes = LateWrites(LateSampleStore(db))
         self.buckets = TokenBuckets(s.tenant_samples_per_second, s.tenant_burst_samples)
         self.police_by_tenant: dict[str, TenantPolice] = {}
         self.tsdb = async_client(timeout=s.forward_timeout, connections=s.forward_connections)
@@ -148,7 +149,7 @@ class RemoteWriteIngress:
             if policed.oldest_ms <= arrived_ms - self.late_after_ms:
                 # Once the TSDB has them, before the sender hears so: a settle that began
                 # before this landing reads it again (k8scost.ledger.settle_reason).
-                await self.late_samples.record(tenant, time.time())
+                await self.late_writes.record(tenant)
                 metrics.LATE_WRITES.inc(tags={"tenant": tenant})
         # Ray's counters refuse 0: a body whose samples were all dropped (or a metadata-only
         # one, as Prometheus sends) would otherwise end in a 500.
