@@ -2,9 +2,9 @@
 
 It reconciles the hosts with the accounts in MongoDB: a new account is placed on a host
 with room (``k8scost.stores.placements``), a deleted one is stopped (its ledger stays), a
-host left with no tenant is stopped, one it finds running when it starts included. It restarts a host that does not answer or runs a
-stalled tenant, and reports each tenant's last cycle, lag, rows written and last error,
-also as metrics.
+host left with no tenant is stopped, one it finds running when it starts included. It
+restarts a host that does not answer or runs a stalled tenant, and reports each tenant's
+last cycle, lag, rows written and last error, also as metrics.
 Being the one cluster-wide loop, it also enforces the ledger's retention
 (``ExpenseStore.expire``) every ``RETENTION_EVERY_SECONDS``.
 """

@@ -6,8 +6,9 @@ INSERT. By default (``LEDGER_MODE=incremental``) a cycle reads only the hours no
 yet and adds them to the closed hours it keeps (``k8scost.ledger.plan_cycle``); it
 *settles*, reading the open days from their start, when the ingress recorded late
 samples since its last settle, when a day closes, on a schedule, and whenever it has no
-closed hours it can trust: at (re)start, after a failed cycle, after a backfill wrote its days. It keeps the live row of every resource-day it has
-written in memory, and rebuilds that from ClickHouse whenever it cannot be sure of it —
+closed hours it can trust: at (re)start, after a failed cycle, after a backfill wrote its
+days. It keeps the live row of every resource-day it has written in memory, and rebuilds
+that from ClickHouse whenever it cannot be sure of it —
 at (re)start, and after any failed cycle — so a crash or an outage at any point neither
 duplicates nor loses cost: an INSERT that may or may not have landed is read back, never
 sent twice.
