@@ -108,9 +108,7 @@ def costs_selector(metrics: Iterable[str], tenant_id: str) -> str:
     unknown = [metric for metric in metrics if metric not in COST_METRICS]
     if not metrics or unknown:
         raise ValueError(f"unknown cost metric(s) {unknown!r}")
-    # Allow-listed names, [a-z_] only: nothing in the alternation is a regex operator.
-    matched = "{" + f'__name__=~"{"|".join(metrics)}", ' + _matchers(tenant_id, {}) + "}"
-    return f'label_replace({matched}, "{METRIC_LABEL}", "$1", "__name__", "(.+)")'
+    return f'label_replace({_any_of(metrics, tenant_id, {})}, "{METRIC_LABEL}", "$1", "__name__", "(.+)")'
 
 
 def _matchers(tenant_id: str, matchers: dict[str, str]) -> str:
@@ -356,6 +354,13 @@ def live_selector(metrics: tuple[str, ...], tenant_id: str, **matchers: str) -> 
     unknown = [metric for metric in metrics if metric not in COST_METRICS and metric not in USAGE_METRICS]
     if not metrics or unknown:
         raise ValueError(f"unknown live metric(s) {unknown!r}")
+    return _any_of(metrics, tenant_id, matchers)
+
+
+def _any_of(metrics: tuple[str, ...], tenant_id: str, matchers: dict[str, str]) -> str:
+    """The tenant's series of any of ``metrics``, names its callers checked against an allow-list
+    ([a-z_] only: nothing in the alternation is a regex operator): one named as such, several
+    by an alternation of their names."""
     inner = _matchers(tenant_id, matchers)
     if len(metrics) == 1:
         return metrics[0] + "{" + inner + "}"

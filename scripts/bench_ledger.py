@@ -51,7 +51,7 @@ from devstack.simulator.history import SCRAPE_LABELS
 from k8scost import raylocal
 from k8scost import ledger
 from k8scost.promql import CLUSTER_COST_METRICS
-from k8scost.settings import LedgerSettings, StoreSettings, from_env
+from k8scost.settings import DAY, LedgerSettings, StoreSettings, from_env
 from k8scost.stores.accounts import AccountStore
 from k8scost.stores.mongo import connect
 
@@ -264,7 +264,7 @@ def main() -> None:
     # At the defaults, a settle (a full read) every LEDGER_SETTLE_SECONDS and one as a day
     # closes; none for late samples, which a sender keeping up never sends.
     defaults = from_env(LedgerSettings)
-    per_settle = max(1, round(1 / (defaults.cycle_seconds / defaults.settle_seconds + defaults.cycle_seconds / 86400)))
+    per_settle = max(1, round(1 / (defaults.cycle_seconds / defaults.settle_seconds + defaults.cycle_seconds / DAY)))
     for resolution in resolutions:
         for variant in VARIANTS:
             full, incremental = (steady[resolution, mode, variant] for mode in ("full", "incremental"))

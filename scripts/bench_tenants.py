@@ -48,7 +48,7 @@ from actors.tenant import TenantConfig
 from bench_ledger import cpu_seconds, gauges, pss_mb, send, tsdb_cpu_seconds
 from k8scost import ledger, raylocal
 from k8scost.metroculus_client import SECRET_HEADER
-from k8scost.settings import LedgerSettings, StoreSettings, from_env
+from k8scost.settings import DAY, LedgerSettings, StoreSettings, from_env
 from devstack.hosted import HostedTenant, start_host
 from k8scost.stores.mongo import connect
 from k8scost.stores.placements import assign
@@ -337,7 +337,7 @@ def main() -> None:
     # and one as a day closes (none for late samples: these senders keep up).
     defaults = from_env(LedgerSettings)
     per_hour = 3600 / defaults.cycle_seconds
-    settles_per_hour = 3600 / defaults.settle_seconds + 1 / 24
+    settles_per_hour = 3600 / defaults.settle_seconds + 3600 / DAY
     n = len(tenant_actors)
 
     def per_tenant_hour(steady_total: float, settle_total: float) -> float:
